@@ -1,0 +1,168 @@
+"""Train the bundled models on Fashion-MNIST, on the CPU, with a fixed seed.
+
+Writes into ``--out`` (default: the package's ``zoo/weights`` folder):
+  ``<arch>.pt``            final weights (state dict, float16; loaded with ``weights_only=True``)
+  ``<arch>.epoch<k>.pt``   snapshots for the feature-evolution view
+  ``<arch>.json``          the model card: seed, epochs, per-epoch train/test accuracy, commit, timings
+With ``--ablation`` it trains ZF Table 3's variants instead and writes ``<arch>.ablation.json``.
+
+Commands (each reproduces what ships):
+    python -m zfwidgets.zoo.train --arch zfnet-fashion
+    python -m zfwidgets.zoo.train --arch allconv-fashion
+    python -m zfwidgets.zoo.train --arch zfnet-fashion --ablation --epochs 3
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .data import FASHION_MEAN, FASHION_STD, load_fashion_mnist
+from .models import ARCHITECTURES, VARIANTS, build
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+SNAPSHOT_EPOCHS = (1, 2, 4, 8)
+
+
+def _commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
+                             capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "."], cwd=Path(__file__).parent,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def normalise(x_uint8: torch.Tensor) -> torch.Tensor:
+    return (x_uint8.float() / 255.0 - FASHION_MEAN) / FASHION_STD
+
+
+def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Random horizontal flip and random shift by up to 2 px (zero-padded), on a uint8 batch N x 28 x 28."""
+    n = x.shape[0]
+    flip = torch.rand(n, generator=gen) < 0.5
+    x = torch.where(flip[:, None, None], x.flip(-1), x)
+    padded = F.pad(x, (2, 2, 2, 2))
+    dy, dx = torch.randint(0, 5, (2,), generator=gen).tolist()  # one shift per batch: cheap, still varied
+    return padded[:, dy:dy + 28, dx:dx + 28]
+
+
+@torch.inference_mode()
+def accuracy(model, x_uint8: torch.Tensor, y: torch.Tensor, batch: int = 1000) -> float:
+    was = model.training
+    model.eval()
+    correct = 0
+    for i in range(0, len(x_uint8), batch):
+        logits = model(normalise(x_uint8[i:i + batch])[:, None])
+        correct += int((logits.argmax(1) == y[i:i + batch]).sum())
+    model.train(was)
+    return correct / len(x_uint8)
+
+
+def _half_state(model) -> dict:
+    return {k: v.detach().to(torch.float16).clone() for k, v in model.state_dict().items()}
+
+
+def _rounded_copy(model):
+    """The model as it ships: weights rounded to float16 and back, so the card reports what users load."""
+    import copy
+    m = copy.deepcopy(model)
+    m.load_state_dict({k: v.float() for k, v in _half_state(model).items()})
+    return m
+
+
+def train(arch: str, *, epochs: int, seed: int, variant: str = "base", batch_size: int = 128,
+          lr: float = 2e-3, snapshots=SNAPSHOT_EPOCHS, out: Path | None = None, root=None,
+          log=print) -> dict:
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    xtr, ytr = (torch.from_numpy(a) for a in load_fashion_mnist("train", root))
+    xte, yte = (torch.from_numpy(a) for a in load_fashion_mnist("test", root))
+    model = build(arch, variant)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=5e-4)
+    steps = epochs * ((len(xtr) + batch_size - 1) // batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.2)
+    history = []
+    t0 = time.time()
+    for epoch in range(1, epochs + 1):
+        model.train()
+        perm = torch.randperm(len(xtr), generator=gen)
+        for i in range(0, len(xtr), batch_size):
+            idx = perm[i:i + batch_size]
+            xb = normalise(_augment(xtr[idx], gen))[:, None]
+            loss = F.cross_entropy(model(xb), ytr[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+        shipped = _rounded_copy(model)
+        row = {"epoch": epoch, "train_accuracy": round(accuracy(shipped, xtr, ytr), 5),
+               "test_accuracy": round(accuracy(shipped, xte, yte), 5),
+               "seconds": round(time.time() - t0, 1)}
+        history.append(row)
+        log(f"[{arch}/{variant}] epoch {epoch}/{epochs}: train {row['train_accuracy']:.4f} "
+            f"test {row['test_accuracy']:.4f} ({row['seconds']:.0f}s)")
+        if out is not None and variant == "base" and epoch in snapshots and epoch != epochs:
+            torch.save(_half_state(model), out / f"{arch}.epoch{epoch}.pt")
+    card = {"name": arch, "variant": variant, "seed": seed, "epochs": epochs, "batch_size": batch_size,
+            "optimizer": f"AdamW(lr={lr}, weight_decay=5e-4), OneCycle", "augmentation":
+            "horizontal flip, shift up to 2 px", "weights_dtype": "float16",
+            "snapshot_epochs": [e for e in snapshots if e < epochs] + [epochs],
+            "history": history, "test_accuracy": history[-1]["test_accuracy"],
+            "train_accuracy": history[-1]["train_accuracy"], "commit": _commit(),
+            "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "data": "Fashion-MNIST (Xiao, Rasul & Vollgraf 2017), 60,000 train / 10,000 test",
+            "command": f"python -m zfwidgets.zoo.train --arch {arch} --epochs {epochs} --seed {seed}"}
+    if out is not None and variant == "base":
+        torch.save(_half_state(model), out / f"{arch}.pt")
+        (out / f"{arch}.json").write_text(json.dumps(card, indent=1) + "\n")
+    return card
+
+
+def ablation(arch: str, *, epochs: int, seed: int, out: Path, root=None, log=print) -> dict:
+    rows = []
+    for variant, what in VARIANTS.items():
+        card = train(arch, epochs=epochs, seed=seed, variant=variant, out=None, root=root, log=log)
+        n_params = sum(p.numel() for p in build(arch, variant).parameters())
+        rows.append({"variant": variant, "description": what, "parameters": n_params,
+                     "train_error": round(1 - card["train_accuracy"], 5),
+                     "test_error": round(1 - card["test_accuracy"], 5)})
+    table = {"name": arch, "seed": seed, "epochs": epochs, "rows": rows, "commit": _commit(),
+             "command": f"python -m zfwidgets.zoo.train --arch {arch} --ablation --epochs {epochs} --seed {seed}"}
+    (out / f"{arch}.ablation.json").write_text(json.dumps(table, indent=1) + "\n")
+    return table
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m zfwidgets.zoo.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arch", choices=ARCHITECTURES, default="zfnet-fashion")
+    p.add_argument("--epochs", type=int, default=None, help="default 12 (3 with --ablation)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", type=Path, default=WEIGHTS_DIR)
+    p.add_argument("--data-root", default=None, help="a torchvision download root (default: Debian's package)")
+    p.add_argument("--ablation", action="store_true", help="train ZF Table 3's variants and write the table")
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    a.out.mkdir(parents=True, exist_ok=True)
+    log = lambda s: print(s, flush=True)  # noqa: E731
+    if a.ablation:
+        ablation(a.arch, epochs=a.epochs or 3, seed=a.seed, out=a.out, root=a.data_root, log=log)
+    else:
+        train(a.arch, epochs=a.epochs or 12, seed=a.seed, out=a.out, root=a.data_root, log=log)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
