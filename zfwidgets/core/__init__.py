@@ -1,0 +1,13 @@
+"""The core: layer naming, capture of activations and switches, backward rules, projections.
+
+Knows nothing of widgets or matplotlib.
+"""
+from .capture import Capture, ModelGuard, StopForward, pool_switches
+from .layers import LayerInfo, layer_table, resolve_layer, sequential_modules
+from .project import Projection, deconvnet_steps, project, render, select_activation
+from .rules import RULES, Deconvnet, Gradient, GuidedBackprop, RectifierSwap, RuleReLU, RuleState
+
+__all__ = ["Capture", "ModelGuard", "StopForward", "pool_switches", "LayerInfo", "layer_table",
+           "resolve_layer", "sequential_modules", "Projection", "deconvnet_steps", "project", "render",
+           "select_activation", "RULES", "Deconvnet", "Gradient", "GuidedBackprop", "RectifierSwap",
+           "RuleReLU", "RuleState"]

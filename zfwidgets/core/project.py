@@ -1,0 +1,279 @@
+"""Projections of one activation back to pixel space: deconvnet (ZF §2.1), guided backprop, gradient.
+
+:func:`project` is the one entry point. It uses the lens's recorded forward (so a second projection of
+the same image is a backward pass only, started at the chosen layer) and the ReLU rule of ``method``.
+:func:`deconvnet_steps` is the explicit paper form for sequential nets: unpool with the recorded switches
+(accumulating where overlapping windows share a switch), rectify, filter with the transposed weights,
+keeping the reconstruction after every layer on the way down.
+
+Example:
+    >>> lens = zfwidgets.load("zfnet-fashion")
+    >>> p = zfwidgets.project(lens, zfwidgets.samples()[0].image, "conv5")
+    >>> p.channel, p.position, p.pixels.shape
+    >>> p.to_image()        # H x W x 3 uint8, zero at mid grey
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .layers import sequential_modules
+from .rules import RULES
+
+__all__ = ["Projection", "project", "deconvnet_steps", "render", "select_activation"]
+
+METHODS = tuple(RULES)  # ("gradient", "deconvnet", "guided")
+
+
+def render(pixels: torch.Tensor, mode: str = "signed", scale: float | None = None) -> np.ndarray:
+    """A signed projection C x H x W as an H x W x 3 uint8 image.
+
+    ``"signed"``: ``0.5 + x / (2 max|x|)`` (zero is mid grey), per image unless ``scale`` (a shared
+    max|x|) is given; ``"abs"``: ``|x|`` summed over channels, scaled to [0, 1] (a heat map in grey).
+    """
+    x = pixels.detach().float().cpu()
+    if x.dim() == 4:
+        x = x[0]
+    if mode == "signed":
+        m = float(x.abs().max()) if scale is None else float(scale)
+        y = 0.5 + x / (2 * m) if m > 0 else torch.full_like(x, 0.5)
+    elif mode == "abs":
+        a = x.abs().sum(0, keepdim=True)
+        m = float(a.max()) if scale is None else float(scale)
+        y = a / m if m > 0 else torch.zeros_like(a)
+    else:
+        raise ValueError(f"mode must be 'signed' or 'abs', got {mode!r}")
+    y = y.clamp(0, 1)
+    if y.shape[0] == 1:
+        y = y.expand(3, -1, -1)
+    elif y.shape[0] != 3:
+        y = y.mean(0, keepdim=True).expand(3, -1, -1)
+    return (y.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+
+
+@dataclass
+class Projection:
+    """One activation projected to input space.
+
+    ``pixels`` is shaped like one model input (C x H x W); ``position`` is ``(y, x)`` in the layer's map
+    (``None`` for a fully connected unit or for ``position="map"``); ``activation`` the value projected
+    (for ``"map"``, the sum of the rectified map). The top signal is a unit at the chosen activation
+    (the rectified map itself for ``"map"``), so ``pixels`` is the gradient-like projection of that unit.
+    """
+    pixels: torch.Tensor
+    layer: str
+    channel: int
+    position: tuple | None
+    activation: float
+    method: str
+
+    def to_image(self, mode: str = "signed", scale: float | None = None) -> np.ndarray:
+        """H x W x 3 uint8: signed (zero at mid grey) or ``"abs"`` heat map; see :func:`render`."""
+        return render(self.pixels, mode, scale)
+
+    def _repr_png_(self):
+        import io
+        from PIL import Image
+        buf = io.BytesIO()
+        Image.fromarray(self.to_image()).save(buf, format="PNG")
+        return buf.getvalue()
+
+
+def select_activation(act: torch.Tensor, layer: str, channel=None, position="max"):
+    """Choose the activation to project in ``act`` (1 x C x H x W or 1 x K).
+
+    Returns ``(seed, channel, position, value)``: ``seed`` the top signal shaped like ``act``.
+    """
+    a = act.detach()
+    if a.dim() not in (2, 4) or a.shape[0] != 1:
+        raise ValueError(f"layer {layer!r} has output shape {tuple(a.shape)}; projections need a conv layer "
+                         "(1 x C x H x W) or a fully connected one (1 x K)")
+    n = a.shape[1]
+    if channel is not None:
+        if isinstance(channel, bool) or not isinstance(channel, (int, np.integer)):
+            raise TypeError(f"channel must be an int or None, got {type(channel).__name__}")
+        if not 0 <= int(channel) < n:
+            raise ValueError(f"channel {channel} is out of range: layer {layer!r} has {n} channels (0..{n - 1})")
+        channel = int(channel)
+    seed = torch.zeros_like(a)
+    if a.dim() == 2:
+        if position not in ("max", None):
+            raise ValueError(f"layer {layer!r} is fully connected: it has no spatial positions; "
+                             f"use position='max', got {position!r}")
+        c = int(a[0].argmax()) if channel is None else channel
+        seed[0, c] = 1.0
+        return seed, c, None, float(a[0, c])
+    H, W = a.shape[2:]
+    if channel is None:
+        flat = int(a[0].argmax())
+        channel = flat // (H * W)
+    amap = a[0, channel]
+    if position == "map":
+        seed[0, channel] = amap.clamp(min=0)
+        return seed, channel, None, float(amap.clamp(min=0).sum())
+    if position == "max" or position is None:
+        flat = int(amap.argmax())
+        y, x = divmod(flat, W)
+    else:
+        if not (isinstance(position, (tuple, list)) and len(position) == 2
+                and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in position)):
+            raise TypeError(f"position must be 'max', 'map' or a (y, x) tuple of ints, got {position!r}")
+        y, x = int(position[0]), int(position[1])
+        if not (0 <= y < H and 0 <= x < W):
+            raise ValueError(f"position {(y, x)} is outside layer {layer!r}'s {H}x{W} feature map")
+    seed[0, channel, y, x] = 1.0
+    return seed, channel, (y, x), float(amap[y, x])
+
+
+def _check_method(method):
+    if method not in RULES:
+        raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
+
+
+def project(lens, image, layer, channel=None, *, position="max", method: str = "deconvnet") -> Projection:
+    """Project one activation of ``layer`` back to input space.
+
+    Args:
+        lens: a :class:`zfwidgets.Lens`.
+        image: PIL image, uint8 array, or preprocessed float tensor (C x H x W or 1 x C x H x W).
+        layer: friendly name (``"conv5"``), dotted path (``"features.10"``) or the module.
+        channel: feature map (unit for fc layers); ``None`` = the one holding the layer's strongest activation.
+        position: ``"max"`` (the channel's strongest activation), ``(y, x)``, or ``"map"`` (the whole map).
+        method: ``"deconvnet"`` (ZF), ``"guided"`` (guided backprop) or ``"gradient"`` (saliency).
+
+    Example:
+        >>> p = project(lens, img, "conv3", 5, method="guided")
+        >>> p.activation, p.position
+    """
+    _check_method(method)
+    name, path, _ = lens.resolve(layer)
+    fwd = lens.forward(image, extra_layers=(layer,))
+    act = fwd.activations.get(path)
+    if act is None:  # the forward ended before this module ran (not part of the path to the output)
+        raise ValueError(f"layer {name!r} did not run during the forward; choose another layer")
+    seed, channel, pos, value = select_activation(act, name, channel, position)
+    if method != "gradient":
+        others = getattr(lens, "_other_activations", None)
+        if others:
+            lens.warn_once(("others", method),
+                           f"the {method} rule applies to ReLUs only; this model also uses {others}, "
+                           "which are backpropagated as plain gradients")
+    fwd.state.rule = method
+    if not act.requires_grad:
+        pixels = torch.zeros_like(fwd.input[0])
+    else:
+        (grad,) = torch.autograd.grad(act, fwd.input, seed, retain_graph=True, allow_unused=True)
+        pixels = torch.zeros_like(fwd.input[0]) if grad is None else grad[0].detach()
+    return Projection(pixels, name, channel, pos, value, method)
+
+
+# ----- the paper form --------------------------------------------------------------------------
+def _unpool(signal: torch.Tensor, switches: torch.Tensor, in_shape) -> torch.Tensor:
+    """Place each value at its switch; values whose windows share a switch are added (scatter-add)."""
+    n, c, h, w = in_shape
+    out = torch.zeros(n, c, h * w, dtype=signal.dtype, device=signal.device)
+    out.scatter_add_(2, switches.flatten(2), signal.flatten(2))
+    return out.view(n, c, h, w)
+
+
+def _filter(signal: torch.Tensor, conv: nn.Conv2d, in_shape) -> torch.Tensor:
+    """Convolve with the transposed filters (flipped in both axes), no bias."""
+    if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+        return None
+    k = conv.weight.shape[-2:]
+    out_pad = []
+    for d in range(2):
+        natural = ((signal.shape[2 + d] - 1) * conv.stride[d] - 2 * conv.padding[d]
+                   + conv.dilation[d] * (k[d] - 1) + 1)
+        out_pad.append(in_shape[2 + d] - natural)
+    return F.conv_transpose2d(signal, conv.weight.to(signal.dtype), None, conv.stride, conv.padding,
+                              tuple(out_pad), conv.groups, conv.dilation)
+
+
+_LINEAR_PASS = (nn.Dropout, nn.Identity, nn.LocalResponseNorm, nn.CrossMapLRN2d)
+
+
+def deconvnet_steps(lens, image, layer, channel=None, *, position="max", dtype=torch.float32):
+    """The paper's deconvnet, step by step, for sequential conv nets (ZF §2.1, Fig. 1).
+
+    Runs its own forward through the model's modules, recording switches, then goes down from ``layer``:
+    unpool (scatter-add at the switches), rectify (``relu``), filter (transposed convolution, no bias);
+    contrast normalisation and dropout are skipped, a fully connected layer is inverted by its transposed
+    weight, other linear modules (average pooling, eval-mode batch norm) by their exact adjoint.
+
+    Returns a list of ``(path, reconstruction)``: the signal *below* each module on the way down, the
+    last entry being the projection in pixel space (1 x C x H x W). ``dtype=torch.float64`` computes in
+    double precision on a copy of the weights.
+
+    Example:
+        >>> steps = deconvnet_steps(lens, img, "conv3")
+        >>> [p for p, _ in steps]    # ['conv3', 'pool2', 'relu2', 'conv2', ...]
+    """
+    chain = sequential_modules(lens.model)
+    if chain is None:
+        raise ValueError(f"{type(lens.model).__name__} is not a sequential chain of modules; the paper-form "
+                         "deconvnet needs one (use project(..., method='deconvnet') for any model)")
+    name, path, module = lens.resolve(layer)
+    idx = next((i for i, (p, m) in enumerate(chain) if m is module), None)
+    if idx is None:
+        raise ValueError(f"layer {name!r} is not one of the top-level steps of the sequential chain")
+    x = lens.to_input(image).detach().to(dtype)
+    shapes, switches, inputs = [], {}, []
+    from .capture import ModelGuard, pool_switches
+    with torch.no_grad(), ModelGuard(lens.model):
+        h = x
+        for i, (p, m) in enumerate(chain[: idx + 1]):
+            shapes.append(tuple(h.shape))
+            inputs.append(h)
+            if isinstance(m, nn.MaxPool2d):
+                switches[i] = pool_switches(m, h)
+            h = _run_module(m, h, dtype)
+    seed, channel, pos, value = select_activation(h.float(), name, channel, position)
+    signal = seed.to(dtype)
+    steps = []
+    for i in range(idx, -1, -1):
+        p, m = chain[i]
+        if isinstance(m, nn.MaxPool2d):
+            signal = _unpool(signal, switches[i], shapes[i])
+        elif isinstance(m, nn.ReLU):
+            signal = signal.clamp(min=0)
+        elif isinstance(m, nn.Conv2d) and _filter(signal, m, shapes[i]) is not None:
+            signal = _filter(signal, m, shapes[i])
+        elif isinstance(m, nn.Linear):
+            signal = signal @ m.weight.to(dtype)
+        elif isinstance(m, nn.Flatten):
+            signal = signal.reshape(shapes[i])
+        elif isinstance(m, _LINEAR_PASS):
+            pass
+        elif isinstance(m, (nn.AdaptiveAvgPool2d, nn.AvgPool2d, nn.BatchNorm2d, nn.Conv2d)):
+            signal = _adjoint(m, inputs[i], signal, dtype)
+        else:
+            raise ValueError(f"the paper-form deconvnet cannot invert {p} ({type(m).__name__})")
+        steps.append((p, signal))
+    return steps
+
+
+def _run_module(m, h, dtype):
+    if dtype == torch.float32:
+        return m(h)
+    import copy
+    return copy.deepcopy(m).to(dtype)(h)
+
+
+def _adjoint(m, x, signal, dtype):
+    """The exact adjoint of a linear module (its vector-Jacobian product, bias excluded)."""
+    import copy
+    mm = copy.deepcopy(m).to(dtype)
+    if getattr(mm, "bias", None) is not None:
+        with torch.no_grad():
+            mm.bias.zero_()
+    if isinstance(mm, nn.BatchNorm2d):
+        mm.eval()
+    with torch.enable_grad():
+        xi = x.detach().clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(mm(xi), xi, signal)
+    return g

@@ -1,0 +1,291 @@
+"""The Lens: one object that owns a model and what belongs to it.
+
+A :class:`Lens` holds the model, its preprocessing, class names, input size, the layer table, and the
+cached forward of the current image (activations with their autograd graph, and max-pool switches), so
+that repeated projections of the same image run backward passes only. Every analysis and every panel
+takes a lens.
+
+Example:
+    >>> lens = zfwidgets.Lens(model, transform=my_transform, class_names=names)
+    >>> lens.layers[:3]
+    ['conv1', 'conv2', 'conv3']
+    >>> lens.predict(image)          # class probabilities, shape (num_classes,)
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from .core.capture import Capture, ModelGuard
+from .core.images import as_pil, check_input_tensor
+from .core.layers import LayerInfo, layer_table, resolve_layer
+from .core.rules import RectifierSwap, RuleState
+
+__all__ = ["Lens", "Forward"]
+
+
+@dataclass
+class Forward:
+    """The recorded forward of one image: input (a leaf that requires grad), outputs and activations.
+
+    ``activations`` map a layer's *path* to its output with the autograd graph back to ``input``;
+    ``switches`` map a max-pooling path to its argmax indices. ``state`` selects the ReLU backward rule.
+    """
+    input: torch.Tensor
+    logits: torch.Tensor
+    probs: torch.Tensor
+    activations: dict
+    switches: dict
+    pool_inputs: dict
+    state: RuleState
+    key: tuple = field(default=(), repr=False)
+
+
+def _to_tensor(img: Image.Image) -> torch.Tensor:
+    arr = np.asarray(img, dtype=np.float32) / 255.0
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1)
+
+
+class _DefaultTransform:
+    """PIL image → float tensor in [0, 1], optionally resized and normalised."""
+
+    def __init__(self, size=None, mean=None, std=None):
+        self.size, self.mean, self.std = size, mean, std
+
+    def __call__(self, img):
+        if self.size is not None and (img.height, img.width) != tuple(self.size):
+            img = img.resize((self.size[1], self.size[0]), Image.BILINEAR)
+        x = _to_tensor(img)
+        if self.mean is not None:
+            x = (x - torch.tensor(self.mean).view(-1, 1, 1)) / torch.tensor(self.std).view(-1, 1, 1)
+        return x
+
+
+class Lens:
+    """A model with its preprocessing, class names, layer table and cached forward.
+
+    Args:
+        model: any ``torch.nn.Module`` mapping a batch N x C x H x W to class scores N x K.
+        transform: PIL image → float tensor C x H x W (default: pixels scaled to [0, 1], resized to
+            ``input_size`` when given, normalised by ``mean``/``std`` when given).
+        class_names: K names (default ``"class 0"``...).
+        input_size: ``(C, H, W)`` the model takes; inferred from the first conv layer's channels when omitted.
+        mean, std: per-channel normalisation of the transform, used to display inputs as images and as the
+            grey occluder fill (the data set's mean pixel in model-input space).
+
+    Example:
+        >>> lens = Lens(torchvision.models.alexnet(), input_size=(3, 224, 224))
+        >>> p = zfwidgets.project(lens, torch.randn(3, 224, 224), "conv5")
+    """
+
+    def __init__(self, model: nn.Module, *, transform=None, class_names=None, input_size=None,
+                 mean=None, std=None, name: str | None = None):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        self.model = model
+        self.table: list[LayerInfo] = layer_table(model)
+        convs = [i for i in self.table if i.kind == "conv"]
+        if not convs:
+            raise ValueError(f"{type(model).__name__} has no Conv2d layer: zfwidgets visualises convolutional "
+                             "networks")
+        if input_size is not None:
+            input_size = tuple(int(s) for s in input_size)
+            if len(input_size) != 3:
+                raise ValueError(f"input_size must be (C, H, W), got {input_size}")
+        self.input_size = input_size
+        self.channels = input_size[0] if input_size else convs[0].module.in_channels
+        if mean is None and transform is not None and hasattr(transform, "mean"):
+            mean, std = transform.mean, transform.std
+        self.mean = None if mean is None else [float(m) for m in np.broadcast_to(mean, (self.channels,))]
+        self.std = None if std is None else [float(s) for s in np.broadcast_to(std, (self.channels,))]
+        self.transform = transform if transform is not None else _DefaultTransform(
+            None if input_size is None else input_size[1:], self.mean, self.std)
+        self.class_names = list(class_names) if class_names is not None else None
+        self.name = name or type(model).__name__
+        self.forward_count = 0        # model forwards run through this lens (tests count them)
+        self._cache: Forward | None = None
+        self._extra_paths: set = set()
+        self._warned: set = set()
+
+    # ----- layers -------------------------------------------------------------------------------
+    @property
+    def layers(self) -> list[str]:
+        """Layer names in forward order (friendly names where the model allows)."""
+        return [i.name for i in self.table]
+
+    def resolve(self, layer) -> tuple[str, str, nn.Module]:
+        """``(name, path, module)`` of a layer given by friendly name, dotted path or module."""
+        return resolve_layer(self.model, layer, self.table)
+
+    def layer_info(self, layer) -> LayerInfo:
+        name, path, module = self.resolve(layer)
+        for info in self.table:
+            if info.path == path:
+                return info
+        return LayerInfo(name, path, module, "other")
+
+    # ----- device, classes ----------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        p = next(self.model.parameters(), None)
+        return p.device if p is not None else torch.device("cpu")
+
+    def class_name(self, k: int) -> str:
+        if self.class_names is not None and 0 <= k < len(self.class_names):
+            return self.class_names[k]
+        return f"class {k}"
+
+    @property
+    def fill_value(self) -> torch.Tensor:
+        """The data set's mean pixel in model-input space (C values): the grey of ZF's occluder."""
+        if self.mean is not None and self.std is not None:
+            return torch.zeros(self.channels)  # normalised input: the mean maps to 0
+        if self.mean is not None:
+            return torch.tensor(self.mean)
+        return torch.full((self.channels,), 0.5)
+
+    # ----- images -------------------------------------------------------------------------------
+    def to_input(self, image) -> torch.Tensor:
+        """One image as model input, 1 x C x H x W on the model's device (validated)."""
+        size = None if self.input_size is None else self.input_size[1:]
+        if isinstance(image, torch.Tensor):
+            return check_input_tensor(image, self.channels, size, self.device)
+        x = self.transform(as_pil(image, self.channels))
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"the lens's transform returned {type(x).__name__}, expected a tensor CxHxW")
+        return check_input_tensor(x.to(self.device), self.channels, size, self.device)
+
+    def to_batch(self, images) -> torch.Tensor:
+        """Several images (a list, or an N x C x H x W tensor of preprocessed input) as one batch."""
+        if isinstance(images, torch.Tensor) and images.dim() == 4:
+            return torch.cat([self.to_input(x) for x in images]) if images.shape[0] else images
+        xs = [self.to_input(im) for im in images]
+        if not xs:
+            raise ValueError("no images given")
+        return torch.cat(xs)
+
+    def to_display(self, x: torch.Tensor) -> np.ndarray:
+        """Model input (C x H x W or 1 x C x H x W) back to an H x W x 3 uint8 image for display."""
+        x = x.detach().float().cpu()
+        if x.dim() == 4:
+            x = x[0]
+        if self.mean is not None and self.std is not None:
+            x = x * torch.tensor(self.std).view(-1, 1, 1) + torch.tensor(self.mean).view(-1, 1, 1)
+        elif x.min() < 0 or x.max() > 1:
+            x = (x - x.min()) / (x.max() - x.min()).clamp(min=1e-12)
+        x = x.clamp(0, 1)
+        if x.shape[0] == 1:
+            x = x.expand(3, -1, -1)
+        elif x.shape[0] != 3:
+            x = x[:3] if x.shape[0] > 3 else x.mean(0, keepdim=True).expand(3, -1, -1)
+        return (x.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+
+    # ----- running the model --------------------------------------------------------------------
+    def _check_logits(self, out) -> torch.Tensor:
+        if not isinstance(out, torch.Tensor) or out.dim() != 2:
+            what = type(out).__name__ if not isinstance(out, torch.Tensor) else f"shape {tuple(out.shape)}"
+            raise ValueError(f"the model's output must be class scores N x K; got {what}")
+        return out
+
+    def run(self, x: torch.Tensor, layers=(), *, logits: bool = True):
+        """Run a preprocessed batch (N x C x H x W) without gradients.
+
+        Returns ``(logits or None, {layer name: activation})``. With ``logits=False`` the forward stops
+        as soon as the asked layers are computed (cheaper for lower layers).
+        """
+        resolved = {self.resolve(l)[0]: self.resolve(l)[2] for l in layers}
+        with torch.inference_mode(), ModelGuard(self.model), \
+                Capture(self.model, resolved, stop=not logits and bool(resolved), detach=True) as cap:
+            self.forward_count += 1
+            out = self.model(x)
+            if logits:
+                out = self._check_logits(out)
+        return (out if logits else None), dict(cap.outputs)
+
+    def predict(self, images) -> torch.Tensor:
+        """Class probabilities: shape (K,) for one image, (N, K) for a list/batch."""
+        if isinstance(images, (list, tuple)) or (isinstance(images, torch.Tensor) and images.dim() == 4
+                                                 and images.shape[0] != 1):
+            logits, _ = self.run(self.to_batch(images))
+            return logits.softmax(1)
+        return self.forward(images).probs
+
+    def _key(self, x: torch.Tensor) -> tuple:
+        return (sum(p._version for p in self.model.parameters()), tuple(sorted(self._extra_paths)))
+
+    def forward(self, image, *, extra_layers=()) -> Forward:
+        """The recorded forward of ``image`` (cached: the same image again costs no forward).
+
+        Records every layer of the table (plus ``extra_layers`` by path) with the autograd graph
+        back to the input, the max-pool switches, logits and probabilities. The model is run in eval
+        mode with rectifiers swapped for rule-switchable ones; its state is restored afterwards.
+        """
+        x = self.to_input(image)
+        for l in extra_layers:
+            path = self.resolve(l)[1]
+            if path not in {i.path for i in self.table}:
+                self._extra_paths.add(path)
+        c = self._cache
+        if c is not None and c.key == self._key(x) and c.input.shape == x.shape and torch.equal(c.input, x):
+            return c
+        self._cache = None  # free the old graph before building the new one
+        modules = {i.path: i.module for i in self.table}
+        named = dict(self.model.named_modules())
+        modules.update({p: named[p] for p in self._extra_paths})
+        state = RuleState("gradient")
+        leaf = x.detach().clone().requires_grad_(True)
+        with torch.enable_grad(), ModelGuard(self.model), RectifierSwap(state), \
+                Capture(self.model, modules, switches=True) as cap:
+            self.forward_count += 1
+            logits = self._check_logits(self.model(leaf))
+        changed = cap.modified_in_place()
+        if changed:
+            raise RuntimeError(f"the model overwrote the outputs of {changed} in place after they were "
+                               "recorded; projections from those layers would be wrong")
+        fwd = Forward(leaf, logits.detach(), logits.detach().softmax(1)[0], cap.outputs, cap.switches,
+                      cap.pool_inputs, state, self._key(x))
+        self._cache = fwd
+        if state.others:
+            self._other_activations = sorted(state.others)
+        return fwd
+
+    def clear_cache(self) -> None:
+        """Forget the cached forward (frees its graph)."""
+        self._cache = None
+
+    def warn_once(self, key, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(message, stacklevel=3)
+
+    def __repr__(self):
+        size = "x".join(map(str, self.input_size)) if self.input_size else "?"
+        return f"Lens({self.name}, input {size}, {len(self.table)} layers: {', '.join(self.layers[:8])}" + \
+            (" ...)" if len(self.table) > 8 else ")")
+
+    # ----- torchvision --------------------------------------------------------------------------
+    @classmethod
+    def from_torchvision(cls, arch: str, weights=None, **kwargs) -> "Lens":
+        """A lens on a torchvision classification CNN (``"alexnet"``, ``"vgg16"``, ``"resnet18"``...).
+
+        ``weights`` as in torchvision: ``None`` (random initialisation), ``"DEFAULT"``, a weights name
+        (``"IMAGENET1K_V1"``) or an enum. Preprocessing and the ImageNet class names come from the
+        weights' metadata, which torchvision has offline. If the weights file is not in ``TORCH_HOME``
+        and cannot be downloaded, the error says where to put it.
+
+        Example:
+            >>> lens = Lens.from_torchvision("alexnet")            # random weights, offline
+            >>> lens = Lens.from_torchvision("vgg16", "DEFAULT")   # needs the file in TORCH_HOME
+        """
+        from .zoo.torchvision_models import build_torchvision
+        model, transform, classes, size, w = build_torchvision(arch, weights)
+        lens = cls(model, transform=transform, class_names=classes, input_size=size, name=arch, **kwargs)
+        lens.weights = w
+        return lens

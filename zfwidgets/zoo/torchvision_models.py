@@ -1,0 +1,85 @@
+"""Building torchvision classification CNNs offline, with preprocessing and class names from the weights' metadata."""
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import torch
+import torchvision
+from torchvision.models import get_model_builder, get_model_weights, list_models
+
+__all__ = ["build_torchvision", "imagenet_classes"]
+
+
+class ImageNetTransform:
+    """Resize 256 → centre crop 224 → normalise, as torchvision's ImageNet weights expect (picklable)."""
+
+    def __init__(self, resize=256, crop=224, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)):
+        self.resize, self.crop, self.mean, self.std = resize, crop, list(mean), list(std)
+
+    def __call__(self, img):
+        from torchvision.transforms import functional as TF
+        img = TF.resize(img, self.resize, antialias=True)
+        img = TF.center_crop(img, self.crop)
+        return TF.normalize(TF.to_tensor(img), self.mean, self.std)
+
+
+def imagenet_classes() -> list:
+    """The 1,000 ImageNet class names, from torchvision's metadata (offline)."""
+    return list(torchvision.models.AlexNet_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+def _resolve_weights(arch: str, weights):
+    if weights is None:
+        return None
+    enum = get_model_weights(arch)
+    if isinstance(weights, str):
+        try:
+            return enum[weights] if weights != "DEFAULT" else enum.DEFAULT
+        except KeyError:
+            raise ValueError(f"unknown weights {weights!r} for {arch}; available: "
+                             f"{['DEFAULT'] + [w.name for w in enum]}") from None
+    if isinstance(weights, enum):
+        return weights
+    raise TypeError(f"weights must be None, 'DEFAULT', a weights name or a {enum.__name__} member, "
+                    f"got {type(weights).__name__}")
+
+
+def build_torchvision(arch: str, weights=None):
+    """``(model in eval mode, transform, class names, input size, weights enum or None)``."""
+    if not isinstance(arch, str):
+        raise TypeError(f"arch must be a torchvision model name (str), got {type(arch).__name__}")
+    classification = list_models(module=torchvision.models)
+    if arch not in classification:
+        raise ValueError(f"unknown torchvision classification model {arch!r}; e.g. alexnet, vgg16, resnet18 "
+                         f"(all: {', '.join(sorted(classification))})")
+    w = _resolve_weights(arch, weights)
+    builder = get_model_builder(arch)
+    if w is None:
+        model = builder(weights=None)
+        transform = ImageNetTransform()
+        classes = imagenet_classes()
+        crop = 224
+    else:
+        fname = os.path.basename(w.url)
+        target = Path(torch.hub.get_dir()) / "checkpoints" / fname
+        old = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(20)
+        try:
+            model = builder(weights=w)
+        except Exception as e:  # noqa: BLE001 - any download failure becomes one clear message
+            if target.exists():
+                raise
+            raise RuntimeError(
+                f"the {w} weights for {arch} are not on this machine and could not be downloaded ({e}). "
+                f"Download {w.url} elsewhere and place it at {target} (TORCH_HOME={torch.hub.get_dir()}/..), "
+                "then try again.") from None
+        finally:
+            socket.setdefaulttimeout(old)
+        t = w.transforms()
+        crop = t.crop_size[0]
+        transform = ImageNetTransform(t.resize_size[0], crop, t.mean, t.std)
+        classes = list(w.meta["categories"])
+    model.eval()
+    return model, transform, classes, (3, crop, crop), w
