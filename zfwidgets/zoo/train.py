@@ -9,7 +9,7 @@ With ``--ablation`` it trains ZF Table 3's variants instead and writes ``<arch>.
 Commands (each reproduces what ships):
     python -m zfwidgets.zoo.train --arch zfnet-fashion
     python -m zfwidgets.zoo.train --arch allconv-fashion
-    python -m zfwidgets.zoo.train --arch zfnet-fashion --ablation --epochs 3
+    python -m zfwidgets.zoo.train --arch zfnet-fashion --ablation --epochs 3 --subset 20000
 """
 from __future__ import annotations
 
@@ -82,12 +82,15 @@ def _rounded_copy(model):
 
 def train(arch: str, *, epochs: int, seed: int, variant: str = "base", batch_size: int = 128,
           lr: float = 2e-3, snapshots=SNAPSHOT_EPOCHS, out: Path | None = None, root=None,
-          log=print) -> dict:
+          subset: int | None = None, log=print) -> dict:
     torch.manual_seed(seed)
     np.random.seed(seed)
     gen = torch.Generator().manual_seed(seed)
     xtr, ytr = (torch.from_numpy(a) for a in load_fashion_mnist("train", root))
     xte, yte = (torch.from_numpy(a) for a in load_fashion_mnist("test", root))
+    if subset is not None:  # a fixed random subset of the training set (ablations: cheaper, same for all)
+        keep = torch.randperm(len(xtr), generator=torch.Generator().manual_seed(seed))[:subset]
+        xtr, ytr = xtr[keep], ytr[keep]
     model = build(arch, variant)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=5e-4)
     steps = epochs * ((len(xtr) + batch_size - 1) // batch_size)
@@ -118,7 +121,7 @@ def train(arch: str, *, epochs: int, seed: int, variant: str = "base", batch_siz
             "optimizer": f"AdamW(lr={lr}, weight_decay=5e-4), OneCycle", "augmentation":
             "horizontal flip, shift up to 2 px", "weights_dtype": "float16",
             "snapshot_epochs": [e for e in snapshots if e < epochs] + [epochs],
-            "history": history, "test_accuracy": history[-1]["test_accuracy"],
+            "train_images": len(xtr), "history": history, "test_accuracy": history[-1]["test_accuracy"],
             "train_accuracy": history[-1]["train_accuracy"], "commit": _commit(),
             "torch": torch.__version__, "threads": torch.get_num_threads(),
             "data": "Fashion-MNIST (Xiao, Rasul & Vollgraf 2017), 60,000 train / 10,000 test",
@@ -129,16 +132,19 @@ def train(arch: str, *, epochs: int, seed: int, variant: str = "base", batch_siz
     return card
 
 
-def ablation(arch: str, *, epochs: int, seed: int, out: Path, root=None, log=print) -> dict:
+def ablation(arch: str, *, epochs: int, seed: int, out: Path, root=None, subset=None, log=print) -> dict:
     rows = []
     for variant, what in VARIANTS.items():
-        card = train(arch, epochs=epochs, seed=seed, variant=variant, out=None, root=root, log=log)
+        card = train(arch, epochs=epochs, seed=seed, variant=variant, out=None, root=root, subset=subset,
+                     log=log)
         n_params = sum(p.numel() for p in build(arch, variant).parameters())
         rows.append({"variant": variant, "description": what, "parameters": n_params,
                      "train_error": round(1 - card["train_accuracy"], 5),
                      "test_error": round(1 - card["test_accuracy"], 5)})
-    table = {"name": arch, "seed": seed, "epochs": epochs, "rows": rows, "commit": _commit(),
-             "command": f"python -m zfwidgets.zoo.train --arch {arch} --ablation --epochs {epochs} --seed {seed}"}
+    sub = f" --subset {subset}" if subset else ""
+    table = {"name": arch, "seed": seed, "epochs": epochs, "train_images": subset or 60000, "rows": rows,
+             "commit": _commit(), "command": f"python -m zfwidgets.zoo.train --arch {arch} --ablation "
+                                             f"--epochs {epochs} --seed {seed}{sub}"}
     (out / f"{arch}.ablation.json").write_text(json.dumps(table, indent=1) + "\n")
     return table
 
@@ -153,14 +159,17 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=WEIGHTS_DIR)
     p.add_argument("--data-root", default=None, help="a torchvision download root (default: Debian's package)")
     p.add_argument("--ablation", action="store_true", help="train ZF Table 3's variants and write the table")
+    p.add_argument("--subset", type=int, default=None, help="train on a fixed random subset of N images")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     a.out.mkdir(parents=True, exist_ok=True)
     log = lambda s: print(s, flush=True)  # noqa: E731
     if a.ablation:
-        ablation(a.arch, epochs=a.epochs or 3, seed=a.seed, out=a.out, root=a.data_root, log=log)
+        ablation(a.arch, epochs=a.epochs or 3, seed=a.seed, out=a.out, root=a.data_root, subset=a.subset,
+                 log=log)
     else:
-        train(a.arch, epochs=a.epochs or 12, seed=a.seed, out=a.out, root=a.data_root, log=log)
+        train(a.arch, epochs=a.epochs or 12, seed=a.seed, out=a.out, root=a.data_root, subset=a.subset,
+              log=log)
     return 0
 
 
