@@ -83,6 +83,7 @@ def _rounded_copy(model):
 def train(arch: str, *, epochs: int, seed: int, variant: str = "base", batch_size: int = 128,
           lr: float = 2e-3, snapshots=SNAPSHOT_EPOCHS, out: Path | None = None, root=None,
           subset: int | None = None, log=print) -> dict:
+    commit = _commit()  # the code this run trains from, read before anything else can change
     torch.manual_seed(seed)
     np.random.seed(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -122,7 +123,7 @@ def train(arch: str, *, epochs: int, seed: int, variant: str = "base", batch_siz
             "horizontal flip, shift up to 2 px", "weights_dtype": "float16",
             "snapshot_epochs": [e for e in snapshots if e < epochs] + [epochs],
             "train_images": len(xtr), "history": history, "test_accuracy": history[-1]["test_accuracy"],
-            "train_accuracy": history[-1]["train_accuracy"], "commit": _commit(),
+            "train_accuracy": history[-1]["train_accuracy"], "commit": commit,
             "torch": torch.__version__, "threads": torch.get_num_threads(),
             "data": "Fashion-MNIST (Xiao, Rasul & Vollgraf 2017), 60,000 train / 10,000 test",
             "command": f"python -m zfwidgets.zoo.train --arch {arch} --epochs {epochs} --seed {seed}"}
