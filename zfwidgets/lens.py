@@ -28,6 +28,10 @@ from .core.rules import RectifierSwap, RuleState
 
 __all__ = ["Lens", "Forward"]
 
+_OTHER_ACTIVATION_MODULES = (nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU,
+                             nn.SiLU, nn.Mish, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Softplus,
+                             nn.Sigmoid, nn.Tanh, nn.GLU, nn.Softsign, nn.Tanhshrink)
+
 
 @dataclass
 class Forward:
@@ -113,6 +117,9 @@ class Lens:
         self._cache: Forward | None = None
         self._extra_paths: set = set()
         self._warned: set = set()
+        # activation modules the ReLU rules do not cover: named in the warning projections give
+        self.unruled_modules = [p for p, m in model.named_modules() if isinstance(m, _OTHER_ACTIVATION_MODULES)]
+        self._other_activations: list = []
 
     # ----- layers -------------------------------------------------------------------------------
     @property
@@ -198,7 +205,9 @@ class Lens:
         """Run a preprocessed batch (N x C x H x W) without gradients.
 
         Returns ``(logits or None, {layer name: activation})``. With ``logits=False`` the forward stops
-        as soon as the asked layers are computed (cheaper for lower layers).
+        as soon as the asked layers are computed (cheaper for lower layers). An activation is the
+        module's output (for a conv layer: *before* its ReLU); rectify it where ZF's rectified
+        activations are meant (sums of a map, feature vectors).
         """
         resolved = {self.resolve(l)[0]: self.resolve(l)[2] for l in layers}
         with torch.inference_mode(), ModelGuard(self.model), \

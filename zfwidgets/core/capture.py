@@ -36,6 +36,8 @@ class Capture:
     ``switches=True`` also records, for every ``nn.MaxPool2d`` in the model, its switches and input
     shape (``cap.switches[path]``, ``cap.pool_inputs[path]``). ``stop=True`` ends the forward with
     :class:`StopForward` as soon as every requested output is in (swallowed by ``__exit__``).
+    ``detach=True`` stores detached copies (no graph; safe from later in-place operations).
+    An activation is the module's output as the module returned it (for a conv layer: before its ReLU).
     """
 
     def __init__(self, model: nn.Module, modules: dict, *, switches: bool = False, stop: bool = False,
@@ -56,8 +58,12 @@ class Capture:
             if not isinstance(output, torch.Tensor):
                 raise TypeError(f"layer {key!r} returns {type(output).__name__}, not a tensor; "
                                 "choose a layer whose output is one tensor")
-            self.outputs[key] = output.detach() if self.detach else output
-            self.versions[key] = output._version
+            if self.detach:
+                # a copy: an in-place op later in the model (ReLU(inplace=True)) must not rewrite it
+                self.outputs[key] = output.detach().clone()
+            else:
+                self.outputs[key] = output
+                self.versions[key] = output._version
             if self.stop and len(self.outputs) == len(self.modules):
                 raise StopForward
         return hook
@@ -93,7 +99,7 @@ class Capture:
 
     def modified_in_place(self) -> list:
         """Keys whose recorded tensor was later overwritten by an in-place operation of the model."""
-        return [k for k, t in self.outputs.items() if t._version != self.versions[k]]
+        return [k for k, t in self.outputs.items() if k in self.versions and t._version != self.versions[k]]
 
 
 class ModelGuard:

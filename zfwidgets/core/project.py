@@ -156,12 +156,12 @@ def project(lens, image, layer, channel=None, *, position="max", method: str = "
     if act is None:  # the forward ended before this module ran (not part of the path to the output)
         raise ValueError(f"layer {name!r} did not run during the forward; choose another layer")
     seed, channel, pos, value = select_activation(act, name, channel, position)
-    if method != "gradient":
-        others = getattr(lens, "_other_activations", None)
-        if others:
-            lens.warn_once(("others", method),
-                           f"the {method} rule applies to ReLUs only; this model also uses {others}, "
-                           "which are backpropagated as plain gradients")
+    if method != "gradient" and (lens.unruled_modules or lens._other_activations):
+        what = ", ".join(lens.unruled_modules) or "functional calls"
+        lens.warn_once(("others", method),
+                       f"the {method} rule applies to ReLUs only; the activations of {what} "
+                       f"({', '.join(lens._other_activations) or 'see modules'}) are backpropagated as plain "
+                       "gradients")
     fwd.state.rule = method
     if not act.requires_grad:
         pixels = torch.zeros_like(fwd.input[0])
