@@ -1,0 +1,239 @@
+"""Occlusion sensitivity (ZF §4.2, Fig. 7; METHODS.md §7).
+
+A grey square (the data set's mean pixel) slides over the image; at every occluder position the model is
+run on the occluded image and four maps over the positions are recorded:
+
+- (b) ``feature_map``: the total activation (sum of the rectified map) of the feature map of ``layer`` that
+  holds the layer's strongest activation in the unoccluded image;
+- (c) ``projection``: the deconvnet projection of that map's strongest activation in the unoccluded image;
+- (d) ``probability``: the probability of ``target`` (default: the predicted class of the unoccluded image);
+- (e) ``top_class``: the most probable class.
+
+**The grid.** Along each axis of length ``L`` the occluder's top-left corners are ``0, stride, 2*stride, ...``
+up to the first corner whose occluder reaches the far edge (``corner + size >= L``), and never at or past
+``L``: ``n = min(ceil((L - size) / stride) + 1, ceil(L / stride))`` positions. The last occluder of a row
+may stick out past the border; it is clipped (``boxes`` holds the clipped ``(y0, x0, y1, x1)``, half-open).
+
+Example:
+    >>> occ = occlusion(lens, image, size=8, stride=2)
+    >>> occ.probability.shape, occ.channel, occ.target
+    >>> occ.plot()                          # Fig. 7's panels
+    >>> x = occlude(lens, image, (4, 4, 12, 12))   # one occluded input, 1 x C x H x W
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from numbers import Integral
+
+import numpy as np
+import torch
+
+from .._progress import progress as _progress
+from ..core.project import Projection, project
+from ._common import as_input, check_flag, check_int, default_conv_layer, fill_tensor
+from .receptive import Box
+
+__all__ = ["OcclusionMaps", "occlusion", "occlude", "occluder_grid"]
+
+
+@dataclass
+class OcclusionMaps:
+    """Maps over occluder positions (``ny x nx``), ZF Fig. 7 (b)–(e), and what they were measured against.
+
+    ``ys``/``xs``: the occluders' top-left corners; ``boxes``: ``ny x nx x 4`` clipped ``(y0, x0, y1, x1)``;
+    ``feature_map``: total rectified activation of map ``channel`` of ``layer``; ``probability``: p(``target``);
+    ``top_class``/``top_probability``: the most probable class and its probability; ``base_*``: the same
+    for the unoccluded image; ``projection``: the deconvnet projection of map ``channel``'s strongest
+    activation in the unoccluded image; ``image``: the model input; ``display``: it as H x W x 3 uint8.
+    """
+    feature_map: torch.Tensor
+    probability: torch.Tensor
+    top_class: torch.Tensor
+    top_probability: torch.Tensor
+    ys: torch.Tensor
+    xs: torch.Tensor
+    boxes: torch.Tensor
+    size: tuple
+    stride: tuple
+    layer: str
+    channel: int
+    target: int
+    projection: Projection
+    base_feature_map: float
+    base_probability: float
+    base_class: int
+    fill: torch.Tensor
+    image: torch.Tensor = field(repr=False)
+    display: np.ndarray = field(repr=False)
+    class_names: list = field(default_factory=list, repr=False)
+
+    @property
+    def shape(self) -> tuple:
+        return tuple(self.probability.shape)
+
+    def box(self, i: int, j: int) -> Box:
+        """The clipped occluder box at grid position ``(i, j)``."""
+        return Box(*(int(v) for v in self.boxes[i, j]))
+
+    def class_name(self, k: int) -> str:
+        return self.class_names[k] if 0 <= k < len(self.class_names) else f"class {k}"
+
+    def plot(self, *, figsize=None):
+        """ZF Fig. 7: (a) input, (b) feature-map activity, (c) its projection, (d) p(target), (e) top class."""
+        from ..plot.occlusion import plot_occlusion
+        return plot_occlusion(self, figsize=figsize)
+
+
+def _pair(name: str, value) -> tuple:
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2:
+            raise ValueError(f"{name} must be an int or a (height, width) pair, got {value!r}")
+        return check_int(name, value[0], minimum=1), check_int(name, value[1], minimum=1)
+    v = check_int(name, value, minimum=1)
+    return v, v
+
+
+def _as_box(box, H: int, W: int) -> tuple:
+    if isinstance(box, Box):
+        t = box.as_tuple()
+    elif isinstance(box, (tuple, list, np.ndarray, torch.Tensor)) and len(box) == 4:
+        t = tuple(box.tolist() if hasattr(box, "tolist") else box)
+    else:
+        raise TypeError(f"box must be a Box or a (y0, x0, y1, x1) tuple of ints, got {box!r}")
+    if not all(isinstance(v, Integral) and not isinstance(v, bool) for v in t):
+        raise TypeError(f"box must hold ints (y0, x0, y1, x1), got {t!r}")
+    y0, x0, y1, x1 = (int(v) for v in t)
+    if y1 <= y0 or x1 <= x0:
+        raise ValueError(f"box {t} is empty: it needs y0 < y1 and x0 < x1 (half-open)")
+    y0, y1 = max(y0, 0), min(y1, H)
+    x0, x1 = max(x0, 0), min(x1, W)
+    if y1 <= y0 or x1 <= x0:
+        raise ValueError(f"box {t} lies outside the {H}x{W} image")
+    return y0, x0, y1, x1
+
+
+def _occlude_batch(x: torch.Tensor, boxes: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
+    """``x`` (1 x C x H x W) repeated once per box (B x 4, clipped), each copy filled inside its box."""
+    H, W = x.shape[-2:]
+    boxes = boxes.to(x.device)
+    ys = torch.arange(H, device=x.device).view(1, H, 1)
+    xs = torch.arange(W, device=x.device).view(1, 1, W)
+    inside = ((ys >= boxes[:, 0, None, None]) & (ys < boxes[:, 2, None, None])
+              & (xs >= boxes[:, 1, None, None]) & (xs < boxes[:, 3, None, None]))
+    return torch.where(inside[:, None], fill.to(x.dtype).view(1, -1, 1, 1), x)
+
+
+def occlude(lens, image, box, fill="mean") -> torch.Tensor:
+    """The model input of ``image`` with ``box`` filled: a 1 x C x H x W tensor.
+
+    Args:
+        lens: a :class:`zfwidgets.Lens`.
+        image: PIL image, uint8 array, float tensor (model input) or a ``zfwidgets.samples()`` item.
+        box: a :class:`~zfwidgets.analysis.receptive.Box` or ``(y0, x0, y1, x1)``, half-open, clipped to the image.
+        fill: ``"mean"`` (the data set's mean pixel, :attr:`Lens.fill_value`), a number, or one number per
+            channel, in model-input (normalised) space.
+
+    Example:
+        >>> x = occlude(lens, zfwidgets.samples()[0], (10, 10, 18, 18))
+        >>> lens.predict(x[0])
+    """
+    x = as_input(lens, image)
+    value = fill_tensor(lens, fill)
+    b = torch.tensor([_as_box(box, *x.shape[-2:])])
+    return _occlude_batch(x.detach(), b, value)
+
+
+def _axis_corners(L: int, size: int, stride: int) -> list:
+    n = min(math.ceil(max(L - size, 0) / stride) + 1, math.ceil(L / stride))
+    return [m * stride for m in range(n)]
+
+
+def occluder_grid(height: int, width: int, size, stride) -> tuple:
+    """``(ys, xs, boxes)``: the occluders' top-left corners per axis and the clipped boxes ``ny x nx x 4``
+    (see the module docstring for the grid).
+
+    Example:
+        >>> ys, xs, boxes = occluder_grid(10, 10, 3, 4)
+        >>> ys.tolist(), boxes[2, 2].tolist()
+        ([0, 4, 8], [8, 8, 10, 10])
+    """
+    (sh, sw), (th, tw) = _pair("size", size), _pair("stride", stride)
+    if sh > height or sw > width:
+        raise ValueError(f"the occluder ({sh}x{sw}) is larger than the {height}x{width} image")
+    ys, xs = _axis_corners(height, sh, th), _axis_corners(width, sw, tw)
+    boxes = torch.tensor([[(y, x, min(y + sh, height), min(x + sw, width)) for x in xs] for y in ys],
+                         dtype=torch.long)
+    return torch.tensor(ys), torch.tensor(xs), boxes
+
+
+def _evaluate_boxes(lens, x, boxes, fill, layer, channel, target):
+    """One batch of occluder positions: ``(feature-map totals, p(target), top class, top probability)``.
+
+    ``x``: the unoccluded input (1 x C x H x W); ``boxes``: B x 4 clipped ``(y0, x0, y1, x1)``; ``fill``: C
+    values; ``layer``: a resolved layer name; ``channel``/``target``: ints. Runs full forwards of the
+    occluded batch (the swap point for an incremental implementation).
+    """
+    xb = _occlude_batch(x, boxes, fill)
+    logits, acts = lens.run(xb, [layer])
+    amap = acts[layer][:, channel]
+    total = amap.clamp(min=0).flatten(1).sum(1)
+    probs = logits.float().softmax(1)
+    top_p, top = probs.max(1)
+    return total.float().cpu(), probs[:, target].cpu(), top.cpu(), top_p.cpu()
+
+
+def occlusion(lens, image, *, size, stride, fill="mean", target=None, layer=None, batch_size: int = 64,
+              progress=True) -> OcclusionMaps:
+    """Slide an occluder over ``image`` and map the model's response (ZF Fig. 7).
+
+    Args:
+        lens: a :class:`zfwidgets.Lens`.
+        image: PIL image, uint8 array, float tensor (model input) or a ``zfwidgets.samples()`` item.
+        size: the occluder's side in pixels (an int, or ``(height, width)``).
+        stride: the step between occluder positions (an int, or ``(dy, dx)``).
+        fill: ``"mean"`` (the data set's mean pixel), a number or one number per channel (model-input space).
+        target: the class whose probability is mapped (an int); default the predicted class.
+        layer: the layer whose strongest feature map is followed; default the last conv layer.
+        batch_size: occluded images per forward.
+        progress: show a progress bar (``True``/``False`` or a callable ``f(done, total)``).
+
+    Example:
+        >>> s = zfwidgets.samples()[0]
+        >>> occ = occlusion(lens, s.image, size=8, stride=2, target=s.label)
+        >>> occ.probability.min(), occ.base_probability
+    """
+    batch_size = check_int("batch_size", batch_size, minimum=1)
+    check_flag("progress", progress)
+    x = as_input(lens, image).detach()
+    H, W = x.shape[-2:]
+    ys, xs, boxes = occluder_grid(H, W, size, stride)
+    value = fill_tensor(lens, fill)
+    name = lens.resolve(layer if layer is not None else default_conv_layer(lens))[0]
+
+    logits, acts = lens.run(x, [name])
+    act = acts.get(name)
+    if act is None or act.dim() != 4:
+        shape = None if act is None else tuple(act.shape)
+        raise ValueError(f"layer {name!r} must be a convolutional layer with N x C x H x W output, got {shape}")
+    probs = logits.float().softmax(1)[0]
+    K = probs.shape[0]
+    if target is None:
+        target = int(probs.argmax())
+    else:
+        target = check_int("target", target)
+        if not 0 <= target < K:
+            raise ValueError(f"target {target} is out of range: the model has {K} classes (0..{K - 1})")
+    channel = int(act[0].flatten(1).amax(1).argmax())  # the map holding the layer's strongest activation
+    base_total = float(act[0, channel].clamp(min=0).sum())
+    proj = project(lens, x, name, channel, method="deconvnet")
+
+    flat = boxes.view(-1, 4)
+    chunks = [flat[i:i + batch_size] for i in range(0, flat.shape[0], batch_size)]
+    parts = [_evaluate_boxes(lens, x, b, value, name, channel, target)
+             for b in _progress(chunks, total=len(chunks), desc="occlusion", enabled=progress)]
+    shape = boxes.shape[:2]
+    total, p, top, top_p = (torch.cat(t).view(shape) for t in zip(*parts))
+    return OcclusionMaps(total, p, top, top_p, ys, xs, boxes, _pair("size", size), _pair("stride", stride),
+                         name, channel, target, proj, base_total, float(probs[target]), int(probs.argmax()),
+                         value.cpu(), x.cpu(), lens.to_display(x), [lens.class_name(k) for k in range(K)])
