@@ -94,6 +94,8 @@ def test_defaults_labels_and_plot(zf_random, small_lens, small_images):
 def test_bad_input(small_lens, small_images, model_hooks):
     imgs = small_images[:2]
     before = model_hooks(small_lens.model)
+    with pytest.raises(TypeError, match="Lens"):
+        invariance(small_lens.model, imgs, transform="rotate")
     with pytest.raises(ValueError, match="transform must be one of"):
         invariance(small_lens, imgs, transform="shear")
     with pytest.raises(TypeError, match="transform must be a string"):

@@ -131,6 +131,10 @@ def test_hand_model_by_hand(hand_lens):
 def test_bad_input(small_lens, small_images, model_hooks):
     img = small_images[0]
     before = model_hooks(small_lens.model)
+    with pytest.raises(TypeError, match="Lens"):
+        occlusion(small_lens.model, img, size=3, stride=2)
+    with pytest.raises(TypeError, match="Lens"):
+        occlude(None, img, (0, 0, 2, 2))
     with pytest.raises(ValueError, match="larger than"):
         occlusion(small_lens, img, size=17, stride=2)
     with pytest.raises(ValueError, match="size must be >= 1"):

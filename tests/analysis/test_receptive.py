@@ -155,6 +155,8 @@ def test_model_left_untouched(small_lens, model_hooks):
 def test_bad_input(small_lens):
     with pytest.raises(ValueError, match="outside"):
         receptive_field(small_lens, "conv2", (8, 0))
+    with pytest.raises(TypeError, match="Lens"):
+        receptive_field(small_lens.model, "conv2", (0, 0))
     with pytest.raises(TypeError, match="position"):
         receptive_field(small_lens, "conv2", (1.0, 2))
     with pytest.raises(TypeError, match="position"):

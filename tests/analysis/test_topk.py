@@ -137,6 +137,8 @@ def test_plot(small_lens, small_images):
 
 def test_bad_input_and_model_untouched(small_lens, small_images, model_hooks):
     before = model_hooks(small_lens.model)
+    with pytest.raises(TypeError, match="Lens"):
+        top_activations(small_lens.model, small_images, "conv1")
     with pytest.raises(ValueError, match="k must be"):
         top_activations(small_lens, small_images, "conv1", k=0)
     with pytest.raises(TypeError, match="k must be an int"):

@@ -16,8 +16,16 @@ import numpy as np
 import torch
 from PIL import Image
 
-__all__ = ["check_int", "check_flag", "image_of", "as_input", "image_batches", "count_images",
+__all__ = ["check_lens", "check_int", "check_flag", "image_of", "as_input", "image_batches", "count_images",
            "default_conv_layer", "first_conv_layer", "last_hidden_layer", "fill_tensor", "layer_names"]
+
+
+def check_lens(lens) -> None:
+    """``TypeError`` unless ``lens`` is a :class:`zfwidgets.Lens`."""
+    from ..lens import Lens
+    if not isinstance(lens, Lens):
+        raise TypeError(f"expected a zfwidgets.Lens as the first argument, got {type(lens).__name__}; "
+                        "wrap a model with zfwidgets.Lens(model, input_size=...)")
 
 
 def check_int(name: str, value, *, minimum: int | None = None) -> int:

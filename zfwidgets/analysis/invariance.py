@@ -31,8 +31,8 @@ import numpy as np
 import torch
 
 from .._progress import progress as _progress
-from ._common import (as_input, check_flag, check_int, fill_tensor, first_conv_layer, image_of,
-                      last_hidden_layer, layer_names)
+from ._common import (as_input, check_flag, check_int, check_lens, fill_tensor, first_conv_layer,
+                      image_of, last_hidden_layer, layer_names)
 
 __all__ = ["Invariance", "invariance", "transform_input", "TRANSFORMS"]
 
@@ -185,6 +185,7 @@ def invariance(lens, images, *, transform: str, values=None, layers=None, labels
         >>> inv = invariance(lens, zfwidgets.samples()[::8], transform="scale")
         >>> inv.mean_relative()                   # {'conv1': ..., 'fc7': ...}
     """
+    check_lens(lens)
     if not isinstance(transform, str):
         raise TypeError(f"transform must be a string, one of {list(TRANSFORMS)}; got {type(transform).__name__}")
     if transform not in TRANSFORMS:

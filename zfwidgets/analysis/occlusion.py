@@ -31,7 +31,7 @@ import torch
 
 from .._progress import progress as _progress
 from ..core.project import Projection, project
-from ._common import as_input, check_flag, check_int, default_conv_layer, fill_tensor
+from ._common import as_input, check_flag, check_int, check_lens, default_conv_layer, fill_tensor
 from .receptive import Box
 
 __all__ = ["OcclusionMaps", "occlusion", "occlude", "occluder_grid"]
@@ -138,6 +138,7 @@ def occlude(lens, image, box, fill="mean") -> torch.Tensor:
         >>> x = occlude(lens, zfwidgets.samples()[0], (10, 10, 18, 18))
         >>> lens.predict(x[0])
     """
+    check_lens(lens)
     x = as_input(lens, image)
     value = fill_tensor(lens, fill)
     b = torch.tensor([_as_box(box, *x.shape[-2:])])
@@ -203,6 +204,7 @@ def occlusion(lens, image, *, size, stride, fill="mean", target=None, layer=None
         >>> occ = occlusion(lens, s.image, size=8, stride=2, target=s.label)
         >>> occ.probability.min(), occ.base_probability
     """
+    check_lens(lens)
     batch_size = check_int("batch_size", batch_size, minimum=1)
     check_flag("progress", progress)
     x = as_input(lens, image).detach()

@@ -37,6 +37,7 @@ from torch import nn
 
 from ..core.capture import ModelGuard, StopForward
 from ..core.layers import sequential_modules
+from ._common import check_lens
 
 __all__ = ["Box", "receptive_field"]
 
@@ -333,6 +334,7 @@ class FieldMap:
     def __init__(self, lens, layer, *, method: str = "auto", input_size=None):
         if method not in ("auto", "chain", "gradient"):
             raise ValueError(f"method must be 'auto', 'chain' or 'gradient', got {method!r}")
+        check_lens(lens)
         name, path, module = lens.resolve(layer)
         size = input_size if input_size is not None else lens.input_size
         if size is None:

@@ -26,7 +26,7 @@ import torch
 
 from .._progress import progress as _progress
 from ..core.project import METHODS, project
-from ._common import check_flag, check_int, count_images, image_batches
+from ._common import check_flag, check_int, check_lens, count_images, image_batches
 from .receptive import Box, FieldMap
 
 __all__ = ["Hit", "TopActivations", "top_activations"]
@@ -124,6 +124,7 @@ def top_activations(lens, images, layer, channels=None, k: int = 9, batch_size: 
         >>> top = top_activations(lens, zfwidgets.samples(), "conv5", channels=range(8))
         >>> top.plot(channels=[0, 1, 2, 3])
     """
+    check_lens(lens)
     k = check_int("k", k, minimum=1)
     batch_size = check_int("batch_size", batch_size, minimum=1)
     check_flag("progress", progress)
