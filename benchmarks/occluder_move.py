@@ -1,0 +1,135 @@
+"""Kernel-side time of one occluder move in :class:`zfwidgets.OcclusionPanel`.
+
+One move is what the panel does for one mouse event that gets rendered: the event handler, the occluded input
+(``zfwidgets.occlude``), the forward with the chosen layer captured (``lens.run``), the top-5 probabilities
+and their HTML, the feature-map mosaic of the layer (normalised, tiled, enlarged), its PNG encoding, the
+widgets' state updates and the canvas draw commands. The event goes in as the frontend's comm message would:
+a ``mouse_down`` at a new place each time is timed (it renders at once), then an untimed ``mouse_up``.
+Outside a kernel the widgets' comms are no-ops, so the ZMQ send (~0.1 ms) is not included.
+
+Models: the bundled ``zfnet-fashion`` (trained weights if shipped, else the same architecture with seeded
+random weights; 28x28 input shown at 224 px, layer conv5) and AlexNet at 224x224 with random weights
+(``Lens.from_torchvision("alexnet")``, layer conv5). Goals: median <= 5 ms and <= 25 ms on 2 cores.
+
+Run: ``.venv/bin/python benchmarks/occluder_move.py [--moves 100] [--threads 2]``
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import zfwidgets as zf  # noqa: E402
+from zfwidgets.analysis.occlusion import occlude  # noqa: E402
+from zfwidgets.widgets._common import mosaic, png_bytes, to_uint8_map  # noqa: E402
+
+
+def machine() -> str:
+    try:
+        load = " ".join(f"{v:.2f}" for v in os.getloadavg())
+    except OSError:
+        load = "?"
+    return f"{os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads, load {load}"
+
+
+def bundled_lens():
+    try:
+        return zf.load("zfnet-fashion"), "trained weights"
+    except (FileNotFoundError, ValueError):
+        from zfwidgets.zoo.models import build
+        torch.manual_seed(0)
+        lens = zf.Lens(build("zfnet-fashion").eval(), input_size=(1, 28, 28), mean=[0.286], std=[0.353])
+        return lens, "random weights (trained ones not shipped yet)"
+
+
+def alexnet_lens():
+    torch.manual_seed(0)
+    return zf.Lens.from_torchvision("alexnet"), "random weights"
+
+
+def time_moves(panel, n: int, seed: int = 0) -> list:
+    """Seconds per rendered move: a mouse_down comm message at a new canvas position each time."""
+    rng = np.random.default_rng(seed)
+    side = panel.occluder.canvas.width
+    points = rng.uniform(0, side, size=(n + 5, 2))
+    canvas = panel.occluder.canvas
+    times = []
+    for k, (x, y) in enumerate(points):
+        renders = panel.renders
+        t0 = time.perf_counter()
+        canvas._handle_custom_msg({"event": "mouse_down", "x": float(x), "y": float(y)}, [])
+        dt = time.perf_counter() - t0
+        canvas._handle_custom_msg({"event": "mouse_up", "x": float(x), "y": float(y)}, [])
+        assert panel.renders == renders + 2 and panel.error is None, panel.error
+        if k >= 5:                                     # warm-up
+            times.append(dt)
+    return times
+
+
+def breakdown(lens, image, layer: str, size: int, n: int = 30) -> dict:
+    """Median milliseconds of the move's parts, each timed alone."""
+    x = lens.to_input(image)
+    box = (2, 2, 2 + size, 2 + size)
+    xo = occlude(lens, x, box)
+    _, acts = lens.run(xo, [layer])
+    maps = to_uint8_map(acts[layer][0], scale=float(acts[layer].max()))
+    factor = max(1, round(28 / max(acts[layer].shape[-2:])))
+    tiled = mosaic(maps, factor=factor).pixels
+    parts = {"occlude": lambda: occlude(lens, x, box),
+             "forward (lens.run)": lambda: lens.run(xo, [layer]),
+             "maps to uint8 + mosaic": lambda: mosaic(to_uint8_map(acts[layer][0], 1.0), factor=factor),
+             f"PNG of the {tiled.shape[1]}x{tiled.shape[0]} mosaic": lambda: png_bytes(tiled, palette=True)}
+    out = {}
+    for name, fn in parts.items():
+        ts = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t0)
+        out[name] = statistics.median(ts) * 1e3
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--moves", type=int, default=100, help="timed moves per model (>= 50)")
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"machine: {machine()}")
+    goals = {"zfnet-fashion": 5.0, "alexnet": 25.0}
+    rows = []
+    for name, make, image_of in [
+            ("zfnet-fashion", bundled_lens, lambda: zf.samples()[9]),
+            ("alexnet", alexnet_lens,
+             lambda: np.random.default_rng(0).integers(0, 256, (224, 224, 3), dtype=np.uint8))]:
+        lens, weights = make()
+        image = image_of()
+        panel = zf.OcclusionPanel(lens, image)
+        try:
+            times = time_moves(panel, max(50, args.moves))
+            med = statistics.median(times) * 1e3
+            p90 = float(np.percentile(times, 90)) * 1e3
+            parts = breakdown(lens, panel.x, panel.layer, panel.size)
+        finally:
+            panel.close()
+        rows.append((name, med, p90, len(times)))
+        print(f"\n{name} ({weights}), input {'x'.join(map(str, lens.input_size))}, occluder {panel.size} px, "
+              f"layer {panel.layer}:")
+        print(f"  one move, kernel side: median {med:.2f} ms, 90th percentile {p90:.2f} ms over {len(times)} moves "
+              f"(goal <= {goals[name]:.0f} ms: {'met' if med <= goals[name] else 'NOT met'})")
+        for part, ms in parts.items():
+            print(f"    {part:<34} {ms:7.2f} ms")
+    print(f"\nmachine after: {machine()}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,452 @@
+"""The explorer: pick an image, a layer and a feature map; see all maps of the layer, the chosen one enlarged,
+and the projection of its strongest activation (or of a clicked position) back to pixels.
+
+Example:
+    >>> lens = zfwidgets.load("zfnet-fashion")
+    >>> ex = zfwidgets.Explorer(lens)                   # the bundled samples
+    >>> ex.show(image=3, layer="conv3", channel=12, method="guided")
+    >>> ex.state["top5"], ex.projection.activation
+"""
+from __future__ import annotations
+
+import html
+
+import ipywidgets as W
+import numpy as np
+
+from ._canvas import PictureCanvas
+from ._common import Panel, display_factor, image_widget, mosaic, png_bytes, probs_html, to_uint8_map, upscale
+
+__all__ = ["Explorer"]
+
+METHODS = ("deconvnet", "guided", "gradient")
+
+
+# ----- the plain API this panel calls (one place) ------------------------------------------------------
+def _forward(lens, image):
+    return lens.forward(image)
+
+
+def _project(lens, image, layer, channel, position, method):
+    from ..core.project import project
+    return project(lens, image, layer, channel, position=position, method=method)
+
+
+def _load_upload(data: bytes, name: str):
+    from ..core.images import load_image_bytes
+    return load_image_bytes(data, name)
+
+
+def _default_images():
+    from ..zoo import samples
+    return samples()
+
+
+def _entry(item, k: int) -> tuple:
+    """``(name, image, label)`` for one item: a sample, an ``(image, label)`` pair or a bare image."""
+    if hasattr(item, "image") and hasattr(item, "label"):
+        name = f"{k}: {getattr(item, 'class_name', item.label)}"
+        if hasattr(item, "index"):
+            name += f" (test #{item.index})"
+        return name, item.image, int(item.label)
+    if isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], (int, np.integer)):
+        return f"image {k} (label {int(item[1])})", item[0], int(item[1])
+    return f"image {k}", item, None
+
+
+class Explorer(Panel):
+    """Layer / channel explorer with projections (deconvnet, guided backprop, gradient).
+
+    Args:
+        lens: a :class:`zfwidgets.Lens`.
+        images: images to pick from (PIL, uint8 arrays, float tensors, ``zfwidgets.samples()`` items,
+            ``(image, label)`` pairs); default the bundled samples. More come from the upload button or
+            :meth:`add_image`.
+        layer, channel, method: the initial choice (default: the first conv layer, channel 0, deconvnet).
+        display_size: the longer side of enlarged images in screen pixels (nearest-neighbour).
+
+    Click a map in the mosaic to select its channel; click a position of the enlarged map to project that
+    activation instead of the strongest one. All changes go through guarded callbacks: an error is shown in
+    the panel and the panel keeps working.
+
+    CSS classes: ``zf-explorer``, ``zf-image`` (image picker), ``zf-upload``, ``zf-layer`` (dropdown),
+    ``zf-channel`` (slider), ``zf-method`` (toggle), ``zf-side-by-side`` (checkbox), ``zf-input`` (the image),
+    ``zf-probs`` (predicted classes; ``span.zf-top1[data-class][data-index][data-p]``), ``zf-mosaic`` (all maps,
+    a canvas), ``zf-map`` (the enlarged map, a canvas), ``zf-projection`` (the projection image),
+    ``zf-projection-info`` (``span[data-layer][data-channel][data-position][data-activation][data-method]``),
+    ``zf-projections`` / ``zf-projection-<method>`` (side by side), ``zf-error``.
+
+    ``state``: ``image`` (index), ``image_name``, ``layer``, ``channel``, ``channels`` (of the layer),
+    ``position`` (``"max"`` or ``(y, x)`` asked for), ``projected`` (``(y, x)`` projected), ``activation``,
+    ``method``, ``side_by_side``, ``top5`` ``[(class, p)]``, ``top1``, ``images`` (count), ``renders``, ``error``.
+    """
+
+    def __init__(self, lens, images=None, *, layer=None, channel: int = 0, method: str = "deconvnet",
+                 display_size: int = 224):
+        super().__init__(lens)
+        self.add_class("zf-explorer")
+        try:
+            self._build(images, layer, channel, method, display_size)
+        except BaseException:
+            self.close()
+            raise
+
+    def _build(self, images, layer, channel, method, display_size):
+        lens = self.lens
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
+        self.display_size = display_size
+        self.entries: list = []            # (name, image, label)
+        self.layer = lens.resolve(layer)[0] if layer is not None else lens.layers[0]
+        self.channel = int(channel)
+        self.method = method
+        self.position = "max"
+        self.side_by_side = False
+        self.image_index = None
+        self.projection = None             # the Projection on display
+        self.projections: dict = {}        # method -> Projection, when side by side
+        self.renders = 0
+        self._acts = None
+        self._spatial = False
+        self._top5, self._top1 = [], None
+        self._suspended = 0
+        self._dirty = None
+
+        # controls
+        self.image_picker = self._own(W.Dropdown(options=[], description="image", layout=W.Layout(width="300px")))
+        self.image_picker.add_class("zf-image")
+        self.upload = self._own(W.FileUpload(accept="image/*", multiple=False, description="upload"))
+        self.upload.add_class("zf-upload")
+        self.layer_dropdown = self._own(W.Dropdown(options=lens.layers, value=self.layer, description="layer"))
+        self.layer_dropdown.add_class("zf-layer")
+        self.channel_slider = self._own(W.IntSlider(value=0, min=0, max=0, description="channel",
+                                                    continuous_update=False))
+        self.channel_slider.add_class("zf-channel")
+        self.method_toggle = self._own(W.ToggleButtons(options=list(METHODS), value=method,
+                                                       style={"button_width": "90px"}))
+        self.method_toggle.add_class("zf-method")
+        self.side_checkbox = self._own(W.Checkbox(value=False, description="side by side", indent=False))
+        self.side_checkbox.add_class("zf-side-by-side")
+
+        # views
+        self.input_image = self._own(image_widget("zf-input"))
+        self.probs = self._own(W.HTML())
+        self.probs.add_class("zf-probs")
+        self.mosaic_canvas = PictureCanvas(1, 1, css_class="zf-mosaic", overlay=self._draw_selection)
+        self._own(self.mosaic_canvas.canvas)
+        self.map_canvas = PictureCanvas(1, 1, css_class="zf-map", overlay=self._draw_position)
+        self._own(self.map_canvas.canvas)
+        self.map_caption = self._own(W.HTML())
+        self.projection_image = self._own(image_widget("zf-projection"))
+        self.projection_info = self._own(W.HTML())
+        self.projection_info.add_class("zf-projection-info")
+        self.side_images = {m: self._own(image_widget(f"zf-projection-{m}")) for m in METHODS}
+        self.side_box = self._own(W.HBox([self._own(W.VBox([self._own(W.HTML(f"<b>{m}</b>")), self.side_images[m]]))
+                                          for m in METHODS], layout=W.Layout(display="none")))
+        self.side_box.add_class("zf-projections")
+        self.mosaic_caption = self._own(W.HTML())
+        self._mosaic = None
+
+        # wiring
+        self._observe(self.image_picker, self._set_image, "image picker")
+        self._observe(self.upload, self._uploaded, "upload")
+        self._observe(self.layer_dropdown, self._set_layer, "layer")
+        self._observe(self.channel_slider, self._set_channel, "channel")
+        self._observe(self.method_toggle, self._set_method, "method")
+        self._observe(self.side_checkbox, self._set_side_by_side, "side by side")
+        self._on_canvas(self.mosaic_canvas.canvas, "mouse_down", self._mosaic_clicked, "mosaic click")
+        self._on_canvas(self.map_canvas.canvas, "mouse_down", self._map_clicked, "map click")
+
+        controls = self._own(W.HBox([self.image_picker, self.upload]))
+        controls2 = self._own(W.HBox([self.layer_dropdown, self.channel_slider]))
+        controls3 = self._own(W.HBox([self.method_toggle, self.side_checkbox]))
+        left = self._own(W.VBox([self.input_image, self._own(W.HTML("<b>predicted</b>")), self.probs]))
+        middle = self._own(W.VBox([self.mosaic_caption, self.mosaic_canvas.canvas]))
+        right = self._own(W.VBox([self.map_caption, self.map_canvas.canvas]))
+        proj = self._own(W.VBox([self.projection_info, self.projection_image]))
+        self.children = [controls, controls2, controls3,
+                         self._own(W.HBox([left, middle, right, proj], layout=W.Layout(flex_flow="row wrap"))),
+                         self.side_box, self.error_area]
+
+        items = _default_images() if images is None else list(images)
+        with self.hold():
+            for item in items:
+                self.add_image(item=item, select=False)
+            if self.entries:
+                self.image_picker.value = 0
+
+    # ----- images --------------------------------------------------------------------------------
+    def add_image(self, image=None, *, name: str | None = None, label: int | None = None, select: bool = True,
+                  item=None) -> int:
+        """Add an image to the picker (validated by the lens); returns its index. ``select`` shows it."""
+        if item is not None:
+            default_name, image, label = _entry(item, len(self.entries))
+            name = name or default_name
+        self.lens.to_input(image)            # a clear error now, not when it is picked
+        k = len(self.entries)
+        self.entries.append((name or f"image {k}", image, label))
+        self.image_picker.options = [(n, i) for i, (n, _, _) in enumerate(self.entries)]
+        if select:
+            self.image_picker.value = k
+        return k
+
+    def _uploaded(self, value) -> None:
+        if not value:
+            return
+        files = value if isinstance(value, (list, tuple)) else list(value.values())
+        for f in files:
+            name = f.get("name", "upload")
+            image = _load_upload(bytes(f["content"]), name)
+            self.add_image(image, name=f"upload: {name}")
+
+    # ----- control handlers ----------------------------------------------------------------------
+    def _set_image(self, index) -> None:
+        if index is None:
+            return
+        self.image_index = int(index)
+        self.position = "max"
+        self._refresh("image")
+
+    def _set_layer(self, layer) -> None:
+        self.layer = self.lens.resolve(layer)[0]
+        self.position = "max"
+        self._refresh("layer")
+
+    def _set_channel(self, channel) -> None:
+        if int(channel) == self.channel:     # the panel syncing its own slider
+            return
+        self.channel = int(channel)
+        self.position = "max"
+        self._refresh("channel")
+
+    def _set_method(self, method) -> None:
+        self.method = method
+        self._refresh("projection")
+
+    def _set_side_by_side(self, on) -> None:
+        self.side_by_side = bool(on)
+        self.side_box.layout.display = None if on else "none"
+        self._refresh("projection")
+
+    def _mosaic_clicked(self, x, y) -> None:
+        if self._mosaic is None:
+            return
+        k = self._mosaic.tile_at(x, y)
+        if k is not None:
+            self.channel_slider.value = k
+
+    def _map_clicked(self, x, y) -> None:
+        if self._acts is None or not self._spatial:
+            return
+        f = self._map_factor
+        h, w = self._acts.shape[-2:]
+        yy, xx = int(y // f), int(x // f)
+        if 0 <= yy < h and 0 <= xx < w:
+            self.set_position((yy, xx))
+
+    # ----- public --------------------------------------------------------------------------------
+    def set_position(self, position) -> None:
+        """Project the activation at ``(y, x)`` of the selected map (``"max"``: its strongest activation)."""
+        self.position = position if position == "max" else (int(position[0]), int(position[1]))
+        self._refresh("projection")
+
+    def show(self, image=None, layer=None, channel=None, position=None, method=None) -> None:
+        """Set several choices at once (one update).
+
+        ``image``: an index into the picker or an image to add; ``layer``; ``channel``; ``position``
+        (``"max"`` or ``(y, x)`` in the map); ``method``. Everything is checked before anything changes.
+        """
+        if image is not None and isinstance(image, (int, np.integer)) and not isinstance(image, bool):
+            if not 0 <= int(image) < len(self.entries):
+                raise ValueError(f"image index {image} out of range: the explorer holds {len(self.entries)} images")
+        elif image is not None:
+            self.lens.to_input(image)
+        if layer is not None:
+            layer = self.lens.resolve(layer)[0]
+        if channel is not None and (isinstance(channel, bool) or not isinstance(channel, (int, np.integer))):
+            raise TypeError(f"channel must be an int, got {type(channel).__name__}")
+        if method is not None and method not in METHODS:
+            raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
+        if channel is not None:
+            target = image if image is not None and not isinstance(image, (int, np.integer)) else \
+                self.entries[int(image) if image is not None else self.image_index][1]
+            act = _forward(self.lens, target).activations.get(self.lens.resolve(layer or self.layer)[1])
+            C = None if act is None else int(act.shape[1])
+            if C is not None and not 0 <= int(channel) < C:
+                raise ValueError(f"channel {channel} is out of range: layer {layer or self.layer!r} has {C} "
+                                 f"channels (0..{C - 1})")
+        if position is not None and position != "max":
+            position = (int(position[0]), int(position[1]))
+        with self.hold():
+            if image is not None:
+                if isinstance(image, (int, np.integer)):
+                    self.image_picker.value = int(image)
+                else:
+                    self.add_image(image)
+            if layer is not None:
+                self.layer_dropdown.value = layer
+            if method is not None:
+                self.method_toggle.value = method
+            if channel is not None:
+                self.channel = int(channel)
+                self.position = "max"
+                self._refresh("channel")
+            if position is not None:
+                self.position = position
+                self._refresh("projection")
+
+    # ----- rendering -----------------------------------------------------------------------------
+    _LEVELS = {"image": 0, "layer": 1, "channel": 2, "projection": 3}
+
+    class _Hold:
+        def __init__(self, panel):
+            self.panel = panel
+
+        def __enter__(self):
+            self.panel._suspended += 1
+
+        def __exit__(self, *exc):
+            panel = self.panel
+            panel._suspended -= 1
+            if panel._suspended == 0 and panel._dirty is not None:
+                level, panel._dirty = panel._dirty, None
+                if exc[0] is None:
+                    panel._render(level)
+                else:
+                    try:                     # keep the view in step with the state; the first error wins
+                        panel._render(level)
+                    except Exception:  # noqa: BLE001
+                        pass
+            return False
+
+    def hold(self):
+        """Batch several changes into one update: ``with explorer.hold(): ...``."""
+        return Explorer._Hold(self)
+
+    def _refresh(self, level: str) -> None:
+        if self._suspended:
+            if self._dirty is None or self._LEVELS[level] < self._LEVELS[self._dirty]:
+                self._dirty = level
+            return
+        self._render(level)
+
+    def _render(self, level: str) -> None:
+        if self.image_index is None:
+            return
+        n = self._LEVELS[level]
+        _, image, label = self.entries[self.image_index]
+        if n <= 0:
+            self._render_image(image, label)
+        if n <= 1:
+            self._render_layer(image)
+        if n <= 2:
+            self._render_channel()
+        self._render_projection(image)
+        self.renders += 1
+
+    def _render_image(self, image, label) -> None:
+        fwd = _forward(self.lens, image)
+        x = fwd.input.detach()
+        self.input_image.value = png_bytes(upscale(self.lens.to_display(x), self._factor(*x.shape[-2:])))
+        note = "" if label is None else f"true class: <b>{html.escape(self.lens.class_name(label))}</b>"
+        self.probs.value, self._top5 = probs_html(self.lens, fwd.probs, note=note)
+        k = int(fwd.probs.argmax())
+        self._top1 = (k, self.lens.class_name(k), float(fwd.probs[k]))
+
+    def _factor(self, h, w) -> int:
+        return display_factor(int(h), int(w), self.display_size)
+
+    def _render_layer(self, image) -> None:
+        fwd = _forward(self.lens, image)
+        path = self.lens.resolve(self.layer)[1]
+        act = fwd.activations.get(path)
+        if act is None:
+            raise ValueError(f"layer {self.layer!r} did not run during the forward; choose another layer")
+        act = act.detach()[0]
+        self._spatial = act.dim() == 3
+        self._acts = act if self._spatial else act.view(-1, 1, 1)
+        maps = self._acts
+        C, h, w = maps.shape
+        factor = max(1, int(round(28 / max(h, w)))) if h > 1 else 8
+        self._mosaic = mosaic(to_uint8_map(maps), factor=factor, cols=None if h > 1 else 32)
+        self.mosaic_canvas.set_picture(png_bytes(self._mosaic.pixels, palette=True), self._mosaic.width,
+                                       self._mosaic.height)
+        kind = f"{C} feature maps {h}x{w}" if act.dim() == 3 else f"{C} units"
+        self.mosaic_caption.value = (f"<b>{html.escape(self.layer)}</b>: {kind}, one scale (its strongest "
+                                     f"activation {float(maps.max()):.3g}); click one to select it")
+        self.channel = min(max(self.channel, 0), C - 1)
+
+    def _render_channel(self) -> None:
+        C = self._acts.shape[0]
+        if not 0 <= self.channel < C:
+            raise ValueError(f"channel {self.channel} is out of range: layer {self.layer!r} has {C} channels "
+                             f"(0..{C - 1})")
+        with self.hold():                    # the slider's own observer must not render a second time
+            self.channel_slider.max = C - 1
+            self.channel_slider.value = self.channel
+            self._dirty = None
+        amap = self._acts[self.channel]
+        h, w = amap.shape
+        self._map_factor = self._factor(h, w) if h > 1 else 64
+        pixels = upscale(to_uint8_map(amap), self._map_factor)
+        self.map_canvas.set_picture(png_bytes(pixels, palette=True), pixels.shape[1], pixels.shape[0])
+        self.mosaic_canvas.redraw_overlay()
+        self.map_caption.value = (f"map {self.channel} of <b>{html.escape(self.layer)}</b> (max "
+                                  f"{float(amap.max()):.3g}); click a position to project it")
+
+    def _render_projection(self, image) -> None:
+        methods = METHODS if self.side_by_side else (self.method,)
+        projections = {m: _project(self.lens, image, self.layer, self.channel, self.position, m) for m in methods}
+        p = projections[self.method]
+        self.projection, self.projections = p, (projections if self.side_by_side else {})
+        factor = self._factor(*p.pixels.shape[-2:])
+        self.projection_image.value = png_bytes(upscale(p.to_image(), factor))
+        if self.side_by_side:
+            for m, q in projections.items():
+                self.side_images[m].value = png_bytes(upscale(q.to_image(), factor))
+        pos = "" if p.position is None else ",".join(str(v) for v in p.position)
+        where = "strongest activation" if self.position == "max" else f"position {p.position}"
+        self.projection_info.value = (
+            f'<span data-layer="{html.escape(p.layer)}" data-channel="{p.channel}" data-position="{pos}" '
+            f'data-activation="{p.activation:.6g}" data-method="{p.method}">{p.method} projection of '
+            f'{html.escape(p.layer)} map {p.channel}, {where} ({p.activation:.3g})</span>')
+        self.map_canvas.redraw_overlay()
+
+    # ----- overlays ------------------------------------------------------------------------------
+    def _draw_selection(self, layer) -> None:
+        if self._mosaic is None or not 0 <= self.channel < self._mosaic.count:
+            return
+        x, y = self._mosaic.origin(self.channel)
+        layer.stroke_style = "#ff3b30"
+        layer.line_width = 2
+        layer.stroke_rect(x - 1, y - 1, self._mosaic.tile_w + 2, self._mosaic.tile_h + 2)
+
+    def _draw_position(self, layer) -> None:
+        p = self.projection
+        if p is None or p.position is None or getattr(self, "_map_factor", None) is None:
+            return
+        f = self._map_factor
+        y, x = p.position
+        layer.stroke_style = "#ff3b30"
+        layer.line_width = 2
+        layer.stroke_rect(x * f + 1, y * f + 1, f - 2, f - 2)
+
+    # ----- state, closing ------------------------------------------------------------------------
+    def _state(self) -> dict:
+        p = self.projection
+        return {"image": self.image_index,
+                "image_name": None if self.image_index is None else self.entries[self.image_index][0],
+                "layer": self.layer, "channel": self.channel,
+                "channels": None if self._acts is None else int(self._acts.shape[0]),
+                "position": self.position, "projected": None if p is None else p.position,
+                "activation": None if p is None else p.activation, "method": self.method,
+                "side_by_side": self.side_by_side, "top5": list(self._top5), "top1": self._top1,
+                "images": len(self.entries), "renders": self.renders}
+
+    def _close_extra(self) -> None:
+        for name in ("mosaic_canvas", "map_canvas"):
+            pc = getattr(self, name, None)
+            if pc is not None:
+                pc.close()
+        self.entries = []
+        self._acts = None
