@@ -1,0 +1,197 @@
+"""feature_evolution and SnapshotSaver on tiny models, against hand-made projections; ZF's finding on the bundled model."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import zfwidgets
+from zfwidgets import Lens
+from zfwidgets.analysis.evolution import SnapshotSaver, feature_evolution, load_snapshots
+from zfwidgets.core.project import deconvnet_steps
+
+
+def _tiny(seed):
+    g = torch.Generator().manual_seed(seed)
+    model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(3, 2, 2), nn.ReLU(),
+                          nn.Flatten(), nn.Linear(2 * 2 * 2, 4))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g))
+    return model
+
+
+def _snapshots():
+    """Three 'snapshots': the same net drifting a little, then a lot, then settled."""
+    base = _tiny(0)
+    lenses = []
+    for k, eps in enumerate((1.0, 0.3, 0.0)):
+        m = _tiny(0)
+        with torch.no_grad():
+            for p, q in zip(m.parameters(), _tiny(10 + k).parameters()):
+                p.add_(eps * q)
+        lens = Lens(m, input_size=(1, 8, 8))
+        lens.epoch = (1, 2, 5)[k]
+        lenses.append(lens)
+    return base, lenses
+
+
+def _cos(a, b):
+    return float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum()))
+
+
+def test_conv1_projection_is_the_filter_at_the_strongest_position():
+    _, lenses = _snapshots()
+    x = torch.randn(5, 1, 8, 8, generator=torch.Generator().manual_seed(4))
+    ev = feature_evolution(lenses, x, ["conv1"], channels=[0, 2], show_progress=False)
+    assert ev.epochs == [1, 2, 5] and ev.channels == {"conv1": [0, 2]}
+    expected = np.zeros((2, 3, 1, 8, 8))
+    for s, lens in enumerate(lenses):
+        conv = lens.model[0]
+        with torch.no_grad():
+            out = conv(x)  # 5 x 3 x 6 x 6, pre-ReLU, by hand
+        for c_pos, c in enumerate((0, 2)):
+            flat = int(out[:, c].argmax())
+            i, rest = divmod(flat, 36)
+            y, xx = divmod(rest, 6)
+            assert ev.image_index["conv1"][c_pos, s] == i
+            assert ev.activation["conv1"][c_pos, s] == pytest.approx(float(out[i, c, y, xx]), rel=1e-6)
+            # the deconvnet of a first-layer unit: its filter, placed over its receptive field
+            expected[c_pos, s, 0, y:y + 3, xx:xx + 3] = conv.weight[c, 0].detach().numpy()
+    np.testing.assert_allclose(ev.projections["conv1"], expected, rtol=1e-5, atol=1e-6)
+    for c_pos in range(2):
+        for s in range(3):
+            assert ev.similarity["conv1"][c_pos, s] == pytest.approx(_cos(expected[c_pos, s], expected[c_pos, 2]))
+    assert ev.similarity["conv1"][:, -1] == pytest.approx(1.0)
+    st = ev.stability()["conv1"]
+    assert st == pytest.approx(ev.similarity["conv1"].mean(0))
+
+
+def test_upper_layer_matches_paper_form_deconvnet_and_default_channels():
+    _, lenses = _snapshots()
+    x = torch.randn(6, 1, 8, 8, generator=torch.Generator().manual_seed(5))
+    ev = feature_evolution(lenses, x, "conv2", channels=1, show_progress=False)
+    final = lenses[-1]
+    with torch.no_grad():
+        a = final.model[:4](x)  # conv2 output, pre-ReLU
+    assert ev.channels["conv2"] == [int(a.amax((0, 2, 3)).argmax())]  # the map with the strongest activation
+    c = ev.channels["conv2"][0]
+    for s, lens in enumerate(lenses):
+        i = ev.image_index["conv2"][0, s]
+        with torch.no_grad():
+            assert i == int(lens.model[:4](x)[:, c].flatten(1).amax(1).argmax())
+        ref = deconvnet_steps(lens, x[i], "conv2", c, dtype=torch.float64)[-1][1][0].detach().numpy()
+        np.testing.assert_allclose(ev.projections["conv2"][0, s], ref, rtol=1e-4, atol=1e-5)
+    assert len(ev.plot().axes) == 3
+    assert len(ev.plot_stability().axes) == 1
+
+
+def test_converged_epoch():
+    _, lenses = _snapshots()
+    ev = feature_evolution(lenses, torch.randn(4, 1, 8, 8), ["conv1", "conv2"], channels=[0, 1],
+                           show_progress=False)
+    ev.similarity = {"conv1": np.array([[0.9, 0.95, 1.0]]), "conv2": np.array([[0.9, 0.2, 1.0]])}
+    assert ev.converged_epoch(0.8) == {"conv1": 1, "conv2": 5}
+
+
+def test_snapshot_saver_round_trip(tmp_path):
+    model = _tiny(1)
+    model.train()
+    hooks_before = [dict(m._forward_hooks) for m in model.modules()]
+    saver = SnapshotSaver(model, tmp_path / "snaps", epochs=(1, 3), name="tiny", input_size=(1, 8, 8),
+                          mean=0.5, std=0.25, class_names="abcd")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    saved_states = {}
+    for epoch in range(1, 5):
+        loss = model(torch.randn(3, 1, 8, 8)).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        path = saver(epoch)
+        assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+        assert (path is not None) == (epoch in (1, 3))
+        if path is not None:
+            saved_states[epoch] = before
+    assert model.training and [dict(m._forward_hooks) for m in model.modules()] == hooks_before
+    folder = tmp_path / "snaps"
+    assert sorted(p.name for p in folder.iterdir()) == ["snapshots.json", "tiny.epoch1.pt", "tiny.epoch3.pt"]
+    raw = torch.load(folder / "tiny.epoch3.pt", weights_only=True)
+    assert all(v.dtype == torch.float16 for v in raw.values())
+    index = json.loads((folder / "snapshots.json").read_text())
+    assert [s["epoch"] for s in index["snapshots"]] == [1, 3] and index["input_size"] == [1, 8, 8]
+    lenses = SnapshotSaver.load(folder, model=lambda: _tiny(7))
+    assert [l.epoch for l in lenses] == [1, 3]
+    assert lenses[0].class_names == list("abcd") and lenses[0].mean == [0.5]
+    for lens, epoch in zip(lenses, (1, 3)):
+        for k, v in lens.model.state_dict().items():
+            torch.testing.assert_close(v, saved_states[epoch][k].half().float(), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="model="):
+        load_snapshots(folder)
+
+
+def test_folder_of_a_bundled_architecture(tmp_path):
+    from zfwidgets.zoo.models import build
+    torch.manual_seed(0)
+    model = build("zfnet-fashion")
+    saver = SnapshotSaver(model, tmp_path, epochs=None, arch="zfnet-fashion", input_size=(1, 28, 28),
+                          mean=[0.286], std=[0.353])
+    saver(1)
+    with torch.no_grad():
+        model.conv1.weight.mul_(2)
+    saver(2)
+    x = torch.randn(3, 1, 28, 28)
+    ev = feature_evolution(str(tmp_path), x, "conv1", channels=[3], show_progress=False)
+    assert ev.epochs == [1, 2]
+    # conv1 weights doubled, bias unchanged: the projection keeps its direction if the same unit wins
+    if ev.image_index["conv1"][0, 0] == ev.image_index["conv1"][0, 1]:
+        assert ev.similarity["conv1"][0, 0] == pytest.approx(1.0, abs=1e-3)
+
+
+def test_bad_input(tmp_path):
+    _, lenses = _snapshots()
+    x = torch.randn(2, 1, 8, 8)
+    with pytest.raises(ValueError, match="out of range"):
+        feature_evolution(lenses, x, "conv1", channels=[5])
+    with pytest.raises(ValueError, match="unknown layer"):
+        feature_evolution(lenses, x, "conv9")
+    with pytest.raises(ValueError, match="method"):
+        feature_evolution(lenses, x, "conv1", method="lrp")
+    with pytest.raises(TypeError):
+        feature_evolution(lenses[0], x, "conv1")
+    with pytest.raises(TypeError):
+        feature_evolution(42, x, "conv1")
+    with pytest.raises(ValueError, match="neither"):
+        feature_evolution(str(tmp_path / "nothing"), x, "conv1")
+    with pytest.raises(ValueError, match="no snapshot"):
+        feature_evolution(lenses, x, "conv1", epochs=[3])
+    with pytest.raises(TypeError):
+        SnapshotSaver("model", tmp_path)
+    with pytest.raises(TypeError):
+        SnapshotSaver(_tiny(0), tmp_path, epochs=[1.5])
+    with pytest.raises(TypeError):
+        SnapshotSaver(_tiny(0), tmp_path)(2.0)
+    with pytest.raises(ValueError, match="arch"):
+        SnapshotSaver(_tiny(0), tmp_path, arch="resnet")
+
+
+def _bundled_snapshots_available():
+    try:
+        return len(zfwidgets.snapshot_epochs("zfnet-fashion")) >= 3
+    except (FileNotFoundError, ValueError):
+        return False
+
+
+@pytest.mark.skipif(not _bundled_snapshots_available(), reason="the bundled weights are not installed")
+def test_bundled_lower_layers_stabilise_earlier():
+    images = [s.image for s in zfwidgets.samples()]
+    ev = feature_evolution("zfnet-fashion", images, ["conv1", "conv3", "conv5"], channels=12,
+                           show_progress=False)
+    st = ev.stability()
+    # ZF Fig. 4: at the first snapshots the lower layer is already closer to its final form
+    assert st["conv1"][0] > st["conv5"][0]
+    assert st["conv1"][1] > st["conv5"][1]
+    conv = ev.converged_epoch(0.8)
+    assert conv["conv1"] is not None
+    assert conv["conv5"] is None or conv["conv1"] <= conv["conv5"]

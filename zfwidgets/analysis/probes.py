@@ -1,0 +1,401 @@
+"""Linear probes per layer (ZF §5.3, Table 7) and feature generalisation (ZF §5.2, Tables 4-6).
+
+**The linear classifier** (both functions): multinomial logistic regression (softmax) on frozen features,
+fitted full-batch with L-BFGS (strong-Wolfe line search, at most ``max_iter`` iterations) in float64 on
+features standardised with the training set's mean and standard deviation. The objective is the mean
+cross-entropy plus ``l2 / 2 * ||W||^2`` (the bias is not penalised): the same model as scikit-learn's
+``LogisticRegression(C=1 / (l2 * n_train))``. It is deterministic.
+
+**Features of a layer**: the layer's output, rectified (``relu``; the model's output layer is left as
+is), flattened. A conv map larger than ``grid x grid`` is first average-pooled to ``grid x grid``
+(``adaptive_avg_pool2d``; default 4), so that every layer gives a few hundred to a few thousand
+features; ``grid=None`` keeps the full maps.
+
+:func:`feature_generalisation` keeps a trained model's layers fixed and fits a new softmax on the
+features of N examples per class of a second data set (default: scikit-learn's handwritten digits
+upsampled to 28x28, :func:`zfwidgets.zoo.data.load_digits28`), and compares with the same architecture
+trained from scratch on those N per class (Adam, until the training loss is below ``0.05`` or
+``scratch_steps`` steps), test accuracy on the held-out digits.
+
+Example:
+    >>> p = zfwidgets.layer_probes(lens, x_train[:2000], y_train[:2000], x_test[:1000], y_test[:1000])
+    >>> print(p.table())                       # accuracy per layer, like ZF Table 7
+    >>> g = zfwidgets.feature_generalisation(lens, n_per_class=(5, 10, 20))
+    >>> g.frozen_accuracy, g.scratch_accuracy  # ZF Tables 4-6 at small scale
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from numbers import Integral, Real
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .._progress import progress
+from .filters import _as_labels, _check_lens, _image_list, _input_batches, _num_images, _run
+
+__all__ = ["LayerProbes", "Generalisation", "layer_probes", "feature_generalisation", "fit_softmax",
+           "layer_features"]
+
+
+# ----- the linear classifier --------------------------------------------------------------------
+@dataclass
+class SoftmaxClassifier:
+    """A fitted softmax regression: ``predict(features)`` gives classes (features as given to :func:`fit_softmax`)."""
+    weight: torch.Tensor   # K x D (on standardised features)
+    bias: torch.Tensor     # K
+    mean: torch.Tensor     # D
+    scale: torch.Tensor    # D
+    iterations: int
+
+    def logits(self, features) -> torch.Tensor:
+        z = (torch.as_tensor(features).double() - self.mean) / self.scale
+        return z @ self.weight.T + self.bias
+
+    def predict(self, features) -> torch.Tensor:
+        return self.logits(features).argmax(1)
+
+    def accuracy(self, features, labels) -> float:
+        return float((self.predict(features) == torch.as_tensor(labels)).double().mean())
+
+
+def fit_softmax(features, labels, n_classes: int | None = None, *, l2: float = 1e-3,
+                max_iter: int = 300) -> SoftmaxClassifier:
+    """Multinomial logistic regression, full-batch L-BFGS (see the module docstring for the objective).
+
+    Example:
+        >>> clf = fit_softmax(train_features, train_labels, l2=1e-3)
+        >>> clf.accuracy(test_features, test_labels)
+    """
+    X = torch.as_tensor(features).detach().double().cpu()
+    y = torch.as_tensor(labels).detach().long().cpu()
+    if X.dim() != 2 or y.dim() != 1 or X.shape[0] != y.shape[0] or X.shape[0] == 0:
+        raise ValueError(f"expected features n x D and n labels, got {tuple(X.shape)} and {tuple(y.shape)}")
+    if isinstance(l2, bool) or not isinstance(l2, Real) or not l2 >= 0:
+        raise ValueError(f"l2 must be a number >= 0, got {l2!r}")
+    K = int(y.max()) + 1 if n_classes is None else int(n_classes)
+    if int(y.min()) < 0 or int(y.max()) >= K:
+        raise ValueError(f"labels must lie in 0..{K - 1}")
+    mean = X.mean(0)
+    scale = X.std(0, unbiased=False)
+    scale = torch.where(scale > 1e-12, scale, torch.ones_like(scale))
+    Z = (X - mean) / scale
+    W = torch.zeros(K, Z.shape[1], dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(K, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([W, b], lr=1, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe",
+                            tolerance_grad=1e-9, tolerance_change=1e-12)
+    count = [0]
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(Z @ W.T + b, y) + 0.5 * l2 * (W * W).sum()
+        loss.backward()
+        count[0] += 1
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    return SoftmaxClassifier(W.detach(), b.detach(), mean, scale, count[0])
+
+
+# ----- features ---------------------------------------------------------------------------------
+def _check_grid(grid):
+    if grid is None:
+        return None
+    if isinstance(grid, bool) or not isinstance(grid, Integral) or grid < 1:
+        raise ValueError(f"grid must be a positive int or None, got {grid!r}")
+    return int(grid)
+
+
+def layer_features(lens, images, layers, *, grid: int | None = 4, rectify: bool = True, batch_size: int = 256,
+                   show_progress=True, desc: str = "features") -> dict:
+    """``{layer name: N x D float32 tensor}``: each layer's (rectified, pooled, flattened) features.
+
+    See the module docstring for the rectification and the ``grid`` pooling.
+
+    Example:
+        >>> f = layer_features(lens, x[:100], ["conv2", "fc7"])
+        >>> f["conv2"].shape       # (100, 64 * 4 * 4)
+    """
+    _check_lens(lens)
+    grid = _check_grid(grid)
+    names = [lens.resolve(l)[0] for l in layers]
+    output_layer = lens.layers[-1]
+    imgs = _image_list(images)
+    n = _num_images(imgs)
+    out = {l: [] for l in names}
+    for x in progress(_input_batches(lens, imgs, batch_size), total=-(-n // batch_size), desc=desc,
+                      enabled=show_progress):
+        _, acts = _run(lens, x, names)
+        for l in names:
+            a = acts[l].float()
+            if rectify and l != output_layer:
+                a = a.clamp(min=0)
+            if grid is not None and a.dim() == 4 and (a.shape[2] > grid or a.shape[3] > grid):
+                a = F.adaptive_avg_pool2d(a, grid)
+            out[l].append(a.flatten(1).cpu().clone())
+    return {l: torch.cat(v) for l, v in out.items()}
+
+
+# ----- layer probes -----------------------------------------------------------------------------
+@dataclass
+class LayerProbes:
+    """Linear-probe accuracy per layer (see :func:`layer_probes`)."""
+    model: str
+    layers: list
+    test_accuracy: np.ndarray
+    train_accuracy: np.ndarray
+    feature_dim: np.ndarray
+    n_train: int
+    n_test: int
+    grid: int | None
+    l2: float
+
+    def table(self) -> str:
+        """Text like ZF Table 7: one line per layer."""
+        lines = [f"{'layer':<8} {'features':>8}  {'train':>7}  {'test':>7}"]
+        for l, d, tr, te in zip(self.layers, self.feature_dim, self.train_accuracy, self.test_accuracy):
+            lines.append(f"{l:<8} {d:>8}  {tr:>7.2%}  {te:>7.2%}")
+        pool = f"maps average-pooled to {self.grid}x{self.grid}" if self.grid else "full maps"
+        return "\n".join(lines) + (f"\n({self.model}; softmax on frozen features, l2={self.l2:g}, {pool}; "
+                                   f"{self.n_train} train / {self.n_test} test images)")
+
+    def __str__(self):
+        return self.table()
+
+    def plot(self):
+        """Test (and train) accuracy of the linear probe against depth."""
+        from ..plot.probes import plot_layer_probes
+        return plot_layer_probes(self)
+
+
+def layer_probes(lens, train_images, train_labels, test_images, test_labels, layers=None, *, grid: int | None = 4,
+                 l2: float = 1e-3, max_iter: int = 300, batch_size: int = 256, show_progress=True) -> LayerProbes:
+    """A linear softmax classifier on each layer's frozen features: accuracy per layer (ZF Table 7).
+
+    Args:
+        lens: a :class:`zfwidgets.Lens`.
+        train_images, train_labels: images (a list, a uint8 array N x H x W [x C], or a float tensor
+            N x C x H x W of model input) and class indices to fit the probes.
+        test_images, test_labels: held-out images and labels to measure them.
+        layers: layers to probe (default: every layer of the table but the output layer).
+        grid: conv maps are average-pooled to ``grid x grid`` (``None``: no pooling).
+        l2: weight decay of the softmax (see the module docstring); ``max_iter``: L-BFGS iterations.
+
+    Example:
+        >>> from zfwidgets.zoo.data import load_fashion_mnist
+        >>> xtr, ytr = load_fashion_mnist("train"); xte, yte = load_fashion_mnist("test")
+        >>> p = layer_probes(zfwidgets.load(), xtr[:2000], ytr[:2000], xte[:1000], yte[:1000])
+        >>> print(p.table())
+    """
+    _check_lens(lens)
+    tr, te = _image_list(train_images), _image_list(test_images)
+    ytr = _as_labels(train_labels, _num_images(tr))
+    yte = _as_labels(test_labels, _num_images(te))
+    if len(ytr) < 2 or len(yte) < 1:
+        raise ValueError("layer_probes needs at least 2 training images and 1 test image")
+    names = lens.layers[:-1] if layers is None else [lens.resolve(l)[0] for l in (
+        [layers] if isinstance(layers, (str, nn.Module)) else layers)]
+    if not names:
+        raise ValueError("no layers to probe")
+    K = int(max(ytr.max(), yte.max())) + 1
+    ftr = layer_features(lens, tr, names, grid=grid, batch_size=batch_size, show_progress=show_progress,
+                         desc="train features")
+    fte = layer_features(lens, te, names, grid=grid, batch_size=batch_size, show_progress=show_progress,
+                         desc="test features")
+    acc_te, acc_tr, dims = [], [], []
+    for l in progress(names, total=len(names), desc="probes", enabled=show_progress):
+        clf = fit_softmax(ftr[l], ytr, K, l2=l2, max_iter=max_iter)
+        acc_tr.append(clf.accuracy(ftr[l], ytr))
+        acc_te.append(clf.accuracy(fte[l], yte))
+        dims.append(ftr[l].shape[1])
+    return LayerProbes(lens.name, names, np.array(acc_te), np.array(acc_tr), np.array(dims), len(ytr), len(yte),
+                       _check_grid(grid), float(l2))
+
+
+# ----- feature generalisation -------------------------------------------------------------------
+@dataclass
+class Generalisation:
+    """Frozen features + new softmax vs the same architecture trained from scratch, per N per class.
+
+    ``frozen_accuracy`` and ``scratch_accuracy`` are ``repeats x len(n_per_class)`` test accuracies;
+    ``scratch_train_accuracy`` shows the scratch nets fitted their small training sets.
+    """
+    model: str
+    layer: str
+    n_per_class: np.ndarray
+    frozen_accuracy: np.ndarray
+    scratch_accuracy: np.ndarray
+    scratch_train_accuracy: np.ndarray
+    scratch_steps: np.ndarray
+    n_test: int
+    n_classes: int
+    dataset: str
+    train_indices: list  # [repeat][k]: the indices (into the training pool) of the N-per-class draw
+
+    def table(self) -> str:
+        """Text like ZF Tables 4-6: one line per N (mean +- std over repeats when repeats > 1)."""
+        def cell(a):
+            return f"{a.mean():.2%}" + (f" ± {a.std():.2%}" if len(a) > 1 else "")
+        lines = [f"{'N/class':>7}  {'frozen ' + self.layer + ' + softmax':>24}  {'from scratch':>16}"]
+        for k, n in enumerate(self.n_per_class):
+            lines.append(f"{n:>7}  {cell(self.frozen_accuracy[:, k]):>24}  {cell(self.scratch_accuracy[:, k]):>16}")
+        return "\n".join(lines) + f"\n({self.model} on {self.dataset}: {self.n_classes} classes, {self.n_test} test images)"
+
+    def __str__(self):
+        return self.table()
+
+    def plot(self):
+        """Test accuracy against N per class: frozen features vs from scratch (ZF Tables 4-6)."""
+        from ..plot.probes import plot_generalisation
+        return plot_generalisation(self)
+
+
+def _fresh_model(lens, seed):
+    """The lens's architecture with a new random initialisation (bundled: ``build(arch)``)."""
+    from ..zoo.models import ARCHITECTURES, build
+    torch.manual_seed(seed)
+    base = lens.name.split("@")[0]
+    if base in ARCHITECTURES:
+        return build(base)
+    model = copy.deepcopy(lens.model)
+    for m in model.modules():
+        if hasattr(m, "reset_parameters") and callable(m.reset_parameters):
+            m.reset_parameters()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return model
+
+
+def _train_scratch(model, x, y, *, steps, lr, batch, seed, target_loss=0.05):
+    """Adam on (x, y) until the full-set training loss is below ``target_loss`` or ``steps`` steps."""
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=5e-4)
+    n = x.shape[0]
+    done = 0
+    with torch.enable_grad():
+        while done < steps:
+            model.train()
+            perm = torch.randperm(n, generator=gen)
+            for i in range(0, n, batch):
+                idx = perm[i:i + batch]
+                loss = F.cross_entropy(model(x[idx]), y[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                done += 1
+                if done >= steps:
+                    break
+            model.eval()
+            with torch.no_grad():
+                if F.cross_entropy(model(x), y).item() < target_loss:
+                    break
+    model.eval()
+    with torch.no_grad():
+        train_acc = float((model(x).argmax(1) == y).double().mean())
+    return done, train_acc
+
+
+def feature_generalisation(lens, n_per_class=(5, 10, 20), *, layer=None, data=None, repeats: int = 1, seed: int = 0,
+                           scratch: bool = True, scratch_steps: int = 300, scratch_lr: float = 2e-3,
+                           grid: int | None = 4, l2: float = 1e-3, batch_size: int = 256,
+                           show_progress=True) -> Generalisation:
+    """Frozen features + a new softmax vs training from scratch, with N examples per class (ZF §5.2).
+
+    Args:
+        lens: a :class:`zfwidgets.Lens` on a trained model (its layers stay fixed).
+        n_per_class: the N values (each <= the smallest class of the training pool).
+        layer: the frozen features (default: the last hidden layer, ZF's fc7).
+        data: ``(x_train, y_train, x_test, y_test)`` of the second data set (default
+            :func:`~zfwidgets.zoo.data.load_digits28` ``(seed)``): N per class are drawn from the training
+            part, accuracy is measured on the whole test part.
+        repeats: draws of the N per class (seeded by ``seed + repeat``).
+        scratch: also train the architecture from scratch on each draw (``build(arch)`` for a bundled model,
+            otherwise a copy of the model with every module's ``reset_parameters``); ``scratch_steps``:
+            at most this many Adam steps (batch 64, ``scratch_lr``), stopping early once the training loss
+            is below 0.05.
+        grid, l2: as in :func:`layer_probes`.
+
+    Example:
+        >>> g = feature_generalisation(zfwidgets.load("zfnet-fashion"), n_per_class=(5, 10, 20))
+        >>> print(g.table()); g.plot()
+    """
+    from ..zoo.data import load_digits28
+    _check_lens(lens)
+    if isinstance(n_per_class, Integral) and not isinstance(n_per_class, bool):
+        n_per_class = (n_per_class,)
+    try:
+        ns = [int(v) for v in n_per_class if not isinstance(v, bool) and isinstance(v, Integral)]
+    except TypeError:
+        raise TypeError(f"n_per_class must be an int or a sequence of ints, got {n_per_class!r}") from None
+    if len(ns) != len(list(n_per_class)) or not ns:
+        raise TypeError(f"n_per_class must be an int or a non-empty sequence of ints, got {n_per_class!r}")
+    if min(ns) < 1:
+        raise ValueError(f"n_per_class must be >= 1, got {ns}")
+    for name, v, lo in (("repeats", repeats, 1), ("scratch_steps", scratch_steps, 1)):
+        if isinstance(v, bool) or not isinstance(v, Integral) or v < lo:
+            raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
+    if isinstance(seed, bool) or not isinstance(seed, Integral):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    if data is None:
+        xtr, ytr, xte, yte = load_digits28(seed=int(seed))
+        dataset = "digits (scikit-learn, 28x28)"
+    else:
+        if not isinstance(data, (tuple, list)) or len(data) != 4:
+            raise TypeError("data must be (x_train, y_train, x_test, y_test)")
+        xtr, ytr, xte, yte = data
+        dataset = "the given data"
+    tr, te = _image_list(xtr), _image_list(xte)
+    ytr = _as_labels(ytr, _num_images(tr))
+    yte = _as_labels(yte, _num_images(te))
+    K = int(max(ytr.max(), yte.max())) + 1
+    counts = np.bincount(ytr.numpy(), minlength=K)
+    if max(ns) > counts.min():
+        raise ValueError(f"n_per_class {max(ns)} is more than the smallest class of the training data "
+                         f"({counts.min()} images)")
+    layer = _last_hidden(lens) if layer is None else lens.resolve(layer)[0]
+    ftr = layer_features(lens, tr, [layer], grid=grid, batch_size=batch_size, show_progress=show_progress,
+                         desc="train features")[layer]
+    fte = layer_features(lens, te, [layer], grid=grid, batch_size=batch_size, show_progress=show_progress,
+                         desc="test features")[layer]
+    if scratch:  # model input for the scratch nets: the same preprocessing as the frozen model
+        xin_tr = torch.cat(list(_input_batches(lens, tr, batch_size)))
+        xin_te = torch.cat(list(_input_batches(lens, te, batch_size)))
+    frozen = np.zeros((repeats, len(ns)))
+    scr = np.full((repeats, len(ns)), np.nan)
+    scr_train = np.full((repeats, len(ns)), np.nan)
+    scr_steps = np.zeros((repeats, len(ns)), np.int64)
+    jobs = [(r, k) for r in range(repeats) for k in range(len(ns))]
+    drawn = [[None] * len(ns) for _ in range(repeats)]
+    y_np = ytr.numpy()
+    for r, k in progress(jobs, total=len(jobs), desc="generalisation", enabled=show_progress):
+        rng = np.random.default_rng(int(seed) + r)
+        idx = np.concatenate([rng.choice(np.flatnonzero(y_np == c), size=ns[k], replace=False) for c in range(K)])
+        idx = torch.from_numpy(np.sort(idx))
+        drawn[r][k] = idx.numpy()
+        dev_idx = idx.to(lens.device)
+        clf = fit_softmax(ftr[idx], ytr[idx], K, l2=l2)
+        frozen[r, k] = clf.accuracy(fte, yte)
+        if scratch:
+            with torch.random.fork_rng(devices=[]):
+                model = _fresh_model(lens, int(seed) * 1000 + r * 100 + k).to(lens.device)
+                steps, acc_tr = _train_scratch(model, xin_tr[dev_idx], ytr[idx].to(lens.device), steps=scratch_steps, lr=scratch_lr,
+                                               batch=64, seed=int(seed) + r)
+            with torch.no_grad():
+                pred = torch.cat([model(xin_te[i:i + batch_size]).argmax(1) for i in range(0, len(yte), batch_size)])
+            scr[r, k] = float((pred.cpu() == yte).double().mean())
+            scr_train[r, k] = acc_tr
+            scr_steps[r, k] = steps
+    return Generalisation(lens.name, layer, np.array(ns), frozen, scr, scr_train, scr_steps, len(yte), K, dataset,
+                          drawn)
+
+
+def _last_hidden(lens) -> str:
+    """ZF's layer 7: the layer before the last fully connected one (the last conv layer if no fc)."""
+    fcs = [k for k, i in enumerate(lens.table) if i.kind == "fc"]
+    if fcs and fcs[-1] > 0:
+        return lens.table[fcs[-1] - 1].name
+    return [i.name for i in lens.table if i.kind == "conv"][-1]
