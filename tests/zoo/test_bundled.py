@@ -1,0 +1,137 @@
+"""The bundled models, snapshots, samples and data loaders."""
+import gzip
+import io
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import zfwidgets as zf
+from zfwidgets.zoo import WEIGHTS_DIR, load_weights
+from zfwidgets.zoo.data import DEBIAN_DIR, _read_idx, load_digits28, load_fashion_mnist
+from zfwidgets.zoo.models import VARIANTS, build
+
+HAVE_DATA = (DEBIAN_DIR / "t10k-labels-idx1-ubyte.gz").exists()
+needs_data = pytest.mark.skipif(not HAVE_DATA and not os.environ.get("CI"),
+                                reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+
+
+@pytest.mark.parametrize("name, floor", [("zfnet-fashion", 0.93), ("allconv-fashion", 0.92)])
+@needs_data
+def test_shipped_weights_reach_the_card_accuracy(name, floor):
+    lens = zf.load(name)
+    card = zf.model_card(name)
+    x, y = load_fashion_mnist("test")
+    batch = torch.from_numpy((x.astype(np.float32) / 255 - lens.mean[0]) / lens.std[0])[:, None]
+    logits, _ = lens.run(batch)
+    acc = float((logits.argmax(1).numpy() == y).mean())
+    assert acc >= floor
+    assert abs(acc - card["test_accuracy"]) < 2e-3
+    assert card["seed"] == 0 and card["history"][-1]["test_accuracy"] == card["test_accuracy"]
+    assert len(card["commit"]) >= 40
+
+
+def test_transform_matches_the_training_normalisation():
+    lens = zf.load("zfnet-fashion")
+    s = zf.samples()[0]
+    x = lens.to_input(s.image)
+    arr = np.asarray(s.image, dtype=np.float32) / 255
+    assert torch.allclose(x[0, 0], torch.from_numpy((arr - 0.2860) / 0.3530), atol=1e-6)
+
+
+def test_load_names_snapshots_and_layers():
+    lens = zf.load("zfnet-fashion")
+    assert lens.layers == ["conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8"]
+    assert not lens.model.training and lens.input_size == (1, 28, 28)
+    assert lens.class_names[9] == "Ankle boot"
+    with pytest.raises(ValueError, match=r"available: \['zfnet-fashion', 'allconv-fashion'\]"):
+        zf.load("alexnet-fashion")
+    epochs = zf.snapshot_epochs("zfnet-fashion")
+    assert epochs[:4] == [1, 2, 4, 8] and epochs[-1] == zf.model_card("zfnet-fashion")["epochs"]
+    early = zf.load("zfnet-fashion", epoch=1)
+    assert not torch.equal(early.model.conv1.weight, lens.model.conv1.weight)
+    with pytest.raises(ValueError, match="available epochs"):
+        zf.load("zfnet-fashion", epoch=3)
+    # allconv has no max pooling: no switches to record
+    ac = zf.load("allconv-fashion")
+    assert not any(isinstance(m, torch.nn.MaxPool2d) for m in ac.model.modules())
+    assert ac.layers[:2] == ["conv1", "pool1"] or "conv1" in ac.layers
+
+
+def test_package_data_is_small_and_offline():
+    total = sum(p.stat().st_size for p in WEIGHTS_DIR.rglob("*") if p.is_file())
+    total += sum(p.stat().st_size for p in (WEIGHTS_DIR.parent / "samples").rglob("*"))
+    assert total < 15 * 2 ** 20
+
+
+def test_tampered_weights_are_refused(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned > " + str(tmp_path / "pwned"),))
+
+    bad = tmp_path / "evil.pt"
+    bad.write_bytes(pickle.dumps({"w": Evil()}))
+    with pytest.raises(ValueError, match="refused to load evil.pt"):
+        load_weights(bad)
+    assert not (tmp_path / "pwned").exists()
+    good = tmp_path / "good.pt"
+    torch.save({"w": torch.ones(2, dtype=torch.float16)}, good)
+    assert load_weights(good)["w"].dtype == torch.float32
+
+
+def test_samples():
+    s = zf.samples()
+    assert len(s) == 40 and [x.label for x in s[:4]] == [0] * 4
+    assert s[0].image.size == (28, 28) and s[0].image.mode == "L"
+    assert all(x.class_name == zf.load("zfnet-fashion").class_names[x.label] for x in s[::7])
+    assert len(zf.samples(label=3)) == 4
+    with pytest.raises(ValueError):
+        zf.samples(label=10)
+
+
+@needs_data
+def test_samples_are_the_documented_test_images():
+    x, y = load_fashion_mnist("test")
+    for smp in zf.samples():
+        assert smp.label == y[smp.index]
+        assert np.array_equal(np.asarray(smp.image), x[smp.index])
+        assert smp.index == np.flatnonzero(y == smp.label)[[s.index for s in zf.samples(smp.label)].index(smp.index)]
+
+
+def test_idx_reader_rejects_truncated_files(tmp_path):
+    header = (0x0803).to_bytes(4, "big") + (2).to_bytes(4, "big") + (3).to_bytes(4, "big") * 2
+    p = tmp_path / "x-idx3-ubyte.gz"
+    with gzip.open(p, "wb") as f:
+        f.write(header + bytes(range(18)))
+    assert _read_idx(p).shape == (2, 3, 3)
+    with gzip.open(p, "wb") as f:
+        f.write(header + bytes(10))
+    with pytest.raises(ValueError, match="truncated"):
+        _read_idx(p)
+
+
+def test_digits28_second_data_set():
+    xtr, ytr, xte, yte = load_digits28()
+    assert xtr.shape[1:] == (28, 28) and xtr.dtype == np.uint8
+    assert len(xtr) + len(xte) == 1797 and set(ytr) == set(range(10))
+    assert xtr[:, :4].max() == 0  # a 4-pixel border like Fashion-MNIST's framing
+    assert abs(len(xte) - len(xtr)) <= 10
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_ablation_variants_build_and_run(variant):
+    m = build("zfnet-fashion", variant).eval()
+    assert m(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    names = {n for n, _ in m.named_children()}
+    assert ("conv3" in names) == ("conv3" not in variant)
+    assert ("fc6" in names) == ("fc6" not in variant)
+
+
+def test_ablation_table_ships():
+    import json
+    table = json.loads((WEIGHTS_DIR / "zfnet-fashion.ablation.json").read_text())
+    assert [r["variant"] for r in table["rows"]] == list(VARIANTS)
+    assert all(0 <= r["test_error"] <= 1 for r in table["rows"])
