@@ -4,8 +4,14 @@ For every snapshot of a model and every chosen feature map, :func:`feature_evolu
 activation of the map over a fixed set of images and projects it to pixel space with the deconvnet. The
 figure has one column per snapshot. To make ZF's finding ("lower layers converge within a few epochs,
 upper layers only after many") measurable, each projection is compared with the last snapshot's
-projection of the same map by cosine similarity: ``similarity[layer][c, s]``, and
-:meth:`FeatureEvolution.stability` averages it over the maps of a layer.
+projection of the same map: ``similarity[layer][c, s]`` is their **shift-invariant cosine**, the
+largest normalised cross-correlation over all relative translations,
+``max_t <p_s, shift_t(p_final)> / (||p_s|| ||p_final||)`` (zero-padded shifts). The strongest activation
+of a map may sit in another image or at another place at each snapshot; a feature that keeps its form
+there counts as stable (the plain cosine, ``cosine[layer][c, s]``, is kept too: it drops to about 0
+whenever the position moves, whatever the feature looks like). :meth:`FeatureEvolution.stability`
+averages the similarity over the maps of a layer; ``baseline[layer]`` is the mean similarity between
+*different* maps of the layer at the last snapshot, the level that unrelated features reach.
 
 Snapshots come from the bundled models (``feature_evolution("zfnet-fashion", ...)`` loads
 ``zfwidgets.load(name, epoch=k)`` for every ``k`` in ``zfwidgets.snapshot_epochs(name)``), from a list of
@@ -14,7 +20,7 @@ lenses, or from a folder written by :class:`SnapshotSaver` during your own train
 Example:
     >>> ev = zfwidgets.feature_evolution("zfnet-fashion", [s.image for s in zfwidgets.samples()],
     ...                                  ["conv1", "conv3", "conv5"], channels=4)
-    >>> ev.stability()          # {'conv1': array([...]), ...}: mean cosine to the final projection
+    >>> ev.stability()          # {'conv1': array([...]), ...}: mean similarity to the final projection
     >>> ev.plot()               # one column per snapshot, like Fig. 4
 """
 from __future__ import annotations
@@ -33,7 +39,7 @@ from torch import nn
 from .._progress import progress
 from .filters import _check_lens, _image_list, _num_images, _run
 
-__all__ = ["FeatureEvolution", "feature_evolution", "SnapshotSaver", "load_snapshots"]
+__all__ = ["FeatureEvolution", "feature_evolution", "SnapshotSaver", "load_snapshots", "shift_cosine"]
 
 INDEX_FILE = "snapshots.json"
 FORMAT = "zfwidgets-snapshots/1"
@@ -203,7 +209,9 @@ class FeatureEvolution:
     Per layer (dicts keyed by layer name), with ``c`` the map's position in ``channels[layer]`` and ``s``
     the snapshot: ``projections[layer][c, s]`` (C x H x W, float32), ``image_index[layer][c, s]`` (which image
     held the strongest activation), ``activation[layer][c, s]`` (its value) and ``similarity[layer][c, s]``
-    (cosine between the projection and the last snapshot's; NaN when either is all zero).
+    (shift-invariant cosine between the projection and the last snapshot's, see the module docstring; NaN
+    when either is all zero), ``cosine[layer][c, s]`` (the plain cosine), ``baseline[layer]`` (the mean
+    similarity between different chosen maps at the last snapshot).
     """
     epochs: list
     layers: list
@@ -213,10 +221,12 @@ class FeatureEvolution:
     activation: dict
     similarity: dict
     method: str
+    cosine: dict = field(default_factory=dict, repr=False)
+    baseline: dict = field(default_factory=dict)
     images: np.ndarray = field(default=None, repr=False)  # n x H x W x 3 uint8
 
     def stability(self) -> dict:
-        """``{layer: mean cosine similarity to the final projection, per snapshot}`` (NaNs skipped)."""
+        """``{layer: mean similarity to the final projection, per snapshot}`` (NaNs skipped)."""
         out = {}
         for l in self.layers:
             s = self.similarity[l]
@@ -242,7 +252,7 @@ class FeatureEvolution:
         return plot_feature_evolution(self, mode=mode)
 
     def plot_stability(self):
-        """Mean cosine similarity to the final projection against the epoch, one line per layer."""
+        """Mean similarity to the final projection against the epoch, one line per layer."""
         from ..plot.evolution import plot_stability
         return plot_stability(self)
 
@@ -291,6 +301,28 @@ def _snapshot_lenses(source, epochs):
     if bad:
         raise ValueError(f"no snapshot at epochs {bad}; available: {have}")
     return [lenses[have.index(e)] for e in epochs], epochs
+
+
+def shift_cosine(a, b) -> float:
+    """The largest cosine between ``a`` and ``b`` (C x H x W) over all relative translations (zero-padded).
+
+    Equal to the plain cosine's maximum over shifts; 1 for a feature that reappears unchanged elsewhere.
+    NaN when either is all zero.
+
+    Example:
+        >>> a = np.zeros((1, 5, 5)); a[0, 1, 1] = 1; b = np.roll(a, 2, axis=2)
+        >>> shift_cosine(a, b)       # 1.0
+    """
+    ta = torch.as_tensor(np.asarray(a), dtype=torch.float64)
+    tb = torch.as_tensor(np.asarray(b), dtype=torch.float64)
+    if ta.dim() != 3 or ta.shape != tb.shape:
+        raise ValueError(f"expected two arrays C x H x W of one shape, got {tuple(ta.shape)} and {tuple(tb.shape)}")
+    na, nb = float(ta.norm()), float(tb.norm())
+    if na == 0 or nb == 0:
+        return float("nan")
+    H, W = ta.shape[1:]
+    corr = torch.nn.functional.conv2d(ta[None], tb[None], padding=(H - 1, W - 1))
+    return float(corr.max()) / (na * nb)
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -400,7 +432,15 @@ def feature_evolution(lens_or_name, images, layers, channels=None, *, epochs=Non
                 where[l][c_pos, s] = i
                 value[l][c_pos, s] = vals[c]
         lens.clear_cache()
-    sim = {l: np.array([[_cosine(proj[l][c, s], proj[l][c, -1]) for s in range(S)]
+    sim = {l: np.array([[shift_cosine(proj[l][c, s], proj[l][c, -1]) for s in range(S)]
                         for c in range(len(chosen[l]))]) for l in names}
+    cos = {l: np.array([[_cosine(proj[l][c, s], proj[l][c, -1]) for s in range(S)]
+                        for c in range(len(chosen[l]))]) for l in names}
+    base = {}
+    for l in names:
+        pairs = [shift_cosine(proj[l][c, -1], proj[l][d, -1]) for c in range(len(chosen[l]))
+                 for d in range(len(chosen[l])) if c != d]
+        pairs = [v for v in pairs if np.isfinite(v)]
+        base[l] = float(np.mean(pairs)) if pairs else float("nan")
     display = np.stack([final.to_display(x[i]) for i in range(n)]) if n <= 512 else None
-    return FeatureEvolution(epoch_list, names, chosen, proj, where, value, sim, method, display)
+    return FeatureEvolution(epoch_list, names, chosen, proj, where, value, sim, method, cos, base, display)

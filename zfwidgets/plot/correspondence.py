@@ -31,7 +31,7 @@ def plot_correspondence(result, *, max_images: int = 8) -> Figure:
                                    edgecolor=COLOURS[p % len(COLOURS)], label=part if i == 0 else None))
         y0, x0, y1, x1 = result.control_boxes[0, 0, i]
         ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, lw=1.2, ls="--",
-                               edgecolor="white", label="a random mask" if i == 0 else None))
+                               edgecolor="#f0c000", label="a random mask" if i == 0 else None))
         ax.set_axis_off()
         ax.set_title(f"image {i}", fontsize=8)
     if n:
@@ -52,7 +52,6 @@ def plot_correspondence(result, *, max_images: int = 8) -> Figure:
                label=f"{name} (mean ± std, {result.control_delta.shape[1]} draws)")
     ax.set_xticks(xs, result.layers)
     ax.set_ylabel("Δ / (n(n-1)D)   (lower = more consistent)")
-    ax.set_title(f"correspondence: Hamming distance between sign(ε) over {result.n_images} images "
-                 f"(ZF Table 1)", fontsize=10)
+    ax.set_title(f"correspondence (ZF Table 1): sign(ε) Hamming, {result.n_images} images", fontsize=10)
     ax.legend(fontsize=8)
     return fig
