@@ -46,6 +46,7 @@ class PictureCanvas:
 
     def __init__(self, width: int, height: int, *, layers: int = 2, css_class: str | None = None, overlay=None):
         self.canvas = MultiCanvas(layers, width=int(width), height=int(height))
+        self._fit()
         if css_class:
             self.canvas.add_class(css_class)           # the rendered <canvas> element
             self.canvas[-1].add_class(css_class)       # and the layer that owns the mouse callbacks
@@ -54,6 +55,11 @@ class PictureCanvas:
         self._ready = lambda: self.redraw()
         self.canvas.on_client_ready(self._ready)
         self.draws = 0
+
+    def _fit(self) -> None:
+        """CSS size = pixel size: a stretched canvas would be smoothed, and clicks scaled."""
+        from ._common import fit
+        fit(self.canvas, self.canvas.width, self.canvas.height)
 
     @property
     def top(self):
@@ -71,6 +77,7 @@ class PictureCanvas:
         """Show new PNG bytes (resizing the canvas when its size changes) and redraw the overlay."""
         if width is not None and (width != self.canvas.width or height != self.canvas.height):
             self.canvas.width, self.canvas.height = int(width), int(height)
+            self._fit()
         self.picture.value = png
         self.redraw()
 

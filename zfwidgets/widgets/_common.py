@@ -11,6 +11,7 @@ import html
 import io
 import math
 import traceback
+from collections import deque
 from dataclasses import dataclass
 
 import ipywidgets as W
@@ -18,12 +19,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-__all__ = ["Panel", "png_bytes", "upscale", "display_factor", "Mosaic", "mosaic", "probs_html", "top_k",
-           "image_widget", "to_uint8_map", "SEPARATOR", "conv_layers"]
+__all__ = ["Panel", "png_bytes", "show_png", "fit", "upscale", "display_factor", "Mosaic", "mosaic", "probs_html", "top_k",
+           "image_widget", "to_uint8_map", "SEPARATOR", "EMPTY", "TOP", "conv_layers"]
 
-# palette index used for the lines between mosaic tiles (the maps use 0..254)
+# palette images: maps use indices 0..253 (black..white), 254 marks an empty cell, 255 the lines between tiles
+TOP = 253
+EMPTY = 254
 SEPARATOR = 255
-_PALETTE = [v for i in range(255) for v in (i, i, i)] + [31, 119, 180]   # greys, then a blue separator
+_PALETTE = ([v for i in range(TOP + 1) for v in (round(i * 255 / TOP),) * 3]
+            + [255, 255, 255] + [31, 119, 180])
 
 
 def png_bytes(arr: np.ndarray, *, palette: bool = False, level: int = 1) -> bytes:
@@ -56,8 +60,9 @@ def display_factor(height: int, width: int, target: int = 224) -> int:
     return max(1, int(round(target / max(height, width))))
 
 
-def to_uint8_map(a: torch.Tensor | np.ndarray, scale: float | None = None, top: int = 254) -> np.ndarray:
-    """Activations (rectified) as uint8 ``0..top``; ``scale`` is the value shown at ``top`` (default: the max)."""
+def to_uint8_map(a: torch.Tensor | np.ndarray, scale: float | None = None, top: int = TOP) -> np.ndarray:
+    """Activations (rectified) as palette indices ``0..top`` (black..white); ``scale`` is the value shown white
+    (default: the maximum)."""
     a = a.detach().float().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a, np.float32)
     a = np.maximum(a, 0)
     m = float(a.max()) if scale is None else float(scale)
@@ -101,7 +106,8 @@ class Mosaic:
 
 
 def mosaic(maps: np.ndarray, *, factor: int = 1, cols: int | None = None, gap: int = 1) -> Mosaic:
-    """Tile ``N x h x w`` uint8 maps (values 0..254) into one image, each enlarged ``factor`` times.
+    """Tile ``N x h x w`` uint8 maps (palette indices 0..253) into one image, each enlarged ``factor`` times;
+    cells past the last map are :data:`EMPTY` (white), the lines between tiles :data:`SEPARATOR` (blue).
 
     One reshape, no Python loop over the maps: this runs on every occluder move.
     """
@@ -110,6 +116,7 @@ def mosaic(maps: np.ndarray, *, factor: int = 1, cols: int | None = None, gap: i
     rows = int(math.ceil(n / cols))
     th, tw = h * factor, w * factor
     cells = np.full((rows * cols, th + gap, tw + gap), SEPARATOR, np.uint8)
+    cells[n:, :th, :tw] = EMPTY
     cells[:n, :th, :tw] = upscale(maps.transpose(1, 2, 0), factor).transpose(2, 0, 1) if factor > 1 else maps
     grid = cells.reshape(rows, cols, th + gap, tw + gap).transpose(0, 2, 1, 3).reshape(rows * (th + gap),
                                                                                       cols * (tw + gap))
@@ -140,7 +147,8 @@ def probs_html(lens, probs: torch.Tensor, *, k: int = 5, box=None, note: str = "
               f'background:#1f77b4;vertical-align:middle"></span>'
         label = (f'<span class="zf-top1" data-class="{name}" data-index="{i}" data-p="{p:.6f}">{name} '
                  f'{p * 100:.1f}%</span>') if rank == 0 else f'<span class="zf-prob">{name} {p * 100:.1f}%</span>'
-        rows.append(f'<tr><td style="width:104px">{bar}</td><td>{label}</td></tr>')
+        rows.append(f'<tr><td style="width:104px;text-align:left;padding:0">{bar}</td>'
+                    f'<td style="text-align:left;padding:0 4px">{label}</td></tr>')
     parts = ['<div class="zf-probs-body"><table style="border-collapse:collapse">', *rows, "</table>"]
     if box is not None:
         y0, x0, y1, x1 = (int(v) for v in box)
@@ -150,6 +158,22 @@ def probs_html(lens, probs: torch.Tensor, *, k: int = 5, box=None, note: str = "
         parts.append(f'<div class="zf-note">{note}</div>')
     parts.append("</div>")
     return "".join(parts), [(lens.class_name(i), p) for i, p in best]
+
+
+def fit(widget, width: int, height: int) -> None:
+    """Give ``widget`` a CSS size of exactly ``width`` x ``height`` pixels (a flex box would stretch an image,
+    and a browser smooths what it stretches). Sends nothing when the size did not change."""
+    w, h = f"{int(width)}px", f"{int(height)}px"
+    if widget.layout.width != w:
+        widget.layout.width = w
+    if widget.layout.height != h:
+        widget.layout.height = h
+
+
+def show_png(widget, pixels: np.ndarray, *, palette: bool = False) -> None:
+    """Encode ``pixels`` as PNG into an ``ipywidgets.Image`` shown at 1:1."""
+    widget.value = png_bytes(pixels, palette=palette)
+    fit(widget, pixels.shape[1], pixels.shape[0])
 
 
 def image_widget(css_class: str | None = None, **layout) -> W.Image:
@@ -176,7 +200,7 @@ class Panel(W.VBox):
         super().__init__(**kwargs)
         self.add_class("zf-panel")
         self.lens = lens
-        self.errors: list = []          # (where, exception) caught by guarded callbacks
+        self.errors = deque(maxlen=20)  # the latest (where, exception) caught by guarded callbacks
         self._owned: list = []          # every widget this panel created (closed with it)
         self._observed: list = []       # (widget, handler, names) to unobserve on close
         self._unregister: list = []     # callables removing canvas callbacks

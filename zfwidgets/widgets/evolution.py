@@ -14,7 +14,7 @@ import ipywidgets as W
 import numpy as np
 import torch
 
-from ._common import Panel, display_factor, image_widget, png_bytes, upscale
+from ._common import Panel, display_factor, fit, image_widget, png_bytes, upscale
 
 __all__ = ["EvolutionPanel"]
 
@@ -112,6 +112,7 @@ class EvolutionPanel(Panel):
         self.layer_images = {}
         for l in ev.layers:
             img = self._own(image_widget(f"zf-evolution-{l}"))
+            fit(img, self._sizes[l][1], self._sizes[l][0])
             self.layer_images[l] = img
             caption = self._own(W.HTML(f"<b>{html.escape(l)}</b> maps {ev.channels[l]}: projection (top), "
                                        "image with the strongest activation (bottom)"))
@@ -129,7 +130,7 @@ class EvolutionPanel(Panel):
         return ev
 
     def _encode(self, ev) -> None:
-        self._pngs = []
+        self._pngs, self._sizes = [], {}
         for s in range(len(ev.epochs)):
             per_layer = {}
             for l in ev.layers:
@@ -141,7 +142,9 @@ class EvolutionPanel(Panel):
                     pics = [upscale(ev.images[int(ev.image_index[l][c, s])], f) for c in range(len(projs))]
                 else:
                     pics = [np.full_like(t, 255) for t in tiles]
-                per_layer[l] = png_bytes(self._sheet([tiles, pics]))
+                sheet = self._sheet([tiles, pics])
+                self._sizes[l] = sheet.shape[:2]
+                per_layer[l] = png_bytes(sheet)
             self._pngs.append(per_layer)
 
     @staticmethod

@@ -15,7 +15,8 @@ import ipywidgets as W
 import numpy as np
 
 from ._canvas import PictureCanvas
-from ._common import Panel, display_factor, image_widget, mosaic, png_bytes, probs_html, to_uint8_map, upscale
+from ._common import (Panel, display_factor, image_widget, mosaic, png_bytes, probs_html, show_png,
+                      to_uint8_map, upscale)
 
 __all__ = ["Explorer"]
 
@@ -160,12 +161,19 @@ class Explorer(Panel):
         controls = self._own(W.HBox([self.image_picker, self.upload]))
         controls2 = self._own(W.HBox([self.layer_dropdown, self.channel_slider]))
         controls3 = self._own(W.HBox([self.method_toggle, self.side_checkbox]))
-        left = self._own(W.VBox([self.input_image, self._own(W.HTML("<b>predicted</b>")), self.probs]))
-        middle = self._own(W.VBox([self.mosaic_caption, self.mosaic_canvas.canvas]))
-        right = self._own(W.VBox([self.map_caption, self.map_canvas.canvas]))
-        proj = self._own(W.VBox([self.projection_info, self.projection_image]))
-        self.children = [controls, controls2, controls3,
-                         self._own(W.HBox([left, middle, right, proj], layout=W.Layout(flex_flow="row wrap"))),
+        def column(*children, width=None):
+            box = W.VBox(list(children), layout=W.Layout(align_items="flex-start", margin="0 12px 6px 0",
+                                                         **({"max_width": width} if width else {})))
+            return self._own(box)
+
+        row1 = self._own(W.HBox([column(self._own(W.HTML("<b>image</b>")), self.input_image),
+                                 column(self._own(W.HTML("<b>predicted</b>")), self.probs, width="260px"),
+                                 column(self.mosaic_caption, self.mosaic_canvas.canvas, width="480px")],
+                                layout=W.Layout(flex_flow="row wrap")))
+        row2 = self._own(W.HBox([column(self.map_caption, self.map_canvas.canvas, width="300px"),
+                                 column(self.projection_info, self.projection_image, width="300px")],
+                                layout=W.Layout(flex_flow="row wrap")))
+        self.children = [controls, controls2, controls3, row1, row2,
                          self.side_box, self.error_area]
 
         items = _default_images() if images is None else list(images)
@@ -347,7 +355,7 @@ class Explorer(Panel):
     def _render_image(self, image, label) -> None:
         fwd = _forward(self.lens, image)
         x = fwd.input.detach()
-        self.input_image.value = png_bytes(upscale(self.lens.to_display(x), self._factor(*x.shape[-2:])))
+        show_png(self.input_image, upscale(self.lens.to_display(x), self._factor(*x.shape[-2:])))
         note = "" if label is None else f"true class: <b>{html.escape(self.lens.class_name(label))}</b>"
         self.probs.value, self._top5 = probs_html(self.lens, fwd.probs, note=note)
         k = int(fwd.probs.argmax())
@@ -400,10 +408,10 @@ class Explorer(Panel):
         p = projections[self.method]
         self.projection, self.projections = p, (projections if self.side_by_side else {})
         factor = self._factor(*p.pixels.shape[-2:])
-        self.projection_image.value = png_bytes(upscale(p.to_image(), factor))
+        show_png(self.projection_image, upscale(p.to_image(), factor))
         if self.side_by_side:
             for m, q in projections.items():
-                self.side_images[m].value = png_bytes(upscale(q.to_image(), factor))
+                show_png(self.side_images[m], upscale(q.to_image(), factor))
         pos = "" if p.position is None else ",".join(str(v) for v in p.position)
         where = "strongest activation" if self.position == "max" else f"position {p.position}"
         self.projection_info.value = (

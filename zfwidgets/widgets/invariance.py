@@ -15,7 +15,7 @@ import io
 import ipywidgets as W
 import numpy as np
 
-from ._common import Panel, display_factor, image_widget, png_bytes, upscale
+from ._common import Panel, display_factor, image_widget, show_png, upscale
 
 __all__ = ["InvariancePanel"]
 
@@ -132,7 +132,7 @@ class InvariancePanel(Panel):
         self.index = int(k)
         value = float(inv.values[self.index])
         xt = _transformed(self.lens, self.x, inv.transform, value)
-        self.picture.value = png_bytes(upscale(self.lens.to_display(xt), self.factor))
+        show_png(self.picture, upscale(self.lens.to_display(xt), self.factor))
         p = float(inv.probability[0, self.index])
         cls = html.escape(inv.label_names[0]) if inv.label_names else str(int(inv.labels[0]))
         dists = "".join(f'<br><span class="zf-distance" data-layer="{html.escape(l)}" '

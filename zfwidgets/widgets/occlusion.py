@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from ._canvas import PictureCanvas
-from ._common import (Panel, conv_layers, display_factor, image_widget, mosaic, png_bytes, probs_html,
-                      to_uint8_map, upscale)
+from ._common import (Panel, conv_layers, display_factor, fit, image_widget, mosaic, png_bytes, probs_html,
+                      show_png, to_uint8_map, upscale)
 from ._events import Coalescer
 
 __all__ = ["OcclusionPanel"]
@@ -28,6 +28,21 @@ __all__ = ["OcclusionPanel"]
 def _occlude(lens, image, box, fill):
     from ..analysis.occlusion import occlude
     return occlude(lens, image, box, fill=fill)
+
+
+def _occluded_view(lens, x, box, fill, layer):
+    """``(probabilities K, the layer's activations C x h x w)`` of ``x`` occluded by ``box``.
+
+    The same numbers as ``lens.run(occlude(lens, x, box, fill), [layer])``; computed by the lens's incremental
+    occlusion engine (only what the occluder changes is recomputed) when that is available.
+    """
+    try:
+        from ..analysis.incremental import occlusion_engine
+    except ImportError:
+        logits, acts = lens.run(_occlude(lens, x, box, fill), [layer])
+        return logits.float().softmax(1)[0], acts[layer][0]
+    out = occlusion_engine(lens, x).evaluate_box(box, [layer], fill=fill)
+    return out.probs, out.activations[layer]
 
 
 def _occlusion_maps(lens, image, *, size, stride, fill, target, layer, progress):
@@ -250,22 +265,22 @@ class OcclusionPanel(Panel):
 
         The panel's ``box`` changes only once the view for it is ready, so state and display always agree.
         """
-        x = _occlude(self.lens, self.x, box, self.fill)
-        logits, acts = self.lens.run(x, [self.layer])
-        probs = logits.float().softmax(1)[0]
+        probs, act = _occluded_view(self.lens, self.x, box, self.fill, self.layer)
         target = self.target if self.target is not None else self._base_class
         target_p = (int(target), float(probs[target]))
         name = html.escape(self.lens.class_name(int(target)))
         note = (f'p(<span class="zf-target" data-index="{int(target)}" data-p="{target_p[1]:.6f}">{name}'
                 f'</span>) = {target_p[1] * 100:.1f}% (unoccluded {self._base_target_p * 100:.1f}%)')
         probs_value, top5 = probs_html(self.lens, probs, box=box, note=note)
-        maps = to_uint8_map(acts[self.layer][0], scale=self._layer_scale)
-        mosaic_png = png_bytes(mosaic(maps, factor=self._map_factor).pixels, palette=True)
+        maps = to_uint8_map(act, scale=self._layer_scale)
+        tiled = mosaic(maps, factor=self._map_factor).pixels
+        mosaic_png = png_bytes(tiled, palette=True)
         k, p = int(probs.argmax()), float(probs.max())
         self.box, self.center = tuple(box), tuple(center)
         self._top5, self._top1, self._target_p = top5, (k, self.lens.class_name(k), p), target_p
         self.probs.value = probs_value
         self.mosaic.value = mosaic_png
+        fit(self.mosaic, tiled.shape[1], tiled.shape[0])
         self.occluder.redraw_overlay()
         self.renders += 1
 
@@ -337,8 +352,8 @@ class OcclusionPanel(Panel):
             self._map_canvases.append(pc)
             boxes.append(W.VBox([W.HTML(f'<div style="max-width:{pixels.shape[1]}px">{caption}</div>'), pc.canvas]))
         proj = upscale(occ.projection.to_image(), self.scale)
-        proj_img = W.Image(value=png_bytes(proj), format="png")
-        proj_img.add_class("zf-map-projection")
+        proj_img = image_widget("zf-map-projection")
+        show_png(proj_img, proj)
         boxes.append(W.VBox([W.HTML(f"(c) projection of map {occ.channel}"), proj_img]))
         present = sorted(set(occ.top_class.flatten().tolist()))
         legend = " ".join(f'<span style="display:inline-block;width:10px;height:10px;background:rgb'
