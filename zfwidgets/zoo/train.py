@@ -82,7 +82,8 @@ def _rounded_copy(model):
 
 def train(arch: str, *, epochs: int, seed: int, variant: str = "base", batch_size: int = 128,
           lr: float = 2e-3, snapshots=SNAPSHOT_EPOCHS, out: Path | None = None, root=None,
-          subset: int | None = None, train_eval: int | None = None, log=print) -> dict:
+          subset: int | None = None, train_eval: int | None = None, resume: bool = False,
+          log=print) -> dict:
     commit = _commit()  # the code this run trains from, read before anything else can change
     torch.manual_seed(seed)
     np.random.seed(seed)
@@ -97,12 +98,19 @@ def train(arch: str, *, epochs: int, seed: int, variant: str = "base", batch_siz
         if train_eval else slice(None)
     xev, yev = xtr[ev], ytr[ev]
     model = build(arch, variant)
+    previous, first = None, 1
+    if resume:  # a second stage: continue from the shipped final weights, numbering epochs on
+        previous = json.loads((out / f"{arch}.json").read_text())
+        state = torch.load(out / f"{arch}.pt", map_location="cpu", weights_only=True)
+        model.load_state_dict({k: v.float() for k, v in state.items()})
+        first = previous["epochs"] + 1
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=5e-4)
     steps = epochs * ((len(xtr) + batch_size - 1) // batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.2)
     history = []
     t0 = time.time()
-    for epoch in range(1, epochs + 1):
+    last = first + epochs - 1
+    for epoch in range(first, last + 1):
         model.train()
         perm = torch.randperm(len(xtr), generator=gen)
         for i in range(0, len(xtr), batch_size):
@@ -118,20 +126,25 @@ def train(arch: str, *, epochs: int, seed: int, variant: str = "base", batch_siz
                "test_accuracy": round(accuracy(shipped, xte, yte), 5),
                "seconds": round(time.time() - t0, 1)}
         history.append(row)
-        log(f"[{arch}/{variant}] epoch {epoch}/{epochs}: train {row['train_accuracy']:.4f} "
+        log(f"[{arch}/{variant}] epoch {epoch}/{last}: train {row['train_accuracy']:.4f} "
             f"test {row['test_accuracy']:.4f} ({row['seconds']:.0f}s)")
-        if out is not None and variant == "base" and epoch in snapshots and epoch != epochs:
+        if out is not None and variant == "base" and epoch in snapshots and epoch != last:
             torch.save(_half_state(model), out / f"{arch}.epoch{epoch}.pt")
-    card = {"name": arch, "variant": variant, "seed": seed, "epochs": epochs, "batch_size": batch_size,
+    command = (f"python -m zfwidgets.zoo.train --arch {arch} --epochs {epochs} --seed {seed}"
+               + (f" --train-eval {train_eval}" if train_eval else "") + (f" --lr {lr}" if lr != 2e-3 else "")
+               + (" --resume" if resume else ""))
+    stages = (previous.get("stages", [previous["command"]]) if previous else []) + [command]
+    card = {"name": arch, "variant": variant, "seed": seed, "epochs": last, "batch_size": batch_size,
             "optimizer": f"AdamW(lr={lr}, weight_decay=5e-4), OneCycle", "augmentation":
             "horizontal flip, shift up to 2 px", "weights_dtype": "float16",
-            "snapshot_epochs": [e for e in snapshots if e < epochs] + [epochs],
-            "train_images": len(xtr), "train_accuracy_images": len(xev), "history": history, "test_accuracy": history[-1]["test_accuracy"],
+            "snapshot_epochs": [e for e in snapshots if e < last] + [last],
+            "train_images": len(xtr), "train_accuracy_images": len(xev),
+            "history": (previous["history"] if previous else []) + history, "test_accuracy": history[-1]["test_accuracy"],
             "train_accuracy": history[-1]["train_accuracy"], "commit": commit,
             "torch": torch.__version__, "threads": torch.get_num_threads(),
             "data": "Fashion-MNIST (Xiao, Rasul & Vollgraf 2017), 60,000 train / 10,000 test",
-            "command": f"python -m zfwidgets.zoo.train --arch {arch} --epochs {epochs} --seed {seed}"
-                       + (f" --train-eval {train_eval}" if train_eval else "")}
+            "command": " && ".join(stages), "stages": stages,
+            "stage_commits": (previous.get("stage_commits", [previous["commit"]]) if previous else []) + [commit]}
     if out is not None and variant == "base":
         torch.save(_half_state(model), out / f"{arch}.pt")
         (out / f"{arch}.json").write_text(json.dumps(card, indent=1) + "\n")
@@ -162,6 +175,9 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=None, help="default 12 (3 with --ablation)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate of the one-cycle schedule")
+    p.add_argument("--resume", action="store_true",
+                   help="a second stage: continue from the weights and card in --out for --epochs more epochs")
     p.add_argument("--out", type=Path, default=WEIGHTS_DIR)
     p.add_argument("--data-root", default=None, help="a torchvision download root (default: Debian's package)")
     p.add_argument("--ablation", action="store_true", help="train ZF Table 3's variants and write the table")
@@ -177,7 +193,7 @@ def main(argv=None) -> int:
                  log=log)
     else:
         train(a.arch, epochs=a.epochs or 12, seed=a.seed, out=a.out, root=a.data_root, subset=a.subset,
-              train_eval=a.train_eval, log=log)
+              train_eval=a.train_eval, lr=a.lr, resume=a.resume, log=log)
     return 0
 
 
