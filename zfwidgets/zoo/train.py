@@ -83,7 +83,7 @@ def _rounded_copy(model):
 def train(arch: str, *, epochs: int, seed: int, variant: str = "base", batch_size: int = 128,
           lr: float = 2e-3, snapshots=SNAPSHOT_EPOCHS, out: Path | None = None, root=None,
           subset: int | None = None, train_eval: int | None = None, resume: bool = False,
-          log=print) -> dict:
+          augment: bool = True, dropout: float | None = None, log=print) -> dict:
     commit = _commit()  # the code this run trains from, read before anything else can change
     torch.manual_seed(seed)
     np.random.seed(seed)
@@ -104,6 +104,10 @@ def train(arch: str, *, epochs: int, seed: int, variant: str = "base", batch_siz
         state = torch.load(out / f"{arch}.pt", map_location="cpu", weights_only=True)
         model.load_state_dict({k: v.float() for k, v in state.items()})
         first = previous["epochs"] + 1
+    if dropout is not None:  # this stage's dropout (the modules stay; p only matters in training)
+        for m in model.modules():
+            if isinstance(m, torch.nn.Dropout):
+                m.p = dropout
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=5e-4)
     steps = epochs * ((len(xtr) + batch_size - 1) // batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.2)
@@ -115,7 +119,7 @@ def train(arch: str, *, epochs: int, seed: int, variant: str = "base", batch_siz
         perm = torch.randperm(len(xtr), generator=gen)
         for i in range(0, len(xtr), batch_size):
             idx = perm[i:i + batch_size]
-            xb = normalise(_augment(xtr[idx], gen))[:, None]
+            xb = normalise(_augment(xtr[idx], gen) if augment else xtr[idx])[:, None]
             loss = F.cross_entropy(model(xb), ytr[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -132,7 +136,8 @@ def train(arch: str, *, epochs: int, seed: int, variant: str = "base", batch_siz
             torch.save(_half_state(model), out / f"{arch}.epoch{epoch}.pt")
     command = (f"python -m zfwidgets.zoo.train --arch {arch} --epochs {epochs} --seed {seed}"
                + (f" --train-eval {train_eval}" if train_eval else "") + (f" --lr {lr}" if lr != 2e-3 else "")
-               + (" --resume" if resume else ""))
+               + (" --resume" if resume else "") + ("" if augment else " --no-augment")
+               + (f" --dropout {dropout}" if dropout is not None else ""))
     stages = (previous.get("stages", [previous["command"]]) if previous else []) + [command]
     card = {"name": arch, "variant": variant, "seed": seed, "epochs": last, "batch_size": batch_size,
             "optimizer": f"AdamW(lr={lr}, weight_decay=5e-4), OneCycle", "augmentation":
@@ -176,6 +181,8 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate of the one-cycle schedule")
+    p.add_argument("--no-augment", action="store_true", help="train without flips and shifts")
+    p.add_argument("--dropout", type=float, default=None, help="dropout probability for this run")
     p.add_argument("--resume", action="store_true",
                    help="a second stage: continue from the weights and card in --out for --epochs more epochs")
     p.add_argument("--out", type=Path, default=WEIGHTS_DIR)
@@ -193,7 +200,8 @@ def main(argv=None) -> int:
                  log=log)
     else:
         train(a.arch, epochs=a.epochs or 12, seed=a.seed, out=a.out, root=a.data_root, subset=a.subset,
-              train_eval=a.train_eval, lr=a.lr, resume=a.resume, log=log)
+              train_eval=a.train_eval, lr=a.lr, resume=a.resume, augment=not a.no_augment,
+              dropout=a.dropout, log=log)
     return 0
 
 
