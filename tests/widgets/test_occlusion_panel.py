@@ -56,6 +56,19 @@ def test_drag_shows_plain_api_probabilities_for_the_final_box(panel, zf_random, 
     assert panel.state["box"] == (11, 12, 19, 20)
 
 
+@pytest.mark.parametrize("incremental", [True, False])
+def test_both_forward_paths_show_the_plain_api(panel, zf_random, sample, incremental):
+    """The panel times the incremental engine against a full forward once and keeps the faster; either way
+    it must show the same numbers."""
+    panel.incremental = incremental
+    for x, y in [(20, 200), (112, 112), (223, 5)]:
+        fire(panel.occluder.canvas, "mouse_down", x, y)
+        fire(panel.occluder.canvas, "mouse_up", x, y)
+        assert panel.state["box"] == expected_box(x, y, 8, 8, 28, 28)
+        assert panel.state["forward"] == ("incremental" if incremental else "full")
+        assert_shows_plain_api(panel, zf_random, sample.image)
+
+
 def test_box_is_clamped_inside_the_image(panel, zf_random, sample):
     fire(panel.occluder.canvas, "mouse_down", 223, 0)
     fire(panel.occluder.canvas, "mouse_up", 223, 0)
@@ -64,13 +77,20 @@ def test_box_is_clamped_inside_the_image(panel, zf_random, sample):
 
 
 def test_occluding_changes_the_probabilities(bundled, sample):
+    """With the trained model, covering the middle of the garment moves the probabilities away from the
+    unoccluded ones, and covering a corner moves them differently."""
     panel = zfwidgets.OcclusionPanel(bundled, sample, size=10)
     try:
-        before = read_top1(panel.probs.value)[2]
-        fire(panel.occluder.canvas, "mouse_down", 112, 112)     # the middle of the trouser
+        unoccluded = float(bundled.predict(sample.image).max())
+        fire(panel.occluder.canvas, "mouse_down", 112, 112)     # the middle of the pullover
         fire(panel.occluder.canvas, "mouse_up", 112, 112)
-        after = read_top1(panel.probs.value)[2]
-        assert after != before
+        middle = read_top1(panel.probs.value)[2]
+        assert abs(middle - unoccluded) > 1e-3
+        assert_shows_plain_api(panel, bundled, sample.image)
+        fire(panel.occluder.canvas, "mouse_down", 0, 0)
+        fire(panel.occluder.canvas, "mouse_up", 0, 0)
+        assert panel.state["box"] == (0, 0, 10, 10)
+        assert read_top1(panel.probs.value)[2] != middle
         assert_shows_plain_api(panel, bundled, sample.image)
     finally:
         panel.close()

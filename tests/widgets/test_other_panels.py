@@ -137,6 +137,20 @@ def test_evolution_slider_shows_each_snapshots_projections(images):
         panel.close()
 
 
+def test_evolution_over_the_bundled_snapshots(bundled):
+    epochs = zfwidgets.snapshot_epochs("zfnet-fashion")
+    images = zfwidgets.samples()[::8]
+    panel = zfwidgets.EvolutionPanel("zfnet-fashion", images, ["conv1"], channels=1)
+    try:
+        panel.compute()
+        assert panel.error is None and panel.state["epochs"] == epochs
+        assert panel.state["epoch"] == epochs[-1]                  # starts at the final model
+        panel.epoch_slider.value = 0
+        assert panel.state["epoch"] == epochs[0] and f'data-epoch="{epochs[0]}"' in panel.info.value
+    finally:
+        panel.close()
+
+
 # ----- InvariancePanel -------------------------------------------------------------------------------
 def test_invariance_slider_updates_image_distances_and_probability(zf_random):
     sample = zfwidgets.samples()[12]
