@@ -1,0 +1,93 @@
+"""Run every benchmark in one process and print one table (``--save FILE`` writes it as markdown too).
+
+Each line is a ratio of medians measured in this process against a peer on the same inputs, with the
+outputs checked equal first (the ``check`` column: max abs diff, or max relative diff for projections).
+
+Run: ``.venv/bin/python benchmarks/run_all.py [--runs 5] [--quick] [--only occlusion projection move topk]``
+(about 25 minutes on 2 free cores, most of it captum's VGG16 occlusion map).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
+import occlusion_vs_captum as occlusion  # noqa: E402
+import projection_vs_captum as projection  # noqa: E402
+import topk_throughput as topk  # noqa: E402
+
+GOALS = {("occlusion", "alexnet"): 2.5, ("occlusion", "vgg16"): 4.0, ("projection", "alexnet", "deconvnet"): 4.0,
+         ("topk", "alexnet"): 0.9, ("topk", "bundled"): 0.9}
+MOVE_GOALS = {"alexnet": 0.025, "bundled": 0.005}
+
+
+def commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).resolve().parent).stdout.strip()
+    except OSError:
+        return "?"
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--quick", action="store_true", help="smaller grids and data sets: a smoke run, not figures")
+    p.add_argument("--only", nargs="+", default=["occlusion", "projection", "move", "topk"])
+    p.add_argument("--models", nargs="+", default=["alexnet", "vgg16", "bundled"])
+    p.add_argument("--save", type=Path, help="also write the table (markdown) to this file")
+    args = p.parse_args()
+    start = C.machine()
+    print(f"zfwidgets benchmarks, commit {commit()}, {datetime.datetime.now():%Y-%m-%d %H:%M}; {start}")
+    rows = []  # (what, model, zfwidgets, peer, ratio, goal, check)
+    if "occlusion" in args.only:
+        for m in args.models:
+            r = occlusion.bench(m, args.runs, args.quick)
+            goal = GOALS.get(("occlusion", m))
+            rows.append(("occlusion map" + ("" if r["wired"] else " (engine direct)"), m, C.fmt_s(r["ours_s"]),
+                         f"captum Occlusion ppe={r['ppe']}: {C.fmt_s(r['peer_s'])}", f"{r['ratio']:.2f}x",
+                         f">= {goal}x" if goal else "", f"{r['diff']:.1e} abs"))
+    if "projection" in args.only:
+        for m in args.models:
+            for r in projection.bench(m, max(args.runs, 20), args.quick):
+                goal = GOALS.get(("projection", m, r["method"]))
+                rows.append((f"projection {r['method']}, 2nd click", m, C.fmt_s(r["ours_s"]),
+                             f"captum {r['peer']}: {C.fmt_s(r['peer_s'])}", f"{r['ratio']:.2f}x",
+                             f">= {goal}x" if goal else "", f"{r['diff']:.1e} rel"))
+    if "move" in args.only:
+        for m in [m for m in args.models if m in MOVE_GOALS]:
+            r = occlusion.bench_move(m, 30 if args.quick else 100)
+            rows.append((f"one occluder move ({r['mode']})", m, C.fmt_s(r["ours_s"]),
+                         f"full forward: {C.fmt_s(r['peer_s'])}", f"{r['ratio']:.2f}x",
+                         f"<= {MOVE_GOALS[m] * 1e3:.0f} ms", f"{r['diff']:.1e}"))
+    if "topk" in args.only:
+        for m in [m for m in args.models if m in ("alexnet", "bundled")]:
+            r = topk.bench(m, args.runs, args.quick)
+            if not r:
+                continue
+            goal = GOALS.get(("topk", m))
+            rows.append((f"top-9 mining, {r['images']} images", m, C.fmt_s(r["mining_s"]),
+                         f"plain forward: {C.fmt_s(r['plain_s'])}", f"{r['mining']:.2f}x",
+                         f">= {goal}x" if goal else "", f"{r['diff']:.1e} abs"))
+            rows.append((f"top-9, all maps + projections", m, C.fmt_s(r["all_s"]),
+                         f"plain forward: {C.fmt_s(r['plain_s'])}", f"{r['all maps']:.2f}x", "", ""))
+    end = C.machine()
+    head = ("what", "model", "zfwidgets", "peer (same run)", "speed-up", "goal", "check")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    text = "\n".join([f"commit {commit()}, {datetime.datetime.now():%Y-%m-%d %H:%M}, "
+                      f"{'quick run, ' if args.quick else ''}{args.runs} runs; torch {torch.__version__}",
+                      f"at start: {start}", f"at end: {end}", ""] + lines)
+    print("\n" + text)
+    if args.save:
+        args.save.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
