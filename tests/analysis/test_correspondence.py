@@ -3,6 +3,8 @@ import itertools
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -62,6 +64,14 @@ def test_hamming_consistency_by_hand():
     assert hamming_consistency(np.zeros((3, 5))) == 0
     with pytest.raises(ValueError):
         hamming_consistency(np.array([[2, 0]]))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(2, 6), st.integers(1, 12), st.integers(0, 2 ** 31 - 1))
+def test_hamming_consistency_equals_pairwise_count(n, d, seed):
+    s = np.random.default_rng(seed).integers(-1, 2, size=(n, d))
+    brute = sum(int(np.sum(s[i] != s[j])) for i in range(n) for j in range(n) if i != j)
+    assert hamming_consistency(s) == brute
 
 
 def test_delta_equals_direct_hamming_count(tiny):

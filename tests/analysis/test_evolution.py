@@ -214,6 +214,7 @@ def _bundled_snapshots_available():
         return False
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not _bundled_snapshots_available(), reason="the bundled weights are not installed")
 def test_bundled_lower_layers_stabilise_earlier():
     # ZF Fig. 4 shows layers 1-5: the lower layers' features settle within a few epochs, the upper ones later

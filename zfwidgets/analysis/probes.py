@@ -265,6 +265,9 @@ def _fresh_model(lens, seed):
         return build(base)
     model = copy.deepcopy(lens.model)
     for m in model.modules():
+        # a copy of the user's model must not run the user's hooks
+        for hooks in (m._forward_hooks, m._forward_pre_hooks, m._backward_hooks):
+            hooks.clear()
         if hasattr(m, "reset_parameters") and callable(m.reset_parameters):
             m.reset_parameters()
     for p in model.parameters():
