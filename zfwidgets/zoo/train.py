@@ -68,22 +68,59 @@ def accuracy(model, x_uint8: torch.Tensor, y: torch.Tensor, batch: int = 1000) -
     return correct / len(x_uint8)
 
 
+def with_batchnorm(model: torch.nn.Sequential) -> torch.nn.Sequential:
+    """A training copy of a bundled model with a BatchNorm2d after every convolution (``<name>_bn``).
+
+    Used by ``--batchnorm``: batch normalisation only helps the optimiser. What ships is
+    :func:`fold_batchnorm` of the trained copy: the plain ZF layout, each BatchNorm merged into its conv.
+    """
+    from collections import OrderedDict
+    layers = OrderedDict()
+    for name, m in model.named_children():
+        layers[name] = m
+        if isinstance(m, torch.nn.Conv2d):
+            layers[f"{name}_bn"] = torch.nn.BatchNorm2d(m.out_channels)
+    return torch.nn.Sequential(layers)
+
+
+@torch.no_grad()
+def fold_batchnorm(trained: torch.nn.Sequential, plain: torch.nn.Sequential) -> torch.nn.Sequential:
+    """Load ``plain`` (the shipped layout) with ``trained``'s weights, each BatchNorm folded into its conv:
+    ``W' = W * g / sqrt(v + eps)``, ``b' = (b - m) * g / sqrt(v + eps) + beta`` (exact in eval mode)."""
+    mods = dict(trained.named_children())
+    if not any(isinstance(m, torch.nn.BatchNorm2d) for m in mods.values()):
+        plain.load_state_dict(trained.state_dict())
+        return plain
+    for name, target in plain.named_children():
+        src = mods[name]
+        if isinstance(target, torch.nn.Conv2d):
+            bn = mods[f"{name}_bn"]
+            scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+            target.weight.copy_(src.weight * scale[:, None, None, None])
+            bias = src.bias if src.bias is not None else torch.zeros_like(bn.running_mean)
+            target.bias.copy_((bias - bn.running_mean) * scale + bn.bias)
+        else:
+            target.load_state_dict(src.state_dict())
+    return plain
+
+
 def _half_state(model) -> dict:
     return {k: v.detach().to(torch.float16).clone() for k, v in model.state_dict().items()}
 
 
-def _rounded_copy(model):
-    """The model as it ships: weights rounded to float16 and back, so the card reports what users load."""
-    import copy
-    m = copy.deepcopy(model)
-    m.load_state_dict({k: v.float() for k, v in _half_state(model).items()})
-    return m
+def _shipped(model, arch: str, variant: str):
+    """The model as it ships: BatchNorm folded (if any), weights rounded to float16 and back, so the card
+    reports what users load."""
+    plain = fold_batchnorm(model, build(arch, variant))
+    plain.load_state_dict({k: v.float() for k, v in _half_state(plain).items()})
+    return plain.eval()
 
 
 def train(arch: str, *, epochs: int, seed: int, variant: str = "base", batch_size: int = 128,
           lr: float = 2e-3, snapshots=SNAPSHOT_EPOCHS, out: Path | None = None, root=None,
           subset: int | None = None, train_eval: int | None = None, resume: bool = False,
-          augment: bool = True, dropout: float | None = None, log=print) -> dict:
+          augment: bool = True, dropout: float | None = None, batchnorm: bool = False,
+          log=print) -> dict:
     commit = _commit()  # the code this run trains from, read before anything else can change
     torch.manual_seed(seed)
     np.random.seed(seed)
@@ -104,6 +141,10 @@ def train(arch: str, *, epochs: int, seed: int, variant: str = "base", batch_siz
         state = torch.load(out / f"{arch}.pt", map_location="cpu", weights_only=True)
         model.load_state_dict({k: v.float() for k, v in state.items()})
         first = previous["epochs"] + 1
+    if batchnorm:
+        if resume:
+            raise ValueError("--batchnorm trains from scratch; --resume continues the shipped (folded) model")
+        model = with_batchnorm(model)
     if dropout is not None:  # this stage's dropout (the modules stay; p only matters in training)
         for m in model.modules():
             if isinstance(m, torch.nn.Dropout):
@@ -125,7 +166,7 @@ def train(arch: str, *, epochs: int, seed: int, variant: str = "base", batch_siz
             loss.backward()
             opt.step()
             sched.step()
-        shipped = _rounded_copy(model)
+        shipped = _shipped(model, arch, variant)
         row = {"epoch": epoch, "train_accuracy": round(accuracy(shipped, xev, yev), 5),
                "test_accuracy": round(accuracy(shipped, xte, yte), 5),
                "seconds": round(time.time() - t0, 1)}
@@ -133,15 +174,18 @@ def train(arch: str, *, epochs: int, seed: int, variant: str = "base", batch_siz
         log(f"[{arch}/{variant}] epoch {epoch}/{last}: train {row['train_accuracy']:.4f} "
             f"test {row['test_accuracy']:.4f} ({row['seconds']:.0f}s)")
         if out is not None and variant == "base" and epoch in snapshots and epoch != last:
-            torch.save(_half_state(model), out / f"{arch}.epoch{epoch}.pt")
+            torch.save(_half_state(shipped), out / f"{arch}.epoch{epoch}.pt")
     command = (f"python -m zfwidgets.zoo.train --arch {arch} --epochs {epochs} --seed {seed}"
                + (f" --train-eval {train_eval}" if train_eval else "") + (f" --lr {lr}" if lr != 2e-3 else "")
                + (" --resume" if resume else "") + ("" if augment else " --no-augment")
-               + (f" --dropout {dropout}" if dropout is not None else ""))
+               + (f" --dropout {dropout}" if dropout is not None else "")
+               + (" --batchnorm" if batchnorm else ""))
     stages = (previous.get("stages", [previous["command"]]) if previous else []) + [command]
     card = {"name": arch, "variant": variant, "seed": seed, "epochs": last, "batch_size": batch_size,
             "optimizer": f"AdamW(lr={lr}, weight_decay=5e-4), OneCycle", "augmentation":
             "horizontal flip, shift up to 2 px", "weights_dtype": "float16",
+            "batchnorm": ("BatchNorm2d after every conv in training, folded into the conv weights for shipping"
+                          if batchnorm else None),
             "snapshot_epochs": [e for e in snapshots if e < last] + [last],
             "train_images": len(xtr), "train_accuracy_images": len(xev),
             "history": (previous["history"] if previous else []) + history, "test_accuracy": history[-1]["test_accuracy"],
@@ -151,7 +195,7 @@ def train(arch: str, *, epochs: int, seed: int, variant: str = "base", batch_siz
             "command": " && ".join(stages), "stages": stages,
             "stage_commits": (previous.get("stage_commits", [previous["commit"]]) if previous else []) + [commit]}
     if out is not None and variant == "base":
-        torch.save(_half_state(model), out / f"{arch}.pt")
+        torch.save(_half_state(shipped), out / f"{arch}.pt")
         (out / f"{arch}.json").write_text(json.dumps(card, indent=1) + "\n")
     return card
 
@@ -185,6 +229,8 @@ def main(argv=None) -> int:
     p.add_argument("--dropout", type=float, default=None, help="dropout probability for this run")
     p.add_argument("--resume", action="store_true",
                    help="a second stage: continue from the weights and card in --out for --epochs more epochs")
+    p.add_argument("--batchnorm", action="store_true",
+                   help="train with BatchNorm after every conv; it is folded into the convs for shipping")
     p.add_argument("--out", type=Path, default=WEIGHTS_DIR)
     p.add_argument("--data-root", default=None, help="a torchvision download root (default: Debian's package)")
     p.add_argument("--ablation", action="store_true", help="train ZF Table 3's variants and write the table")
@@ -201,7 +247,7 @@ def main(argv=None) -> int:
     else:
         train(a.arch, epochs=a.epochs or 12, seed=a.seed, out=a.out, root=a.data_root, subset=a.subset,
               train_eval=a.train_eval, lr=a.lr, resume=a.resume, augment=not a.no_augment,
-              dropout=a.dropout, log=log)
+              dropout=a.dropout, batchnorm=a.batchnorm, log=log)
     return 0
 
 
