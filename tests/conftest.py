@@ -144,3 +144,11 @@ def hooks_of(model):
 def model_hooks():
     """``model_hooks(model)``: the hook counts of every module (compare before/after a call)."""
     return hooks_of
+
+
+def pytest_terminal_summary(terminalreporter):
+    from .figures import FIGURES
+    if FIGURES:
+        terminalreporter.section("figures")
+        for line in FIGURES:
+            terminalreporter.write_line(line)

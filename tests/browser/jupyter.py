@@ -215,9 +215,8 @@ class JupyterLabServer:
         env.pop("JUPYTER_PATH", None)
         return env
 
-    def start(self) -> "JupyterLabServer":
-        env = self._prepare_dirs()
-        self.port = free_port()
+    def command(self) -> list[str]:
+        """The server's command line (``self.port`` is set)."""
         cmd = [
             sys.executable, "-m", "jupyterlab",
             "--ServerApp.ip=127.0.0.1",
@@ -234,6 +233,12 @@ class JupyterLabServer:
         ]
         if os.geteuid() == 0:
             cmd.append("--allow-root")
+        return cmd
+
+    def start(self) -> "JupyterLabServer":
+        env = self._prepare_dirs()
+        self.port = free_port()
+        cmd = self.command()
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             cmd, cwd=self.root, env=env, stdin=subprocess.DEVNULL, stdout=self._log,
@@ -247,18 +252,26 @@ class JupyterLabServer:
             raise
         return self
 
+    def probe(self) -> None:
+        """Returns once the server answers (raises a URLError/OSError before)."""
+        self.api("GET", "/api/status", timeout=2)
+
+    def request_shutdown(self) -> None:
+        """Ask the server to shut down (bounded); ``stop`` kills what is left after that."""
+        self.api("POST", "/api/shutdown", timeout=5)
+
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.startup_timeout
         while True:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"JupyterLab exited with {self.proc.returncode} before it was ready:\n{self.log_tail()}")
+                raise RuntimeError(f"{type(self).__name__} exited with {self.proc.returncode} before it was ready:\n{self.log_tail()}")
             try:
-                self.api("GET", "/api/status", timeout=2)
+                self.probe()
                 return
             except (urllib.error.URLError, ConnectionError, OSError, ValueError):
                 pass
             if time.monotonic() > deadline:
-                raise TimeoutError(f"JupyterLab not ready after {self.startup_timeout:.0f} s:\n{self.log_tail()}")
+                raise TimeoutError(f"{type(self).__name__} not ready after {self.startup_timeout:.0f} s:\n{self.log_tail()}")
             time.sleep(0.2)
 
     def kill(self) -> None:
@@ -278,7 +291,7 @@ class JupyterLabServer:
         kids = _descendants(self.pid)  # kernels run in sessions of their own: note them before
         if self.proc.poll() is None:
             with contextlib.suppress(Exception):
-                self.api("POST", "/api/shutdown", timeout=5)
+                self.request_shutdown()
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout=15)
         if self.proc.poll() is None:
@@ -299,6 +312,59 @@ class JupyterLabServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+class VoilaServer(JupyterLabServer):
+    """Voilà serving one notebook as an app, like :class:`JupyterLabServer` (127.0.0.1, a free port, a random
+    token, all state in ``workdir``, the same stop/kill). Voilà runs the notebook when the page loads.
+
+    Voilà rejects ``--allow-root`` and ``--ip`` (``--Voila.ip`` works). It does not read
+    jupyter_server_config.py: ``nodelay`` writes the same TCP_NODELAY websocket connection class into a
+    ``voila.py`` in its config dir.
+    """
+
+    def __init__(self, workdir: os.PathLike | str, notebook: os.PathLike | str, **kwargs):
+        super().__init__(workdir, [notebook], **kwargs)
+        self.log_path = self.workdir / "voila.log"
+
+    @property
+    def notebook_name(self) -> str:
+        return self.notebooks[0].name
+
+    def app_url(self) -> str:
+        return f"{self.base_url}/?token={self.token}"
+
+    def _prepare_dirs(self) -> dict:
+        env = super()._prepare_dirs()
+        if self.nodelay:
+            text = SERVER_CONFIG.read_text().replace(
+                "c.ServerApp.kernel_websocket_connection_class", "c.Voila.kernel_websocket_connection_class")
+            assert "c.Voila.kernel_websocket_connection_class" in text, "jupyter_server_config.py changed"
+            (self.workdir / "config" / "voila.py").write_text(text)
+        return env
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable, "-m", "voila", str(self.root / self.notebook_name),
+            "--Voila.ip=127.0.0.1",
+            f"--Voila.port={self.port}",
+            "--Voila.port_retries=0",
+            "--Voila.open_browser=False",
+            f"--Voila.token={self.token}",
+            "--VoilaConfiguration.show_tracebacks=True",
+            *self.extra_args,
+        ]
+
+    def probe(self) -> None:
+        """Any HTTP answer means the server is up (Voilà has no /api/status; / would run the notebook)."""
+        try:
+            urllib.request.urlopen(f"{self.base_url}/voila/static/", timeout=2).close()
+        except urllib.error.HTTPError:
+            pass
+
+    def request_shutdown(self) -> None:
+        """Voilà has no shutdown API: SIGTERM its process group (``stop`` then waits, bounded, and kills)."""
+        os.killpg(self.pid, signal.SIGTERM)
 
 
 # -- browser ---------------------------------------------------------------------------------------
@@ -367,6 +433,34 @@ def lab_page(
                 with browser_page(workdir / "chromium-profile", watchdog=dog) as page:
                     open_notebook(page, server, name)
                     wait_kernel_idle(page, server, name)
+                    yield server, page
+    except Exception as exc:
+        if dog.fired:
+            raise TimeoutError(f"watchdog killed the browser test after {time_limit:.0f} s") from exc
+        raise
+    if dog.fired:
+        raise TimeoutError(f"watchdog killed the browser test after {time_limit:.0f} s")
+
+
+@contextlib.contextmanager
+def voila_page(
+    workdir: os.PathLike | str,
+    notebook: os.PathLike | str,
+    *,
+    time_limit: float = 600.0,
+    nodelay: bool = True,
+    timeout_ms: float = 120_000,
+) -> Iterator[tuple[VoilaServer, object]]:
+    """Voilà + browser + watchdog; loads the app page (Voilà runs the notebook then). Yields ``(server, page)``;
+    wait in the page for the widgets the test needs."""
+    workdir = Path(workdir)
+    dog = Watchdog(time_limit, f"voila_page({Path(notebook).name})")
+    try:
+        with dog:
+            with VoilaServer(workdir / "voila", notebook, nodelay=nodelay) as server:
+                dog.add(server.kill)
+                with browser_page(workdir / "chromium-profile", watchdog=dog) as page:
+                    page.goto(server.app_url(), timeout=timeout_ms)
                     yield server, page
     except Exception as exc:
         if dog.fired:

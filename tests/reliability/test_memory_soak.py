@@ -15,4 +15,6 @@ def test_moves_and_projections_do_not_accumulate_memory():
     r = soak_module.soak(moves=1500, projections=300, log=lambda s: None)
     assert r["renders"] >= 1500          # every move rendered (no event loop: each push is processed)
     assert r["hooks_left"] == 0
+    from ..figures import report
+    report("memory soak (reduced)", f"RSS growth {r['growth_mb']:.1f} MB over 1,500 moves and 300 projections")
     assert r["growth_mb"] < 50, r

@@ -6,6 +6,8 @@ import pytest
 
 from zfwidgets.widgets._events import Coalescer
 
+from .util import idle
+
 
 def test_without_a_loop_every_push_is_processed_at_once():
     seen = []
@@ -13,6 +15,23 @@ def test_without_a_loop_every_push_is_processed_at_once():
     for v in range(5):
         c.push(v)
     assert seen == [0, 1, 2, 3, 4] and not c.has_pending
+
+
+def test_quiet_time_waits_out_short_gaps_between_queued_messages():
+    """Messages of a backlog can come a few ms apart (ipykernel's shell thread hands them over): a gap
+    shorter than quiet_s does not trigger a run, a longer one does."""
+    seen = []
+    c = Coalescer(seen.append, quiet_s=0.02, max_wait=60)
+
+    async def main():
+        for v in range(5):
+            c.push(v)
+            await asyncio.sleep(0.004)          # quiet iterations, but only 4 ms
+        assert seen == []
+        await asyncio.sleep(0.06)
+        assert seen == [4]
+
+    asyncio.run(main())
 
 
 def test_a_burst_inside_a_loop_is_processed_once_with_the_newest_value():
@@ -24,8 +43,7 @@ def test_a_burst_inside_a_loop_is_processed_once_with_the_newest_value():
             c.push(v)
             await asyncio.sleep(0)
         assert seen == []                       # nothing while messages keep coming
-        for _ in range(c.quiet_ticks + 2):
-            await asyncio.sleep(0)
+        await idle()
 
     asyncio.run(burst())
     assert seen == [999] and c.pushed == 1000 and c.processed == 1
@@ -41,8 +59,7 @@ def test_pushes_in_one_iteration_and_flush():
             c.push(v)                           # all in one iteration
         c.flush()                               # mouse up: now
         assert seen == [9]
-        for _ in range(5):
-            await asyncio.sleep(0)              # the scheduled drain finds nothing to do
+        await idle()              # the scheduled drain finds nothing to do
 
     asyncio.run(main())
     assert seen == [9] and c._scheduled is None
@@ -76,11 +93,9 @@ def test_errors_go_to_on_error_and_the_coalescer_keeps_working():
 
     async def main():
         c.push("bad")
-        for _ in range(6):
-            await asyncio.sleep(0)
+        await idle()
         c.push("good")
-        for _ in range(6):
-            await asyncio.sleep(0)
+        await idle()
 
     asyncio.run(main())
     assert [str(e) for e in errors] == ["boom"] and seen == ["good"] and not c.busy
@@ -94,8 +109,7 @@ def test_cancel_drops_the_pending_value_and_ignores_later_pushes():
         c.push(1)
         c.cancel()
         c.push(2)
-        for _ in range(6):
-            await asyncio.sleep(0)
+        await idle()
 
     asyncio.run(main())
     assert seen == [] and not c.has_pending
@@ -112,8 +126,7 @@ def test_a_push_during_processing_is_processed_after_it():
 
     async def main():
         c.push(1)
-        for _ in range(12):
-            await asyncio.sleep(0)
+        await idle()
 
     asyncio.run(main())
     assert seen == [1, 2]
@@ -122,7 +135,7 @@ def test_a_push_during_processing_is_processed_after_it():
 @pytest.mark.parametrize("quiet", [1, 3])
 def test_quiet_ticks(quiet):
     seen = []
-    c = Coalescer(seen.append, quiet_ticks=quiet, max_wait=60)
+    c = Coalescer(seen.append, quiet_ticks=quiet, quiet_s=0, max_wait=60)
 
     async def main():
         c.push("x")

@@ -11,7 +11,7 @@ import zfwidgets
 from zfwidgets.analysis.occlusion import occlude, occlusion
 from zfwidgets.widgets import occlusion as occlusion_module
 
-from .util import expected_box, fire, open_widget_ids, png_pixels, png_rgb, read_box, read_top1
+from .util import expected_box, idle, fire, open_widget_ids, png_pixels, png_rgb, read_box, read_top1
 
 
 @pytest.fixture
@@ -185,8 +185,7 @@ def test_burst_of_moves_in_an_event_loop_renders_only_the_newest(panel, zf_rando
         for x, y in events:
             fire(panel.occluder.canvas, "mouse_move", x, y)
             await asyncio.sleep(0)                      # the next message: one loop iteration later
-        for _ in range(10):                             # the kernel goes idle: the drain runs
-            await asyncio.sleep(0)
+        await idle()                             # the kernel goes idle: the drain runs
 
     asyncio.run(kernel())
     assert panel._moves.pushed - pushed == n + 1
@@ -214,16 +213,14 @@ def test_an_update_raising_during_a_flood_shows_the_error_and_the_panel_recovers
         for k in range(300):
             fire(panel.occluder.canvas, "mouse_move", 10 + k % 200, 50)
             await asyncio.sleep(0)
-        for _ in range(6):
-            await asyncio.sleep(0)
+        await idle()
         assert "update failed mid-drag" in panel.error
         state["broken"] = False
         for k in range(300):
             fire(panel.occluder.canvas, "mouse_move", 200 - k % 150, 120)
             await asyncio.sleep(0)
         fire(panel.occluder.canvas, "mouse_up", 99, 131)
-        for _ in range(6):
-            await asyncio.sleep(0)
+        await idle()
 
     asyncio.run(kernel())
     assert panel.error is None
@@ -256,8 +253,7 @@ def test_burst_while_the_kernel_is_busy_with_slow_updates(panel, zf_random, samp
                 i += 1
             await asyncio.sleep(0)
         fire(panel.occluder.canvas, "mouse_up", *events[-1])
-        for _ in range(10):
-            await asyncio.sleep(0)
+        await idle()
 
     asyncio.run(kernel())
     assert 2 <= len(calls) <= 60, len(calls)             # far fewer than 500, but it kept moving

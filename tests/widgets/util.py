@@ -1,5 +1,6 @@
 """Helpers for the panel tests: fire canvas events the way the kernel delivers them, read the numbers the
 panels display (PNG pixels, the probabilities HTML), and check that nothing is left behind."""
+import asyncio
 import io
 import re
 
@@ -53,3 +54,11 @@ def open_widget_ids() -> set:
     """Model ids of every open widget (ipywidgets' registry)."""
     return set(_widget_module._instances)
 
+
+async def idle(seconds: float = 0.05):
+    """Let the loop go quiet (no pushes) long enough for a drain to run: iterations, then real time."""
+    for _ in range(10):
+        await asyncio.sleep(0)
+    await asyncio.sleep(seconds)
+    for _ in range(10):
+        await asyncio.sleep(0)

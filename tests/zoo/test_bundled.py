@@ -136,8 +136,11 @@ def test_ablation_variants_build_and_run(variant):
     m = build("zfnet-fashion", variant).eval()
     assert m(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
     names = {n for n, _ in m.named_children()}
-    assert ("conv3" in names) == ("conv3" not in variant)
-    assert ("fc6" in names) == ("fc6" not in variant)
+    removed = variant.startswith("no-")
+    assert ("conv3" in names) == (not (removed and "conv3" in variant))
+    assert ("fc6" in names) == (not (removed and "fc6" in variant))
+    if variant.startswith("wide-"):  # the wide variants really are wider than the base model
+        assert sum(p.numel() for p in m.parameters()) > sum(p.numel() for p in build("zfnet-fashion").parameters())
 
 
 def test_ablation_table_ships():
@@ -147,3 +150,23 @@ def test_ablation_table_ships():
     table = json.loads((WEIGHTS_DIR / "zfnet-fashion.ablation.json").read_text())
     assert [r["variant"] for r in table["rows"]] == list(VARIANTS)
     assert all(0 <= r["test_error"] <= 1 for r in table["rows"])
+
+
+@pytest.mark.parametrize("arch", ["zfnet-fashion", "allconv-fashion"])
+def test_batchnorm_folding_is_exact(arch):
+    """--batchnorm trains with BatchNorm after each conv and ships the plain layout with BN folded in:
+    the folded model must compute what the BN model computes in eval mode (float64, random statistics)."""
+    from zfwidgets.zoo.train import fold_batchnorm, with_batchnorm
+    torch.manual_seed(0)
+    bn_model = with_batchnorm(build(arch)).double()
+    for m in bn_model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_()
+            m.running_var.uniform_(0.2, 3.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.normal_()
+    bn_model.eval()
+    plain = fold_batchnorm(bn_model, build(arch).double()).eval()
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in plain.modules())
+    x = torch.randn(4, 1, 28, 28, dtype=torch.float64)
+    torch.testing.assert_close(plain(x), bn_model(x), rtol=1e-10, atol=1e-10)

@@ -34,8 +34,8 @@ from numbers import Integral, Real
 import numpy as np
 import torch
 
-from .._progress import progress
-from .filters import _check_lens, _image_list, _num_images, _run
+from .._progress import progress as _progress
+from .filters import _progress_flag, _check_lens, _image_list, _num_images, _run
 
 __all__ = ["Correspondence", "correspondence", "hamming_consistency"]
 
@@ -182,7 +182,7 @@ def _default_layers(lens) -> list:
 
 def correspondence(lens, images, boxes, *, layers=None, fill="mean", random_controls: int = 10, seed: int = 0,
                    rectify: bool = True, tol: float = 1e-6, batch_size: int = 64,
-                   show_progress=True) -> Correspondence:
+                   progress=True, show_progress=None) -> Correspondence:
     """ZF's correspondence measure Delta_l for masked parts, against random masks of equal size (Table 1).
 
     Args:
@@ -206,6 +206,7 @@ def correspondence(lens, images, boxes, *, layers=None, fill="mean", random_cont
         >>> c = correspondence(lens, imgs, {"toe": [(14, 0, 22, 8)] * 4, "heel": [(14, 20, 22, 28)] * 4})
         >>> print(c.table())
     """
+    show_progress = _progress_flag(progress, show_progress)
     _check_lens(lens)
     if isinstance(random_controls, bool) or not isinstance(random_controls, Integral) or random_controls < 1:
         raise ValueError(f"random_controls must be an int >= 1, got {random_controls!r}")
@@ -282,7 +283,7 @@ def correspondence(lens, images, boxes, *, layers=None, fill="mean", random_cont
 
     feats = {l: [] for l in names}
     starts = range(0, total, batch_size)
-    for s in progress(starts, total=len(starts), desc="correspondence", enabled=show_progress):
+    for s in _progress(starts, total=len(starts), desc="correspondence", enabled=show_progress):
         batch = torch.stack([variant(k) for k in range(s, min(s + batch_size, total))])
         _, acts = _run(lens, batch, names)
         for l in names:

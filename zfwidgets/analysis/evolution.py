@@ -36,8 +36,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._progress import progress
-from .filters import _check_lens, _image_list, _num_images, _run
+from .._progress import progress as _progress
+from .filters import _progress_flag, _check_lens, _image_list, _num_images, _run
 
 __all__ = ["FeatureEvolution", "feature_evolution", "SnapshotSaver", "load_snapshots", "shift_cosine"]
 
@@ -340,7 +340,7 @@ def _strongest(acts: torch.Tensor):
 
 
 def feature_evolution(lens_or_name, images, layers, channels=None, *, epochs=None, method: str = "deconvnet",
-                      batch_size: int = 256, show_progress=True) -> FeatureEvolution:
+                      batch_size: int = 256, progress=True, show_progress=None) -> FeatureEvolution:
     """Projections of the strongest activation of chosen feature maps at each training snapshot (Fig. 4).
 
     Args:
@@ -361,6 +361,7 @@ def feature_evolution(lens_or_name, images, layers, channels=None, *, epochs=Non
         >>> ev = feature_evolution("zfnet-fashion", [s.image for s in zfwidgets.samples()], ["conv1", "conv5"])
         >>> ev.stability()["conv1"][0] > ev.stability()["conv5"][0]     # ZF: lower layers settle earlier
     """
+    show_progress = _progress_flag(progress, show_progress)
     from ..core.project import METHODS, project
     if method not in METHODS:
         raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
@@ -421,7 +422,7 @@ def feature_evolution(lens_or_name, images, layers, channels=None, *, epochs=Non
     proj = {l: np.zeros((len(chosen[l]), S) + shape, np.float32) for l in names}
     where = {l: np.zeros((len(chosen[l]), S), np.int64) for l in names}
     value = {l: np.zeros((len(chosen[l]), S)) for l in names}
-    for s, lens in enumerate(progress(lenses, total=S, desc="snapshots", enabled=show_progress)):
+    for s, lens in enumerate(_progress(lenses, total=S, desc="snapshots", enabled=show_progress)):
         best = final_strongest if lens is final else strongest(lens)
         for l in names:
             vals, idx = best[l]

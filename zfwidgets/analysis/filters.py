@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._progress import progress
+from .._progress import progress as _progress
 
 __all__ = ["FilterHealth", "filter_health", "band_energies", "BAND_EDGES", "BAND_NAMES"]
 
@@ -159,6 +159,14 @@ def _run(lens, x: torch.Tensor, layers, *, logits: bool = False):
     return (out if logits else None), dict(cap.outputs)
 
 
+def _progress_flag(progress, show_progress):
+    """The progress setting: ``progress`` (as the other analyses call it), or its alias ``show_progress``."""
+    flag = progress if show_progress is None else show_progress
+    if not (isinstance(flag, bool) or callable(flag)):
+        raise TypeError(f"progress must be True, False or a callable f(done, total), got {type(flag).__name__}")
+    return flag
+
+
 def _check_lens(lens):
     from ..lens import Lens
     if not isinstance(lens, Lens):
@@ -272,7 +280,7 @@ def _health_one(lens, images, layer, dead_threshold, batch_size, show_progress) 
         never = torch.zeros(n_filters, dtype=torch.float64)
         total_n = _num_images(imgs)
         batches = _input_batches(lens, imgs, batch_size)
-        for x in progress(batches, total=-(-total_n // batch_size), desc="filter health", enabled=show_progress):
+        for x in _progress(batches, total=-(-total_n // batch_size), desc="filter health", enabled=show_progress):
             _, acts = _run(lens, x, [name])
             a = acts[name]
             if a.dim() != 4 or a.shape[1] != n_filters:
@@ -286,7 +294,7 @@ def _health_one(lens, images, layer, dead_threshold, batch_size, show_progress) 
 
 
 def filter_health(lens, images=None, layer=None, *, other=None, other_layer=None, dead_threshold: float = 0.99,
-                  batch_size: int = 256, show_progress=True) -> FilterHealth:
+                  batch_size: int = 256, progress=True, show_progress=None) -> FilterHealth:
     """Per-filter health of a conv layer: weight norm, dead fraction, spectral energy by band (ZF Fig. 6).
 
     Args:
@@ -301,8 +309,8 @@ def filter_health(lens, images=None, layer=None, *, other=None, other_layer=None
         dead_threshold: a filter is ``dead`` when its map is never positive on at least this fraction of
             the images (0.99: never or almost never active).
         batch_size: images per forward.
-        show_progress: a progress bar in notebooks/terminals (``False`` for none, or a callable
-            ``f(done, total)``).
+        progress: a progress bar in notebooks/terminals (``False`` for none, or a callable
+            ``f(done, total)``); ``show_progress`` is an alias.
 
     Example:
         >>> h = filter_health(zfwidgets.load("zfnet-fashion"), [s.image for s in zfwidgets.samples()],
@@ -310,6 +318,7 @@ def filter_health(lens, images=None, layer=None, *, other=None, other_layer=None
         >>> h.dead_fraction.shape, h.band_fraction.sum(1)    # (32,), all ones
         >>> h.plot()
     """
+    show_progress = _progress_flag(progress, show_progress)
     _check_lens(lens)
     if other is not None:
         _check_lens(other)

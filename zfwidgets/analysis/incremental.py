@@ -61,6 +61,8 @@ DEFAULT_THRESHOLD = 0.9
 DEFAULT_GROUP_OVERHEAD = 4e8
 # the fixed cost of one group, in multiply-adds, for the auto mode's estimate
 GROUP_COST = 2e7
+# with mode="auto", batches whose full forwards cost fewer multiply-adds than this run in full without planning
+SMALL_BATCH_MACS = 1e8
 
 # A batch runs incrementally only if the estimated cost (multiply-adds, plus the groups' overhead) is at
 # most 1 - this of full forwards; small nets (the bundled 28x28 ones) save too little and run in full.
@@ -546,6 +548,8 @@ class IncrementalOcclusion:
         x = self.image
         boxes = _clip_boxes(boxes, *x.shape[-2:])
         want = self._targets(layers) if self.incremental and self.mode != "full" else None
+        if want is not None and self.mode == "auto" and sum(self._full_cost) * boxes.shape[0] < SMALL_BATCH_MACS:
+            want = None        # a forward this small is cheaper than planning the patches
         groups = None if want is None else self._groups(boxes)
         if want is None or (self.mode == "auto" and not self._worth_it(groups, boxes.shape[0])):
             self.last_mode = "full"

@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .._progress import progress
-from .filters import _as_labels, _check_lens, _image_list, _input_batches, _num_images
+from .._progress import progress as _progress
+from .filters import _progress_flag, _as_labels, _check_lens, _image_list, _input_batches, _num_images
 
 __all__ = ["Lesion", "LesionSweep", "AblationTable", "lesion", "lesion_sweep", "ablation_table"]
 
@@ -203,7 +203,7 @@ def _predict_all(lens, imgs, batch_size, hook_module=None, hook=None, capture=No
         if capture is not None:
             handles.append(hook_module.register_forward_hook(capture))
         with torch.no_grad(), ModelGuard(lens.model):
-            for x in progress(_input_batches(lens, imgs, batch_size), total=-(-n // batch_size), desc=desc,
+            for x in _progress(_input_batches(lens, imgs, batch_size), total=-(-n // batch_size), desc=desc,
                               enabled=show_progress):
                 lens.forward_count += 1
                 logits = lens._check_logits(lens.model(x))
@@ -291,7 +291,7 @@ def _check_mode(mode):
 
 
 def lesion(lens, images, labels, layer, channels=None, *, mode: str = "zero", batch_size: int = 256,
-           show_progress=True) -> Lesion:
+           progress=True, show_progress=None) -> Lesion:
     """Accuracy before and after knocking out channels of ``layer``, without retraining.
 
     Args:
@@ -310,6 +310,7 @@ def lesion(lens, images, labels, layer, channels=None, *, mode: str = "zero", ba
         >>> r = lesion(zfwidgets.load("zfnet-fashion"), x[:1000], y[:1000], "conv5", channels=range(32))
         >>> f"{r.accuracy_before:.1%} -> {r.accuracy_after:.1%}"
     """
+    show_progress = _progress_flag(progress, show_progress)
     _check_lens(lens)
     _check_mode(mode)
     imgs = _image_list(images)
@@ -321,7 +322,7 @@ def lesion(lens, images, labels, layer, channels=None, *, mode: str = "zero", ba
 
 
 def lesion_sweep(lens, images, labels, layers=None, *, fraction: float = 0.5, mode: str = "zero", seed: int = 0,
-                 batch_size: int = 256, show_progress=True) -> LesionSweep:
+                 batch_size: int = 256, progress=True, show_progress=None) -> LesionSweep:
     """:func:`lesion` of every layer (default: all layers of the table but the output layer).
 
     For ``mode`` ``"zero"``/``"mean"`` a random ``fraction`` of each layer's channels (seeded; ``1.0``: all)
@@ -331,6 +332,7 @@ def lesion_sweep(lens, images, labels, layers=None, *, fraction: float = 0.5, mo
         >>> sweep = lesion_sweep(lens, x[:1000], y[:1000], fraction=0.5)
         >>> print(sweep.table()); sweep.plot()
     """
+    show_progress = _progress_flag(progress, show_progress)
     _check_lens(lens)
     _check_mode(mode)
     if isinstance(fraction, bool) or not isinstance(fraction, Real) or not 0 < fraction <= 1:

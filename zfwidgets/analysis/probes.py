@@ -36,8 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._progress import progress
-from .filters import _as_labels, _check_lens, _image_list, _input_batches, _num_images, _run
+from .._progress import progress as _progress
+from .filters import _progress_flag, _as_labels, _check_lens, _image_list, _input_batches, _num_images, _run
 
 __all__ = ["LayerProbes", "Generalisation", "layer_probes", "feature_generalisation", "fit_softmax",
            "layer_features"]
@@ -113,7 +113,7 @@ def _check_grid(grid):
 
 
 def layer_features(lens, images, layers, *, grid: int | None = 4, rectify: bool = True, batch_size: int = 256,
-                   show_progress=True, desc: str = "features") -> dict:
+                   progress=True, show_progress=None, desc: str = "features") -> dict:
     """``{layer name: N x D float32 tensor}``: each layer's (rectified, pooled, flattened) features.
 
     See the module docstring for the rectification and the ``grid`` pooling.
@@ -122,6 +122,7 @@ def layer_features(lens, images, layers, *, grid: int | None = 4, rectify: bool 
         >>> f = layer_features(lens, x[:100], ["conv2", "fc7"])
         >>> f["conv2"].shape       # (100, 64 * 4 * 4)
     """
+    show_progress = _progress_flag(progress, show_progress)
     _check_lens(lens)
     grid = _check_grid(grid)
     names = [lens.resolve(l)[0] for l in layers]
@@ -129,7 +130,7 @@ def layer_features(lens, images, layers, *, grid: int | None = 4, rectify: bool 
     imgs = _image_list(images)
     n = _num_images(imgs)
     out = {l: [] for l in names}
-    for x in progress(_input_batches(lens, imgs, batch_size), total=-(-n // batch_size), desc=desc,
+    for x in _progress(_input_batches(lens, imgs, batch_size), total=-(-n // batch_size), desc=desc,
                       enabled=show_progress):
         _, acts = _run(lens, x, names)
         for l in names:
@@ -175,7 +176,7 @@ class LayerProbes:
 
 
 def layer_probes(lens, train_images, train_labels, test_images, test_labels, layers=None, *, grid: int | None = 4,
-                 l2: float = 1e-2, max_iter: int = 300, batch_size: int = 256, show_progress=True) -> LayerProbes:
+                 l2: float = 1e-2, max_iter: int = 300, batch_size: int = 256, progress=True, show_progress=None) -> LayerProbes:
     """A linear softmax classifier on each layer's frozen features: accuracy per layer (ZF Table 7).
 
     Args:
@@ -193,6 +194,7 @@ def layer_probes(lens, train_images, train_labels, test_images, test_labels, lay
         >>> p = layer_probes(zfwidgets.load(), xtr[:2000], ytr[:2000], xte[:1000], yte[:1000])
         >>> print(p.table())
     """
+    show_progress = _progress_flag(progress, show_progress)
     _check_lens(lens)
     tr, te = _image_list(train_images), _image_list(test_images)
     ytr = _as_labels(train_labels, _num_images(tr))
@@ -209,7 +211,7 @@ def layer_probes(lens, train_images, train_labels, test_images, test_labels, lay
     fte = layer_features(lens, te, names, grid=grid, batch_size=batch_size, show_progress=show_progress,
                          desc="test features")
     acc_te, acc_tr, dims = [], [], []
-    for l in progress(names, total=len(names), desc="probes", enabled=show_progress):
+    for l in _progress(names, total=len(names), desc="probes", enabled=show_progress):
         clf = fit_softmax(ftr[l], ytr, K, l2=l2, max_iter=max_iter)
         acc_tr.append(clf.accuracy(ftr[l], ytr))
         acc_te.append(clf.accuracy(fte[l], yte))
@@ -307,7 +309,7 @@ def _train_scratch(model, x, y, *, steps, lr, batch, seed, target_loss=0.05):
 def feature_generalisation(lens, n_per_class=(5, 10, 20), *, layer=None, data=None, repeats: int = 1, seed: int = 0,
                            scratch: bool = True, scratch_steps: int = 300, scratch_lr: float = 2e-3,
                            grid: int | None = 4, l2: float = 1e-2, batch_size: int = 256,
-                           show_progress=True) -> Generalisation:
+                           progress=True, show_progress=None) -> Generalisation:
     """Frozen features + a new softmax vs training from scratch, with N examples per class (ZF §5.2).
 
     Args:
@@ -328,6 +330,7 @@ def feature_generalisation(lens, n_per_class=(5, 10, 20), *, layer=None, data=No
         >>> g = feature_generalisation(zfwidgets.load("zfnet-fashion"), n_per_class=(5, 10, 20))
         >>> print(g.table()); g.plot()
     """
+    show_progress = _progress_flag(progress, show_progress)
     from ..zoo.data import load_digits28
     _check_lens(lens)
     if isinstance(n_per_class, Integral) and not isinstance(n_per_class, bool):
@@ -376,7 +379,7 @@ def feature_generalisation(lens, n_per_class=(5, 10, 20), *, layer=None, data=No
     jobs = [(r, k) for r in range(repeats) for k in range(len(ns))]
     drawn = [[None] * len(ns) for _ in range(repeats)]
     y_np = ytr.numpy()
-    for r, k in progress(jobs, total=len(jobs), desc="generalisation", enabled=show_progress):
+    for r, k in _progress(jobs, total=len(jobs), desc="generalisation", enabled=show_progress):
         rng = np.random.default_rng(int(seed) + r)
         idx = np.concatenate([rng.choice(np.flatnonzero(y_np == c), size=ns[k], replace=False) for c in range(K)])
         idx = torch.from_numpy(np.sort(idx))

@@ -1,0 +1,26 @@
+"""Live panels (ipywidgets + ipycanvas, no custom JavaScript) over the plain API.
+
+- :class:`~zfwidgets.widgets.explorer.Explorer`: image, layer and channel; all feature maps, the chosen one
+  enlarged, projections (deconvnet / guided / gradient), predicted classes.
+- :class:`~zfwidgets.widgets.occlusion.OcclusionPanel`: drag a grey square over the image; top-5 and feature
+  maps follow; the full occlusion maps (ZF Fig. 7) on a button.
+- :class:`~zfwidgets.widgets.topk.TopGallery`: top-9 projections and patches per feature map (Fig. 2).
+- :class:`~zfwidgets.widgets.evolution.EvolutionPanel`: projections snapshot by snapshot (Fig. 4).
+- :class:`~zfwidgets.widgets.invariance.InvariancePanel`: a transform slider with distances and p(true) (Fig. 5).
+
+Every panel is an ``ipywidgets.VBox``: display it, read ``panel.state``, ``panel.close()`` when done. A failing
+callback shows its error inside the panel (``.zf-error``) and the panel keeps working. The names are imported
+lazily from ``zfwidgets`` (``zfwidgets.Explorer``...), so importing the package does not import ipywidgets.
+"""
+import importlib
+
+_PANELS = {"Explorer": "explorer", "OcclusionPanel": "occlusion", "TopGallery": "topk",
+           "EvolutionPanel": "evolution", "InvariancePanel": "invariance"}
+
+__all__ = sorted(_PANELS)
+
+
+def __getattr__(name):
+    if name in _PANELS:
+        return getattr(importlib.import_module(f".{_PANELS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -44,7 +44,8 @@ class PictureCanvas:
     ``canvas`` is the widget to display; ``picture`` the (not displayed) ``ipywidgets.Image`` it draws.
     """
 
-    def __init__(self, width: int, height: int, *, layers: int = 2, css_class: str | None = None, overlay=None):
+    def __init__(self, width: int, height: int, *, layers: int = 2, css_class: str | None = None, overlay=None,
+                 guard=None):
         self.canvas = MultiCanvas(layers, width=int(width), height=int(height))
         self._fit()
         if css_class:
@@ -52,7 +53,8 @@ class PictureCanvas:
             self.canvas[-1].add_class(css_class)       # and the layer that owns the mouse callbacks
         self.picture = W.Image(format="png")
         self.overlay = overlay
-        self._ready = lambda: self.redraw()
+        # ``guard(fn)`` wraps the redraw callback (panels pass theirs, so an error shows in the panel)
+        self._ready = guard(self.redraw) if guard is not None else (lambda: self.redraw())
         self.canvas.on_client_ready(self._ready)
         self.draws = 0
 

@@ -249,6 +249,12 @@ class Panel(W.VBox):
         self._unregister.append(lambda: register(handler, remove=True))
         return handler
 
+    def _picture_canvas(self, width: int, height: int, **kwargs):
+        """A :class:`~zfwidgets.widgets._canvas.PictureCanvas` whose client-ready redraw is guarded."""
+        from ._canvas import PictureCanvas
+        return PictureCanvas(width, height, guard=lambda fn: self._guard(fn, "canvas redraw", clears=False),
+                             **kwargs)
+
     # ----- errors ---------------------------------------------------------------------------------
     def show_error(self, where: str, exc: BaseException) -> None:
         self.errors.append((where, exc))

@@ -7,16 +7,19 @@ the view lag further and further behind the mouse.
 
 How (:class:`Coalescer`): a handler only calls :meth:`Coalescer.push`, which overwrites one *pending slot*
 with the newest value (O(1), microseconds) and, if no drain is scheduled yet, schedules :meth:`_drain` on
-the kernel's asyncio loop. The kernel reads and dispatches one queued message per loop iteration (ipykernel's
-ZMQ stream reads one message, creates its dispatch task, and schedules itself again while messages remain),
-so ``_drain`` counts loop iterations: it waits until ``quiet_ticks`` consecutive iterations brought no new
-push, i.e. until the backlog of queued messages has been read, and only then runs ``process`` once, on the
-newest value, with a *busy* flag set. A push that arrives while busy (for instance through a nested event
-loop) just fills the slot again and a new drain is scheduled after the current run ends. If pushes never stop
-(a continuous drag faster than the loop can go quiet), ``max_wait`` seconds after the oldest unprocessed
-push the newest one is processed anyway, so the view keeps moving. :meth:`flush` processes the pending value
-now (used on mouse-up: by the time the mouse-up message is dispatched every earlier move has been pushed,
-so the final view is that of the last event).
+the kernel's asyncio loop. The drain runs ``process`` once, on the newest value, with a *busy* flag set, when
+the kernel is free, which it judges by two signs together: ``quiet_ticks`` consecutive loop iterations
+brought no new push (every message already read and queued has been dispatched), and no push came for
+``quiet_s`` seconds (ipykernel reads messages on a separate shell-channel thread and hands them over to the
+main thread one by one, so within a backlog there can be short gaps, up to the interpreter's 5 ms thread
+switch interval; real mouse moves arrive one per frame, 16 ms or more apart). Until then the drain polls,
+once per iteration while pushes keep coming and with ``call_later`` while it waits out ``quiet_s``. A push
+that arrives while busy (for instance through a nested event loop) just fills the slot again and a new drain
+is scheduled after the current run ends. If pushes never stop (a continuous drag the loop never gets quiet
+in), ``max_wait`` seconds after the oldest unprocessed push the newest one is processed anyway, so the view
+keeps moving. :meth:`flush` processes the pending value now (used on mouse-down and mouse-up: by the time
+the mouse-up message is dispatched every earlier move has been pushed, so the final view is that of the
+last event).
 
 Without a running asyncio loop (a script, or a test calling handlers directly) each push is processed at
 once: there is no queue to coalesce. Tests simulate the kernel by running pushes inside an asyncio loop, one
@@ -49,15 +52,18 @@ class Coalescer:
     Args:
         process: called with the newest value; its exceptions go to ``on_error`` (default: re-raised).
         quiet_ticks: event-loop iterations without a new push before processing.
+        quiet_s: seconds without a new push before processing.
         max_wait: seconds after which a pending value is processed even if pushes keep coming.
         on_error: ``f(exception)`` for exceptions raised by ``process`` when run from the loop.
 
     Counters for tests and benchmarks: ``pushed`` (values received), ``processed`` (runs of ``process``).
     """
 
-    def __init__(self, process, *, quiet_ticks: int = 3, max_wait: float = 0.1, on_error=None):
+    def __init__(self, process, *, quiet_ticks: int = 3, quiet_s: float = 0.008, max_wait: float = 0.1,
+                 on_error=None):
         self.process = process
         self.quiet_ticks = quiet_ticks
+        self.quiet_s = quiet_s
         self.max_wait = max_wait
         self.on_error = on_error
         self.pending = _EMPTY
@@ -67,6 +73,7 @@ class Coalescer:
         self._seq = 0               # number of pushes, to notice new ones between loop iterations
         self._scheduled = None      # the loop handle of the scheduled drain
         self._since = None          # time of the oldest unprocessed push
+        self._last = 0.0            # time of the newest push
         self._closed = False
 
     @property
@@ -80,8 +87,9 @@ class Coalescer:
         self.pending = value
         self.pushed += 1
         self._seq += 1
+        self._last = time.monotonic()
         if self._since is None:
-            self._since = time.monotonic()
+            self._since = self._last
         loop = _running_loop()
         if loop is None:
             self.flush()
@@ -113,8 +121,11 @@ class Coalescer:
             self._scheduled = None
 
     # ----- the drain, one step per loop iteration ---------------------------------------------------
-    def _schedule(self, loop, seen: int, quiet: int) -> None:
-        self._scheduled = loop.call_soon(self._drain, seen, quiet)
+    def _schedule(self, loop, seen: int, quiet: int, delay: float = 0.0) -> None:
+        if delay > 0:
+            self._scheduled = loop.call_later(delay, self._drain, seen, quiet)
+        else:
+            self._scheduled = loop.call_soon(self._drain, seen, quiet)
 
     def _drain(self, seen: int, quiet: int) -> None:
         self._scheduled = None
@@ -123,10 +134,17 @@ class Coalescer:
         if self.busy:                            # flush runs further up the stack; it reschedules itself
             return
         quiet = quiet + 1 if self._seq == seen else 0
-        overdue = self._since is not None and time.monotonic() - self._since >= self.max_wait
-        if quiet < self.quiet_ticks and not overdue:
-            self._schedule(_running_loop() or asyncio.get_event_loop(), self._seq, quiet)
-            return
+        now = time.monotonic()
+        overdue = self._since is not None and now - self._since >= self.max_wait
+        if not overdue:
+            loop = _running_loop() or asyncio.get_event_loop()
+            if quiet < self.quiet_ticks:         # messages are still being dispatched: look again next turn
+                self._schedule(loop, self._seq, quiet)
+                return
+            wait = self.quiet_s - (now - self._last)
+            if wait > 0:                         # the loop is idle, but a push came very recently: wait it out
+                self._schedule(loop, self._seq, quiet, min(wait, self.max_wait - (now - self._since)))
+                return
         try:
             self.flush()
         except Exception as exc:  # noqa: BLE001 - handed to the panel's error area

@@ -14,7 +14,6 @@ import html
 import ipywidgets as W
 import numpy as np
 
-from ._canvas import PictureCanvas
 from ._common import (Panel, display_factor, image_widget, mosaic, png_bytes, probs_html, show_png,
                       to_uint8_map, upscale)
 
@@ -133,9 +132,9 @@ class Explorer(Panel):
         self.input_image = self._own(image_widget("zf-input"))
         self.probs = self._own(W.HTML())
         self.probs.add_class("zf-probs")
-        self.mosaic_canvas = PictureCanvas(1, 1, css_class="zf-mosaic", overlay=self._draw_selection)
+        self.mosaic_canvas = self._picture_canvas(1, 1, css_class="zf-mosaic", overlay=self._draw_selection)
         self._own(self.mosaic_canvas.canvas)
-        self.map_canvas = PictureCanvas(1, 1, css_class="zf-map", overlay=self._draw_position)
+        self.map_canvas = self._picture_canvas(1, 1, css_class="zf-map", overlay=self._draw_position)
         self._own(self.map_canvas.canvas)
         self.map_caption = self._own(W.HTML())
         self.projection_image = self._own(image_widget("zf-projection"))

@@ -16,7 +16,6 @@ import ipywidgets as W
 import numpy as np
 import torch
 
-from ._canvas import PictureCanvas
 from ._common import (Panel, conv_layers, display_factor, fit, image_widget, mosaic, png_bytes, probs_html,
                       show_png, to_uint8_map, upscale)
 from ._events import Coalescer
@@ -150,7 +149,7 @@ class OcclusionPanel(Panel):
         self._layer_scale = 1.0
 
         # the image under the grey square
-        self.occluder = PictureCanvas(self.W * self.scale, self.H * self.scale, css_class="zf-occluder-canvas",
+        self.occluder = self._picture_canvas(self.W * self.scale, self.H * self.scale, css_class="zf-occluder-canvas",
                                       overlay=self._draw_occluder)
         self._own(self.occluder.canvas)
         self._fill_rgb = self._fill_colour()
@@ -373,7 +372,7 @@ class OcclusionPanel(Panel):
                  ("zf-map-class", upscale(top, f), False, "(e) most probable class")]
         boxes = []
         for css, pixels, pal, caption in views:
-            pc = PictureCanvas(pixels.shape[1], pixels.shape[0], css_class=css)
+            pc = self._picture_canvas(pixels.shape[1], pixels.shape[0], css_class=css)
             pc.set_picture(png_bytes(pixels, palette=pal))
             self._on_canvas(pc.canvas, "mouse_down",
                             lambda x, y, f=f, occ=occ: self._map_clicked(occ, int(y // f), int(x // f)), "map click")

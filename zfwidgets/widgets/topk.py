@@ -15,7 +15,6 @@ import math
 import ipywidgets as W
 import numpy as np
 
-from ._canvas import PictureCanvas
 from ._common import Panel, display_factor, png_bytes, upscale
 
 __all__ = ["TopGallery"]
@@ -95,8 +94,8 @@ class TopGallery(Panel):
         self.channel_slider = self._own(W.SelectionSlider(options=[0], value=0, description="channel",
                                                           continuous_update=False, disabled=True))
         self.channel_slider.add_class("zf-channel")
-        self.proj_canvas = PictureCanvas(1, 1, css_class="zf-top-projections")
-        self.patch_canvas = PictureCanvas(1, 1, css_class="zf-top-patches")
+        self.proj_canvas = self._picture_canvas(1, 1, css_class="zf-top-projections")
+        self.patch_canvas = self._picture_canvas(1, 1, css_class="zf-top-patches")
         self._own(self.proj_canvas.canvas), self._own(self.patch_canvas.canvas)
         self.info = self._own(W.HTML())
         self.info.add_class("zf-top-info")
