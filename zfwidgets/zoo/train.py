@@ -7,8 +7,10 @@ Writes into ``--out`` (default: the package's ``zoo/weights`` folder):
 With ``--ablation`` it trains ZF Table 3's variants instead and writes ``<arch>.ablation.json``.
 
 Commands (each reproduces what ships):
-    python -m zfwidgets.zoo.train --arch zfnet-fashion --epochs 15
-    python -m zfwidgets.zoo.train --arch allconv-fashion --epochs 10 --train-eval 10000
+    python -m zfwidgets.zoo.train --arch zfnet-fashion --epochs 14 --dropout 0.3 --batchnorm --train-eval 10000
+    python -m zfwidgets.zoo.train --arch zfnet-fashion --resume --epochs 3 --lr 3e-4 --no-augment \
+        --dropout 0.1 --train-eval 10000
+    python -m zfwidgets.zoo.train --arch allconv-fashion --epochs 14 --dropout 0.3 --batchnorm --train-eval 10000
     python -m zfwidgets.zoo.train --arch zfnet-fashion --ablation --epochs 2 --subset 10000
 """
 from __future__ import annotations
@@ -185,7 +187,7 @@ def train(arch: str, *, epochs: int, seed: int, variant: str = "base", batch_siz
             "optimizer": f"AdamW(lr={lr}, weight_decay=5e-4), OneCycle", "augmentation":
             "horizontal flip, shift up to 2 px", "weights_dtype": "float16",
             "batchnorm": ("BatchNorm2d after every conv in training, folded into the conv weights for shipping"
-                          if batchnorm else None),
+                          if batchnorm else (previous or {}).get("batchnorm")),
             "snapshot_epochs": [e for e in snapshots if e < last] + [last],
             "train_images": len(xtr), "train_accuracy_images": len(xev),
             "history": (previous["history"] if previous else []) + history, "test_accuracy": history[-1]["test_accuracy"],
