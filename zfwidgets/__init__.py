@@ -31,6 +31,7 @@ _LAZY = {
     "feature_evolution": "zfwidgets.analysis.evolution",
     "SnapshotSaver": "zfwidgets.analysis.evolution",
     "lesion": "zfwidgets.analysis.lesion",
+    "lesion_sweep": "zfwidgets.analysis.lesion",
     "ablation_table": "zfwidgets.analysis.lesion",
     "layer_probes": "zfwidgets.analysis.probes",
     "feature_generalisation": "zfwidgets.analysis.probes",

@@ -199,5 +199,8 @@ def test_bundled_occluding_the_object_lowers_p_true_more_than_the_border(bundled
     print(f"\n{len(results)} images; mean p(true): object occluded {on.mean():.3f}, border occluded "
           f"{off.mean():.3f}, unoccluded {np.mean([r[3] for r in results]):.3f}; object < border on "
           f"{int((on < off).sum())}, object > border on {int((on > off).sum())}")
+    from ..figures import report
+    report("occlusion finding", f"{len(results)} images, mean p(true) object covered {on.mean():.3f}, border covered "
+                                f"{off.mean():.3f}; object lower on {int((on < off).sum())} images")
     assert len(results) >= 10
     assert on.mean() < off.mean()

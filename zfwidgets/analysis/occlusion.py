@@ -172,11 +172,13 @@ def _evaluate_boxes(lens, x, boxes, fill, layer, channel, target):
     """One batch of occluder positions: ``(feature-map totals, p(target), top class, top probability)``.
 
     ``x``: the unoccluded input (1 x C x H x W); ``boxes``: B x 4 clipped ``(y0, x0, y1, x1)``; ``fill``: C
-    values; ``layer``: a resolved layer name; ``channel``/``target``: ints. Runs full forwards of the
-    occluded batch (the swap point for an incremental implementation).
+    values; ``layer``: a resolved layer name; ``channel``/``target``: ints. Runs on the lens's incremental
+    occlusion engine (:func:`zfwidgets.analysis.incremental.occluded_run`): for sequential conv nets only the
+    part of each layer that the occluder changes is recomputed (exact); other models, and batches too small to
+    gain, run batched full forwards.
     """
-    xb = _occlude_batch(x, boxes, fill)
-    logits, acts = lens.run(xb, [layer])
+    from .incremental import occluded_run
+    logits, acts = occluded_run(lens, x, boxes, fill, [layer])
     amap = acts[layer][:, channel]
     total = amap.clamp(min=0).flatten(1).sum(1)
     probs = logits.float().softmax(1)
