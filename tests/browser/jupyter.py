@@ -425,15 +425,22 @@ def lab_page(
     waits until its kernel is idle. Yields ``(server, page)``."""
     workdir = Path(workdir)
     name = open_name or Path(notebooks[0]).name
-    dog = Watchdog(time_limit, f"lab_page({name})")
+    with _watched(time_limit, f"lab_page({name})") as dog:
+        with JupyterLabServer(workdir / "jupyter", notebooks, nodelay=nodelay) as server:
+            dog.add(server.kill)
+            with browser_page(workdir / "chromium-profile", watchdog=dog) as page:
+                open_notebook(page, server, name)
+                wait_kernel_idle(page, server, name)
+                yield server, page
+
+
+@contextlib.contextmanager
+def _watched(time_limit: float, what: str) -> Iterator[Watchdog]:
+    """A running :class:`Watchdog`; whatever ends the block after it fired becomes one clear TimeoutError."""
+    dog = Watchdog(time_limit, what)
     try:
         with dog:
-            with JupyterLabServer(workdir / "jupyter", notebooks, nodelay=nodelay) as server:
-                dog.add(server.kill)
-                with browser_page(workdir / "chromium-profile", watchdog=dog) as page:
-                    open_notebook(page, server, name)
-                    wait_kernel_idle(page, server, name)
-                    yield server, page
+            yield dog
     except Exception as exc:
         if dog.fired:
             raise TimeoutError(f"watchdog killed the browser test after {time_limit:.0f} s") from exc
@@ -454,20 +461,12 @@ def voila_page(
     """Voilà + browser + watchdog; loads the app page (Voilà runs the notebook then). Yields ``(server, page)``;
     wait in the page for the widgets the test needs."""
     workdir = Path(workdir)
-    dog = Watchdog(time_limit, f"voila_page({Path(notebook).name})")
-    try:
-        with dog:
-            with VoilaServer(workdir / "voila", notebook, nodelay=nodelay) as server:
-                dog.add(server.kill)
-                with browser_page(workdir / "chromium-profile", watchdog=dog) as page:
-                    page.goto(server.app_url(), timeout=timeout_ms)
-                    yield server, page
-    except Exception as exc:
-        if dog.fired:
-            raise TimeoutError(f"watchdog killed the browser test after {time_limit:.0f} s") from exc
-        raise
-    if dog.fired:
-        raise TimeoutError(f"watchdog killed the browser test after {time_limit:.0f} s")
+    with _watched(time_limit, f"voila_page({Path(notebook).name})") as dog:
+        with VoilaServer(workdir / "voila", notebook, nodelay=nodelay) as server:
+            dog.add(server.kill)
+            with browser_page(workdir / "chromium-profile", watchdog=dog) as page:
+                page.goto(server.app_url(), timeout=timeout_ms)
+                yield server, page
 
 
 # -- in the page -------------------------------------------------------------------------------------
