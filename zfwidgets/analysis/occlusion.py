@@ -32,6 +32,7 @@ import torch
 from .._progress import progress as _progress
 from ..core.project import Projection, project
 from ._common import as_input, check_flag, check_int, check_lens, default_conv_layer, fill_tensor
+from .incremental import occluded_batch, occluded_run
 from .receptive import Box
 
 __all__ = ["OcclusionMaps", "occlusion", "occlude", "occluder_grid"]
@@ -113,17 +114,6 @@ def _as_box(box, H: int, W: int) -> tuple:
     return y0, x0, y1, x1
 
 
-def _occlude_batch(x: torch.Tensor, boxes: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
-    """``x`` (1 x C x H x W) repeated once per box (B x 4, clipped), each copy filled inside its box."""
-    H, W = x.shape[-2:]
-    boxes = boxes.to(x.device)
-    ys = torch.arange(H, device=x.device).view(1, H, 1)
-    xs = torch.arange(W, device=x.device).view(1, 1, W)
-    inside = ((ys >= boxes[:, 0, None, None]) & (ys < boxes[:, 2, None, None])
-              & (xs >= boxes[:, 1, None, None]) & (xs < boxes[:, 3, None, None]))
-    return torch.where(inside[:, None], fill.to(x.dtype).view(1, -1, 1, 1), x)
-
-
 def occlude(lens, image, box, fill="mean") -> torch.Tensor:
     """The model input of ``image`` with ``box`` filled: a 1 x C x H x W tensor.
 
@@ -142,7 +132,7 @@ def occlude(lens, image, box, fill="mean") -> torch.Tensor:
     x = as_input(lens, image)
     value = fill_tensor(lens, fill)
     b = torch.tensor([_as_box(box, *x.shape[-2:])])
-    return _occlude_batch(x.detach(), b, value)
+    return occluded_batch(x.detach(), b, value)
 
 
 def _axis_corners(L: int, size: int, stride: int) -> list:
@@ -177,7 +167,6 @@ def _evaluate_boxes(lens, x, boxes, fill, layer, channel, target):
     part of each layer that the occluder changes is recomputed (exact); other models, and batches too small to
     gain, run batched full forwards.
     """
-    from .incremental import occluded_run
     logits, acts = occluded_run(lens, x, boxes, fill, [layer])
     amap = acts[layer][:, channel]
     total = amap.clamp(min=0).flatten(1).sum(1)
