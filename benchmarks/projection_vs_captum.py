@@ -1,7 +1,8 @@
 """Projection from the last conv layer, second click on the same image: zfwidgets against captum.
 
 The lens keeps the recorded forward of the current image (activations with their autograd graph), so a
-second projection of the same image is a backward pass only, started at the chosen layer.
+second projection of the same image is a backward pass only, started at the chosen layer; on these
+sequential nets it runs on the unit's receptive field only (the cropped backward of ``zfwidgets.project``).
 Captum's ``NeuronDeconvolution`` / ``NeuronGuidedBackprop`` run a forward and a backward on every call.
 Captum overrides the ReLU modules' backward with module hooks, which is wrong for ``ReLU(inplace=True)``
 (torchvision's default), so captum is measured on a copy of the model with every ReLU made non-inplace.

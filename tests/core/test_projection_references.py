@@ -110,7 +110,8 @@ def slow_rule_reference(model, x, stop_index, seed_fn, rule):
             signal = torch.nn.grad.conv2d_input(f.shape, w, signal, m.stride, m.padding, m.dilation, m.groups)
         elif isinstance(m, nn.MaxPool2d):
             # route each value to the argmax of its window, adding where windows share it
-            _, idx = F.max_pool2d(f, m.kernel_size, m.stride, m.padding, return_indices=True)
+            _, idx = F.max_pool2d(f, m.kernel_size, m.stride, m.padding, m.dilation, ceil_mode=m.ceil_mode,
+                                  return_indices=True)
             out = torch.zeros_like(f).flatten(2)
             out.scatter_add_(2, idx.flatten(2), signal.flatten(2))
             signal = out.view_as(f)
@@ -143,6 +144,51 @@ def test_rules_against_slow_float64_reference(rule, pool):
 
         ref = slow_rule_reference(model, x[None], stop, seed_fn, rule)
         assert rel_err(p.pixels, ref[0]) < 1e-5, (layer, rule)
+
+
+def odd_geometry_net(seed):
+    """Strides, dilation, groups, asymmetric kernels and padding, ceil-mode and dilated pooling, dropout."""
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, (5, 3), stride=(2, 1), padding=(2, 0)), nn.ReLU(),
+        nn.MaxPool2d(3, 2, 1, ceil_mode=True),
+        nn.Conv2d(8, 8, 3, padding=2, dilation=2, groups=2), nn.Dropout(0.5), nn.ReLU(inplace=True),
+        nn.MaxPool2d(2, 2, dilation=(1, 2), ceil_mode=True),
+        nn.Conv2d(8, 6, 3, stride=2, padding=1), nn.ReLU(),
+        nn.Conv2d(6, 5, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(5, 4)).eval()
+
+
+@pytest.mark.parametrize("rule", ["gradient", "deconvnet", "guided"])
+def test_cropped_backward_odd_geometry_and_borders(rule):
+    """project() on a sequential net backpropagates on the seed's support only (the cropped backward);
+    whatever the geometry and wherever the unit (corners, edges, centre), it equals the full float64 walk."""
+    project_mod = __import__("importlib").import_module("zfwidgets.core.project")
+    for seed in range(3):
+        model = odd_geometry_net(seed)
+        lens = zf.Lens(model, input_size=(3, 37, 30))
+        x = torch.randn(3, 37, 30)
+        fwd = lens.forward(x)
+        convs = [i for i in lens.table if i.kind == "conv"]
+        for k, info in enumerate(convs):
+            assert project_mod._chain_plan(lens, fwd, info.path) is not None, "the cropped path was not taken"
+            stop = next(i for i, m in enumerate(model) if m is info.module)
+            H, W = fwd.activations[info.path].shape[2:]
+            for pos in [(0, 0), (H - 1, W - 1), (0, W - 1), (H // 2, W // 3)]:
+                p = zf.project(lens, x, info.name, k % 3, position=pos, method=rule)
+
+                def seed_fn(a, p=p):
+                    s = torch.zeros_like(a)
+                    s[0, p.channel, p.position[0], p.position[1]] = 1
+                    return s
+
+                ref = slow_rule_reference(model, x[None], stop, seed_fn, rule)
+                assert rel_err(p.pixels, ref[0]) < 1e-5, (seed, info.name, pos, rule)
+        # a whole map as the seed (its support is the whole map)
+        p = zf.project(lens, x, convs[-1].name, 1, position="map", method=rule)
+        ref = slow_rule_reference(model, x[None], len(model) - 4,
+                                  lambda a: torch.zeros_like(a).index_copy_(1, torch.tensor([1]),
+                                                                           a[:, 1:2].clamp(min=0)), rule)
+        assert rel_err(p.pixels, ref[0]) < 1e-5
 
 
 def test_overlapping_pool_needs_scatter_add():

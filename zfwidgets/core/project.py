@@ -2,6 +2,8 @@
 
 :func:`project` is the one entry point. It uses the lens's recorded forward (so a second projection of
 the same image is a backward pass only, started at the chosen layer) and the ReLU rule of ``method``.
+On sequential conv nets (the bundled ones, AlexNet, VGG) that backward runs on the unit's receptive
+field only, layer by layer (:func:`_cropped_backward`); other models backpropagate through the graph.
 :func:`deconvnet_steps` is the explicit paper form for sequential nets: unpool with the recorded switches
 (accumulating where overlapping windows share a switch), rectify, filter with the transposed weights,
 keeping the reconstruction after every layer on the way down.
@@ -165,10 +167,120 @@ def project(lens, image, layer, channel=None, *, position="max", method: str = "
     fwd.state.rule = method
     if not act.requires_grad:
         pixels = torch.zeros_like(fwd.input[0])
+    elif (pixels := _cropped_backward(lens, fwd, path, seed, method)) is not None:
+        pass
     else:
         (grad,) = torch.autograd.grad(act, fwd.input, seed, retain_graph=True, allow_unused=True)
         pixels = torch.zeros_like(fwd.input[0]) if grad is None else grad[0].detach()
     return Projection(pixels, name, channel, pos, value, method)
+
+
+# ----- the cropped backward (sequential conv nets) -------------------------------------------------
+_PASS_THROUGH = (nn.Dropout, nn.Identity)
+
+
+def _chain_plan(lens, fwd, path):
+    """Modules from the input up to ``path`` with their input shapes and ReLU masks' sources, or None.
+
+    None when the model is not a plain chain, or when a module below ``path`` is one the cropped
+    backward does not handle (then :func:`project` backpropagates through the whole recorded graph).
+    """
+    chain = sequential_modules(lens.model)
+    if chain is None:
+        return None
+    idx = next((i for i, (p, _) in enumerate(chain) if p == path), None)
+    if idx is None:
+        return None
+    shape = tuple(fwd.input.shape)
+    plan = []
+    prev = None  # the recorded output of the module below, when there is one
+    for p, m in chain[: idx + 1]:
+        if isinstance(m, nn.Conv2d):
+            if m.padding_mode != "zeros" or isinstance(m.padding, str) or p not in fwd.activations:
+                return None
+            plan.append((m, shape, None))
+            prev = fwd.activations[p]
+            shape = tuple(prev.shape)
+        elif isinstance(m, nn.MaxPool2d):
+            if p not in fwd.switches:
+                return None
+            plan.append((m, shape, fwd.switches[p]))
+            shape, prev = tuple(fwd.switches[p].shape), None
+        elif isinstance(m, nn.ReLU):
+            if prev is None:  # its input (a pooled map, say) was not recorded
+                return None
+            plan.append((m, shape, prev))
+        elif isinstance(m, _PASS_THROUGH):
+            plan.append((m, shape, None))
+        else:
+            return None
+        if len(shape) != 4:
+            return None
+    return plan
+
+
+def _span(lo, hi, size, stride, padding, dilation, kernel):
+    """Input rows [a, a + n) reached by output rows [lo, hi) of a window op, and the clip to [0, size)."""
+    a = lo * stride - padding
+    n = (hi - lo - 1) * stride + dilation * (kernel - 1) + 1
+    start, stop = max(a, 0), min(a + n, size)
+    return a, start, stop
+
+
+def _cropped_backward(lens, fwd, path, seed, method):
+    """The projection of ``seed`` computed on its support only, layer by layer; None if not applicable.
+
+    A unit's signal reaches only its receptive field: at every layer on the way down the nonzero signal
+    lies in a box that grows by each layer's kernel (AlexNet conv5: 3x3 of 13x13 at conv5's input, 163x163
+    of 224x224 pixels). Each step works on that box: a transposed convolution of the box, the switches'
+    scatter-add inside the box's window span, the ReLU rule with the recorded pre-activation cropped to
+    it. Same sums as the full backward (equal to rounding); the whole-graph backward remains for
+    everything else (non-sequential models, layers below that are not conv/ReLU/max-pool/dropout).
+    """
+    if seed.dim() != 4:
+        return None
+    plan = _chain_plan(lens, fwd, path)
+    if plan is None:
+        return None
+    nz = seed[0].abs().sum(0).nonzero()
+    if nz.numel() == 0:
+        return torch.zeros_like(fwd.input[0])
+    y0, x0 = (int(v) for v in nz.min(0).values)
+    y1, x1 = (int(v) + 1 for v in nz.max(0).values)
+    g = seed[:, :, y0:y1, x0:x1]
+    rule = RULES[method]
+    with torch.no_grad():
+        for m, in_shape, extra in reversed(plan):
+            H, W = in_shape[2:]
+            if isinstance(m, nn.ReLU):
+                positive = None if method == "deconvnet" else (extra[:, :, y0:y1, x0:x1] > 0).to(g.dtype)
+                g = rule.backward(g, positive)
+            elif isinstance(m, nn.Conv2d):
+                s, p, d, k = m.stride, m.padding, m.dilation, m.kernel_size
+                ay, ys, ye = _span(y0, y1, H, s[0], p[0], d[0], k[0])
+                ax, xs, xe = _span(x0, x1, W, s[1], p[1], d[1], k[1])
+                g = F.conv_transpose2d(g, m.weight, None, s, 0, 0, m.groups, d)
+                g = g[:, :, ys - ay: ye - ay, xs - ax: xe - ax]
+                y0, y1, x0, x1 = ys, ye, xs, xe
+            elif isinstance(m, nn.MaxPool2d):
+                k, s, p, d = (_pair(v) for v in (m.kernel_size, m.stride or m.kernel_size, m.padding,
+                                                 m.dilation))
+                _, ys, ye = _span(y0, y1, H, s[0], p[0], d[0], k[0])
+                _, xs, xe = _span(x0, x1, W, s[1], p[1], d[1], k[1])
+                idx = extra[:, :, y0:y1, x0:x1]
+                local = (idx // W - ys) * (xe - xs) + (idx % W - xs)
+                out = g.new_zeros(g.shape[0], g.shape[1], (ye - ys) * (xe - xs))
+                out.scatter_add_(2, local.flatten(2), g.flatten(2))
+                g = out.view(g.shape[0], g.shape[1], ye - ys, xe - xs)
+                y0, y1, x0, x1 = ys, ye, xs, xe
+            # dropout (eval) and identity pass the signal on unchanged
+    pixels = torch.zeros_like(fwd.input[0])
+    pixels[:, y0:y1, x0:x1] = g[0]
+    return pixels
+
+
+def _pair(v):
+    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
 
 
 # ----- the paper form --------------------------------------------------------------------------
