@@ -247,6 +247,8 @@ def _cropped_backward(lens, fwd, path, seed, method):
         return torch.zeros_like(fwd.input[0])
     y0, x0 = (int(v) for v in nz.min(0).values)
     y1, x1 = (int(v) + 1 for v in nz.max(0).values)
+    if _conv_work_fraction(plan, (y0, y1, x0, x1)) > 1 - CROP_MIN_SAVING:
+        return None  # the support is (nearly) everything: the native backward is quicker
     g = seed[:, :, y0:y1, x0:x1]
     rule = RULES[method]
     with torch.no_grad():
@@ -277,6 +279,31 @@ def _cropped_backward(lens, fwd, path, seed, method):
     pixels = torch.zeros_like(fwd.input[0])
     pixels[:, y0:y1, x0:x1] = g[0]
     return pixels
+
+
+# the cropped backward is used when it skips at least this fraction of the conv layers' work
+CROP_MIN_SAVING = 0.2
+
+
+def _conv_work_fraction(plan, box) -> float:
+    """The fraction of the full backward's conv work (kernel volume x input area) the box's walk does."""
+    y0, y1, x0, x1 = box
+    done = full = 0.0
+    for m, in_shape, extra in reversed(plan):
+        H, W = in_shape[2:]
+        if isinstance(m, (nn.Conv2d, nn.MaxPool2d)):
+            if isinstance(m, nn.Conv2d):
+                s, p, d, k = m.stride, m.padding, m.dilation, m.kernel_size
+            else:
+                k, s, p, d = (_pair(v) for v in (m.kernel_size, m.stride or m.kernel_size, m.padding,
+                                                 m.dilation))
+            oy, ox = y1 - y0, x1 - x0
+            _, y0, y1 = _span(y0, y1, H, s[0], p[0], d[0], k[0])
+            _, x0, x1 = _span(x0, x1, W, s[1], p[1], d[1], k[1])
+            if isinstance(m, nn.Conv2d):  # a transposed conv's work: weights x output positions
+                done += m.weight.numel() * oy * ox
+                full += m.weight.numel() * H * W / (s[0] * s[1])
+    return done / full if full else 1.0
 
 
 def _pair(v):
