@@ -159,6 +159,20 @@ def test_zfnet_occlusion_grid_and_single_box(zfnet):
     assert_close(engine.logits_for_box((20, 22, 28, 28)), ref[0], "logits_for_box")
 
 
+@pytest.mark.parametrize("config", CONFIGS, ids=["exact-groups", "defaults", "one-group", "all-full"])
+def test_one_box_at_a_time(zfnet, alexnet, config):
+    """The live occluder's path (one box: the plan in plain integers) against naive recomputation,
+    on random boxes at the borders, larger than the image's half, and one pixel wide."""
+    gen = torch.Generator().manual_seed(6)
+    for lens, side, layers in ((zfnet, 28, ["conv2", "fc7"]), (alexnet, 224, ["conv3", "fc6"])):
+        engine = IncrementalOcclusion(lens, image(lens, 8), mode="incremental", **config)
+        boxes = random_boxes(6, side, side, gen) + [(0, 0, 1, side), (side - 3, side // 2, side + 5, side + 5),
+                                                    (side // 4, side // 4, side, side)]
+        for box in boxes:
+            check(engine, [box], layers, 0.0)
+        assert engine.last_mode == "incremental"
+
+
 # ----- torchvision AlexNet and VGG --------------------------------------------------------------------
 def test_alexnet_224_grid_chunk(alexnet):
     """The benchmark's geometry (32 px, stride 8): first row (top border) and last positions (bottom/right)."""
