@@ -172,7 +172,14 @@ class Lens:
     def to_batch(self, images) -> torch.Tensor:
         """Several images (a list, or an N x C x H x W tensor of preprocessed input) as one batch."""
         if isinstance(images, torch.Tensor) and images.dim() == 4:
-            return torch.cat([self.to_input(x) for x in images]) if images.shape[0] else images
+            if not images.shape[0]:
+                return images
+            self.to_input(images[:1])            # dtype, channels, size, device: one image speaks for all
+            finite = torch.isfinite(images).flatten(1).all(1)
+            if not bool(finite.all()):
+                raise ValueError(f"image {int((~finite).nonzero()[0])} of the batch contains NaN or infinite "
+                                 "values")
+            return images.clone()
         xs = [self.to_input(im) for im in images]
         if not xs:
             raise ValueError("no images given")
