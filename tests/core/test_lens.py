@@ -205,3 +205,17 @@ def test_run_and_forward_record_the_same_activation_despite_inplace_relu(alexnet
     assert (acts["conv5"] < 0).any()  # pre-ReLU output, not overwritten by AlexNet's inplace ReLU
     for name, path in [("conv1", "features.0"), ("conv5", "features.10")]:
         assert torch.allclose(acts[name], fwd.activations[path].detach(), atol=1e-5)
+
+
+def test_batch_tensor_is_validated_as_a_whole(lens):
+    """A batch tensor is checked in one pass: the bad image is named, a good batch comes back as a copy."""
+    x = torch.randn((6,) + tuple(lens.input_size))
+    out = lens.to_batch(x)
+    assert torch.equal(out, x) and out.data_ptr() != x.data_ptr()
+    x[3, 0, 1, 2] = float("nan")
+    with pytest.raises(ValueError, match="image 3 of the batch contains NaN"):
+        lens.to_batch(x)
+    with pytest.raises(ValueError, match="channel"):
+        lens.to_batch(torch.randn(4, lens.input_size[0] + 1, *lens.input_size[1:]))
+    with pytest.raises(TypeError, match="float"):
+        lens.to_batch(torch.zeros((2,) + tuple(lens.input_size), dtype=torch.uint8))
