@@ -175,7 +175,22 @@ def _evaluate_boxes(lens, x, boxes, fill, layer, channel, target):
     return total.float().cpu(), probs[:, target].cpu(), top.cpu(), top_p.cpu()
 
 
-def occlusion(lens, image, *, size, stride, fill="mean", target=None, layer=None, batch_size: int = 64,
+# occluder positions per batch (batch_size=None): as many as keep the largest layer output of the batch under
+# this many bytes, between 64 and 256 (AlexNet at 224 px: 256; VGG16: 64); larger batches run the fully
+# connected layers as more efficient matrix products (AlexNet's map: ~12% faster at 256 than at 64)
+_BATCH_BYTES = 256 * 2 ** 20
+
+
+def _auto_batch_size(lens, x) -> int:
+    from .incremental import occlusion_engine
+    engine = occlusion_engine(lens, x)
+    if not engine.incremental or not engine._shapes:
+        return 64
+    largest = max(math.prod(s[1:]) for s in engine._shapes) * x.element_size()
+    return int(min(256, max(64, _BATCH_BYTES // max(largest, 1))))
+
+
+def occlusion(lens, image, *, size, stride, fill="mean", target=None, layer=None, batch_size: int | None = None,
               progress=True) -> OcclusionMaps:
     """Slide an occluder over ``image`` and map the model's response (ZF Fig. 7).
 
@@ -187,7 +202,8 @@ def occlusion(lens, image, *, size, stride, fill="mean", target=None, layer=None
         fill: ``"mean"`` (the data set's mean pixel), a number or one number per channel (model-input space).
         target: the class whose probability is mapped (an int); default the predicted class.
         layer: the layer whose strongest feature map is followed; default the last conv layer.
-        batch_size: occluded images per forward.
+        batch_size: occluder positions evaluated together; default: as many as keep the largest layer
+            output of a batch under 256 MB, between 64 and 256.
         progress: show a progress bar (``True``/``False`` or a callable ``f(done, total)``).
 
     Example:
@@ -196,7 +212,8 @@ def occlusion(lens, image, *, size, stride, fill="mean", target=None, layer=None
         >>> occ.probability.min(), occ.base_probability
     """
     check_lens(lens)
-    batch_size = check_int("batch_size", batch_size, minimum=1)
+    if batch_size is not None:
+        batch_size = check_int("batch_size", batch_size, minimum=1)
     check_flag("progress", progress)
     x = as_input(lens, image).detach()
     H, W = x.shape[-2:]
@@ -222,6 +239,8 @@ def occlusion(lens, image, *, size, stride, fill="mean", target=None, layer=None
     proj = project(lens, x, name, channel, method="deconvnet")
 
     flat = boxes.view(-1, 4)
+    if batch_size is None:
+        batch_size = _auto_batch_size(lens, x)
     chunks = [flat[i:i + batch_size] for i in range(0, flat.shape[0], batch_size)]
     parts = [_evaluate_boxes(lens, x, b, value, name, channel, target)
              for b in _progress(chunks, total=len(chunks), desc="occlusion", enabled=progress)]
