@@ -152,11 +152,12 @@ def bench(name: str, runs: int, quick: bool = False) -> dict:
           f"p(unoccluded) {p0:.4f} vs {float(p_all[target]):.4f}")
     engine = IncrementalOcclusion(lens, x)
     flat = boxes.view(-1, 4)
-    fr = [engine.mac_fraction(flat[i:i + 64]) for i in range(0, flat.shape[0], 64)]
-    w = [min(64, flat.shape[0] - i) for i in range(0, flat.shape[0], 64)]
+    bs = occ_mod._auto_batch_size(lens, x) if wired else 64     # the batches zfwidgets.occlusion runs
+    fr = [engine.mac_fraction(flat[i:i + bs]) for i in range(0, flat.shape[0], bs)]
+    w = [min(bs, flat.shape[0] - i) for i in range(0, flat.shape[0], bs)]
     mean = {k: sum(f[k] * n for f, n in zip(fr, w)) / sum(w) for k in ("tight", "batched", "with_fc")}
     print(f"   conv MACs recomputed per position: {mean['tight']:.1%} (each box's own region), "
-          f"{mean['batched']:.1%} as executed (chunks of 64, grouped windows); with the FC layers "
+          f"{mean['batched']:.1%} as executed (batches of {bs}, grouped windows); with the FC layers "
           f"{mean['with_fc']:.1%} (bound {1 / mean['with_fc']:.2f}x)")
 
     # captum's best perturbations_per_eval: one pilot run each, interleaved

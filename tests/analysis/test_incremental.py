@@ -311,3 +311,31 @@ def test_bad_input(zfnet):
         engine.run([(0, 0, 4, 4)], ["conv9"])
     logits, acts = engine.run([(0, 0, 4, 4)], ["conv2"], logits=False)
     assert logits is None and set(acts) == {"conv2"}
+
+
+def test_fc_layers_of_a_few_rows_equal_the_module():
+    """The live occluder's fc products (oneDNN where torch has it) against the module in float64."""
+    from zfwidgets.analysis import incremental as inc
+    torch.manual_seed(11)
+    fc = nn.Linear(300, 70)
+    for rows in (1, 2, inc._ONEDNN_ROWS, inc._ONEDNN_ROWS + 1):
+        h = torch.randn(rows, 300)
+        with torch.inference_mode():
+            out = inc._linear(fc, h)
+        ref = torch.nn.functional.linear(h.double(), fc.weight.double(), fc.bias.double()).detach()
+        assert out.shape == (rows, 70) and out.dtype == torch.float32
+        assert float((out.double() - ref).abs().max()) < 1e-5
+
+
+def test_a_few_boxes_in_full_mode_run_the_chain(zfnet, alexnet):
+    """Where the incremental plan would not pay, one or two boxes still run on the engine's chain (full)."""
+    for lens in (zfnet, alexnet):
+        x = image(lens, 9)
+        engine = IncrementalOcclusion(lens, x, min_saving=1.0)     # never worth it: always full
+        side = lens.input_size[-1]
+        boxes = [(0, 0, side // 3, side // 3), (side // 2, side // 4, side, side // 2)]
+        count = lens.forward_count
+        check(engine, boxes, ["conv5" if lens is zfnet else "conv3", "fc6"], 0.0)
+        assert engine.last_mode == "full"
+        if lens is alexnet:   # (the tiny zfnet's batch is below SMALL_BATCH_MACS: the model's own forward)
+            assert lens.forward_count == count + 1   # check's reference forward only: the engine ran its chain

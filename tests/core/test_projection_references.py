@@ -192,6 +192,30 @@ def test_cropped_backward_odd_geometry_and_borders(rule, monkeypatch):
         assert rel_err(p.pixels, ref[0]) < 1e-5
 
 
+class StandardisedConv(nn.Conv2d):
+    """A conv with its own forward (weight standardisation): the cropped backward must not assume conv2d."""
+
+    def forward(self, x):
+        w = (self.weight - self.weight.mean((1, 2, 3), keepdim=True)) / self.weight.std((1, 2, 3), keepdim=True)
+        return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+@pytest.mark.parametrize("rule", ["deconvnet", "guided"])
+def test_module_subclass_with_own_forward_is_backpropagated_by_autograd(rule):
+    project_mod = __import__("importlib").import_module("zfwidgets.core.project")
+    torch.manual_seed(9)
+    model = nn.Sequential(StandardisedConv(3, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.Conv2d(6, 5, 3), nn.Flatten(), nn.LazyLinear(3)).eval()
+    x = torch.randn(3, 14, 14)
+    model(x[None])
+    lens = zf.Lens(model, input_size=(3, 14, 14))
+    fwd = lens.forward(x)
+    assert project_mod._chain_plan(lens, fwd, lens.table[1].path) is None
+    p = zf.project(lens, x, lens.table[1].name, 2, position=(1, 1), method=rule)
+    ref = reference_with_module_hooks(model, x, lens.table[1].path, 2, (1, 1), rule)
+    assert rel_err(p.pixels, ref) < 1e-5
+
+
 def test_overlapping_pool_needs_scatter_add():
     """max_unpool2d (which writes instead of adding) disagrees with the exact projection; ours agrees."""
     torch.manual_seed(0)

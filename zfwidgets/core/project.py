@@ -195,6 +195,8 @@ def _chain_plan(lens, fwd, path):
     plan = []
     prev = None  # the recorded output of the module below, when there is one
     for p, m in chain[: idx + 1]:
+        if any(isinstance(m, t) and type(m).forward is not t.forward for t in (nn.Conv2d, nn.MaxPool2d, nn.ReLU)):
+            return None  # a subclass with its own forward: only autograd knows its backward
         if isinstance(m, nn.Conv2d):
             if m.padding_mode != "zeros" or isinstance(m.padding, str) or p not in fwd.activations:
                 return None
@@ -217,6 +219,13 @@ def _chain_plan(lens, fwd, path):
         if len(shape) != 4:
             return None
     return plan
+
+
+def _window(m):
+    """``(kernel, stride, padding, dilation)`` of a conv or max-pool module, each a pair."""
+    if isinstance(m, nn.Conv2d):
+        return m.kernel_size, m.stride, m.padding, m.dilation
+    return tuple(_pair(v) for v in (m.kernel_size, m.stride or m.kernel_size, m.padding, m.dilation))
 
 
 def _span(lo, hi, size, stride, padding, dilation, kernel):
@@ -257,18 +266,15 @@ def _cropped_backward(lens, fwd, path, seed, method):
             if isinstance(m, nn.ReLU):
                 positive = None if method == "deconvnet" else (extra[:, :, y0:y1, x0:x1] > 0).to(g.dtype)
                 g = rule.backward(g, positive)
-            elif isinstance(m, nn.Conv2d):
-                s, p, d, k = m.stride, m.padding, m.dilation, m.kernel_size
+            elif isinstance(m, (nn.Conv2d, nn.MaxPool2d)):
+                k, s, p, d = _window(m)
                 ay, ys, ye = _span(y0, y1, H, s[0], p[0], d[0], k[0])
                 ax, xs, xe = _span(x0, x1, W, s[1], p[1], d[1], k[1])
+            if isinstance(m, nn.Conv2d):
                 g = F.conv_transpose2d(g, m.weight, None, s, 0, 0, m.groups, d)
                 g = g[:, :, ys - ay: ye - ay, xs - ax: xe - ax]
                 y0, y1, x0, x1 = ys, ye, xs, xe
             elif isinstance(m, nn.MaxPool2d):
-                k, s, p, d = (_pair(v) for v in (m.kernel_size, m.stride or m.kernel_size, m.padding,
-                                                 m.dilation))
-                _, ys, ye = _span(y0, y1, H, s[0], p[0], d[0], k[0])
-                _, xs, xe = _span(x0, x1, W, s[1], p[1], d[1], k[1])
                 idx = extra[:, :, y0:y1, x0:x1]
                 local = (idx // W - ys) * (xe - xs) + (idx % W - xs)
                 out = g.new_zeros(g.shape[0], g.shape[1], (ye - ys) * (xe - xs))
@@ -286,17 +292,13 @@ CROP_MIN_SAVING = 0.2
 
 
 def _conv_work_fraction(plan, box) -> float:
-    """The fraction of the full backward's conv work (kernel volume x input area) the box's walk does."""
+    """The fraction of the full backward's conv work (weights x output positions) the box's walk does."""
     y0, y1, x0, x1 = box
     done = full = 0.0
     for m, in_shape, extra in reversed(plan):
         H, W = in_shape[2:]
         if isinstance(m, (nn.Conv2d, nn.MaxPool2d)):
-            if isinstance(m, nn.Conv2d):
-                s, p, d, k = m.stride, m.padding, m.dilation, m.kernel_size
-            else:
-                k, s, p, d = (_pair(v) for v in (m.kernel_size, m.stride or m.kernel_size, m.padding,
-                                                 m.dilation))
+            k, s, p, d = _window(m)
             oy, ox = y1 - y0, x1 - x0
             _, y0, y1 = _span(y0, y1, H, s[0], p[0], d[0], k[0])
             _, x0, x1 = _span(x0, x1, W, s[1], p[1], d[1], k[1])
