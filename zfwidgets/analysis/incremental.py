@@ -494,26 +494,35 @@ class IncrementalOcclusion:
                 del members[j]
         return [self._group(boxes, torch.tensor(sorted(m)), regions) for m in members]
 
+    def _plan(self, first: tuple, window_of) -> tuple:
+        """``(windows, first_full)`` of a group: ``first`` is the input window, ``window_of(step)`` gives a
+        spatial step's ``(corners, size)``; from the first step that is full, or whose window covers more than
+        ``threshold`` of its map, everything runs in full."""
+        windows = {-1: first}
+        for s in self._steps:
+            if s.kind == "full":
+                return windows, s.index
+            if s.kind != "spatial":
+                continue
+            corners, size = window_of(s)
+            Ho, Wo = s.geometry.out_size
+            if size[0] * size[1] > self.threshold * Ho * Wo:
+                return windows, s.index
+            windows[s.index] = (corners, size)
+        return windows, len(self._steps)
+
     def _group(self, boxes, members, regions) -> "_Group":
         """Common window sizes and per-box window corners of one group, and where it switches to full."""
         H, W = self.image.shape[-2:]
         b = boxes[members]
         size = (int((b[:, 2] - b[:, 0]).max()), int((b[:, 3] - b[:, 1]).max()))
-        windows = {-1: (_corners(b, size, (H, W)), size)}
-        first_full = len(self._steps)
-        for s in self._steps:
-            if s.kind == "full":
-                first_full = s.index
-                break
-            if s.kind != "spatial":
-                continue
+
+        def window_of(s):
             r = regions[s.index][members]
             size = (int((r[:, 2] - r[:, 0]).max()), int((r[:, 3] - r[:, 1]).max()))
-            Ho, Wo = s.geometry.out_size
-            if size[0] * size[1] > self.threshold * Ho * Wo:
-                first_full = s.index
-                break
-            windows[s.index] = (_corners(r, size, (Ho, Wo)), size)
+            return _corners(r, size, s.geometry.out_size), size
+
+        windows, first_full = self._plan((_corners(b, size, (H, W)), size), window_of)
         return _Group(members, b, windows, first_full)
 
     def _single_group(self, boxes) -> "_Group":
@@ -522,15 +531,9 @@ class IncrementalOcclusion:
         H, W = self.image.shape[-2:]
         y0, x0, y1, x1 = boxes[0].tolist()
         size = (y1 - y0, x1 - x0)
-        windows = {-1: (torch.tensor([[min(y0, H - size[0]), min(x0, W - size[1])]]), size)}
-        first_full = len(self._steps)
-        reg = (y0, x0, y1, x1)
-        for s in self._steps:
-            if s.kind == "full":
-                first_full = s.index
-                break
-            if s.kind != "spatial":
-                continue
+        reg = [y0, x0, y1, x1]
+
+        def window_of(s):   # _grow for one box
             g = s.geometry
             lo, hi = [], []
             for d, (a_i, b_i) in enumerate(((0, 2), (1, 3))):
@@ -539,13 +542,13 @@ class IncrementalOcclusion:
                 e = min((reg[b_i] - 1 + g.pad[d]) // g.stride[d] + 1, n_out)
                 lo.append(a)
                 hi.append(max(e, a + 1))
-            reg = (lo[0], lo[1], hi[0], hi[1])
+            reg[:] = [lo[0], lo[1], hi[0], hi[1]]
             size = (hi[0] - lo[0], hi[1] - lo[1])
             Ho, Wo = g.out_size
-            if size[0] * size[1] > self.threshold * Ho * Wo:
-                first_full = s.index
-                break
-            windows[s.index] = (torch.tensor([[min(lo[0], Ho - size[0]), min(lo[1], Wo - size[1])]]), size)
+            return torch.tensor([[min(lo[0], Ho - size[0]), min(lo[1], Wo - size[1])]]), size
+
+        first = (torch.tensor([[min(y0, H - size[0]), min(x0, W - size[1])]]), size)
+        windows, first_full = self._plan(first, window_of)
         return _Group(torch.tensor([0]), boxes, windows, first_full)
 
     def mac_fraction(self, boxes) -> dict:
