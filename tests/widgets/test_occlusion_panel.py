@@ -58,8 +58,8 @@ def test_drag_shows_plain_api_probabilities_for_the_final_box(panel, zf_random, 
 
 @pytest.mark.parametrize("incremental", [True, False])
 def test_both_forward_paths_show_the_plain_api(panel, zf_random, sample, incremental):
-    """The panel times the incremental engine against a full forward once and keeps the faster; either way
-    it must show the same numbers."""
+    """The panel goes through the lens's occlusion engine (``incremental``) or the model's forward; either
+    way it must show the same numbers."""
     panel.incremental = incremental
     for x, y in [(20, 200), (112, 112), (223, 5)]:
         fire(panel.occluder.canvas, "mouse_down", x, y)

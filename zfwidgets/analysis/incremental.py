@@ -413,6 +413,13 @@ class IncrementalOcclusion:
         return ref.shape == h.shape and bool(torch.allclose(ref, h, rtol=1e-4,
                                                             atol=1e-5 * float(ref.abs().max()) + 1e-6))
 
+    @property
+    def runs_plain_forwards(self) -> bool:
+        """True where every call is the model's own batched forward: a model that is not a chain, or one whose
+        single forward costs fewer multiply-adds than planning patches does (the bundled 28x28 models)."""
+        self._refresh()
+        return not self.incremental or sum(self._full_cost) < SMALL_BATCH_MACS
+
     def _refresh(self) -> None:
         if self._key != self._model_key():   # weights changed since the cache was built
             self.chain = sequential_modules(self.lens.model)
