@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.capture import ModelGuard
-from ..core.layers import sequential_modules
+from ..core.layers import pair as _pair, sequential_modules
 from ._common import as_input, fill_tensor
 
 __all__ = ["IncrementalOcclusion", "OccludedOutputs", "occluded_run", "occlusion_engine", "occluded_batch",
@@ -94,10 +94,6 @@ class _Geometry:
         if isinstance(m, nn.Conv2d):
             return m.out_channels * (m.in_channels // m.groups) * self.kernel[0] * self.kernel[1]
         return 0
-
-
-def _pair(v) -> tuple:
-    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
 
 
 def _geometry(m: nn.Module, in_shape, out_shape):

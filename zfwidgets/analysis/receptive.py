@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.capture import ModelGuard, StopForward
-from ..core.layers import sequential_modules
+from ..core.layers import pair as _pair, sequential_modules, window_params as _window_params
 from ._common import check_lens
 
 __all__ = ["Box", "receptive_field"]
@@ -97,23 +97,6 @@ _ELEMENTWISE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.C
                 nn.CrossMapLRN2d)
 _WINDOWED = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)
 _ADAPTIVE = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
-
-
-def _pair(v):
-    return (int(v), int(v)) if isinstance(v, Integral) else (int(v[0]), int(v[1]))
-
-
-def _window_params(m: nn.Module):
-    """Per axis ``(kernel, stride, padding_before, dilation)`` and the padding mode of a conv or pooling."""
-    k = _pair(m.kernel_size)
-    s = _pair(m.stride if m.stride is not None else m.kernel_size)
-    d = _pair(getattr(m, "dilation", 1))
-    mode = getattr(m, "padding_mode", "zeros")
-    if isinstance(m.padding, str):
-        p = (0, 0) if m.padding == "valid" else tuple(d[a] * (k[a] - 1) // 2 for a in range(2))
-    else:
-        p = _pair(m.padding)
-    return k, s, p, d, mode
 
 
 def _pad_index(idx: np.ndarray, n: int, mode: str) -> np.ndarray:

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from numbers import Integral
 
 from torch import nn
 
-__all__ = ["LayerInfo", "layer_table", "resolve_layer", "sequential_modules"]
+__all__ = ["LayerInfo", "layer_table", "resolve_layer", "sequential_modules", "pair", "window_params"]
 
 _FRIENDLY = re.compile(r"^(conv|fc)\d+$")
 
@@ -97,3 +98,21 @@ def sequential_modules(model: nn.Module) -> list[tuple[str, nn.Module]] | None:
         return (flat("features", model.features) + [("avgpool", model.avgpool), ("<flatten>", nn.Flatten())]
                 + flat("classifier", model.classifier))
     return None
+
+
+def pair(v) -> tuple:
+    """An int or a pair of ints (a module's ``kernel_size``, ``stride``...) as ``(height, width)``."""
+    return (int(v), int(v)) if isinstance(v, Integral) else (int(v[0]), int(v[1]))
+
+
+def window_params(m: nn.Module):
+    """Per axis ``(kernel, stride, padding_before, dilation)`` and the padding mode of a conv or pooling."""
+    k = pair(m.kernel_size)
+    s = pair(m.stride if m.stride is not None else m.kernel_size)
+    d = pair(getattr(m, "dilation", 1))
+    mode = getattr(m, "padding_mode", "zeros")
+    if isinstance(m.padding, str):
+        p = (0, 0) if m.padding == "valid" else tuple(d[a] * (k[a] - 1) // 2 for a in range(2))
+    else:
+        p = pair(m.padding)
+    return k, s, p, d, mode

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import sequential_modules
+from .layers import sequential_modules, window_params
 from .rules import RULES
 
 __all__ = ["Projection", "project", "deconvnet_steps", "render", "select_activation"]
@@ -221,13 +221,6 @@ def _chain_plan(lens, fwd, path):
     return plan
 
 
-def _window(m):
-    """``(kernel, stride, padding, dilation)`` of a conv or max-pool module, each a pair."""
-    if isinstance(m, nn.Conv2d):
-        return m.kernel_size, m.stride, m.padding, m.dilation
-    return tuple(_pair(v) for v in (m.kernel_size, m.stride or m.kernel_size, m.padding, m.dilation))
-
-
 def _span(lo, hi, size, stride, padding, dilation, kernel):
     """Input rows [a, a + n) reached by output rows [lo, hi) of a window op, and the clip to [0, size)."""
     a = lo * stride - padding
@@ -267,7 +260,7 @@ def _cropped_backward(lens, fwd, path, seed, method):
                 positive = None if method == "deconvnet" else (extra[:, :, y0:y1, x0:x1] > 0).to(g.dtype)
                 g = rule.backward(g, positive)
             elif isinstance(m, (nn.Conv2d, nn.MaxPool2d)):
-                k, s, p, d = _window(m)
+                k, s, p, d, _ = window_params(m)
                 ay, ys, ye = _span(y0, y1, H, s[0], p[0], d[0], k[0])
                 ax, xs, xe = _span(x0, x1, W, s[1], p[1], d[1], k[1])
             if isinstance(m, nn.Conv2d):
@@ -298,7 +291,7 @@ def _conv_work_fraction(plan, box) -> float:
     for m, in_shape, extra in reversed(plan):
         H, W = in_shape[2:]
         if isinstance(m, (nn.Conv2d, nn.MaxPool2d)):
-            k, s, p, d = _window(m)
+            k, s, p, d, _ = window_params(m)
             oy, ox = y1 - y0, x1 - x0
             _, y0, y1 = _span(y0, y1, H, s[0], p[0], d[0], k[0])
             _, x0, x1 = _span(x0, x1, W, s[1], p[1], d[1], k[1])
@@ -306,10 +299,6 @@ def _conv_work_fraction(plan, box) -> float:
                 done += m.weight.numel() * oy * ox
                 full += m.weight.numel() * H * W / (s[0] * s[1])
     return done / full if full else 1.0
-
-
-def _pair(v):
-    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
 
 
 # ----- the paper form --------------------------------------------------------------------------

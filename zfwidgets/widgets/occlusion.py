@@ -45,9 +45,10 @@ def _occluded_view(lens, x, box, fill, layer, incremental: bool = True, engine=N
     recomputes only what the occluder changes): the same numbers, computed two ways. ``engine``: the engine
     for ``x`` when the caller keeps it (the panel does: looking it up validates ``x`` on every move).
     """
-    if incremental and engine is None:
+    if not incremental:
+        engine = None
+    elif engine is None:
         engine = _engine(lens, x)
-    engine = engine if incremental else None
     if engine is None:
         logits, acts = lens.run(_occlude(lens, x, box, fill), [layer])
         return logits.float().softmax(1)[0], acts[layer][0]
