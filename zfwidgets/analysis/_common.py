@@ -1,31 +1,31 @@
-"""Helpers the analysis functions share: argument checks, default layers, the occluder fill, and
-turning whatever collection of images a user passes into a stream of preprocessed batches.
+"""Helpers the analysis functions share: argument checks, default layers, a layer-capturing forward and the
+occluder fill. Images and labels come in through :mod:`zfwidgets.analysis._inputs`.
 
 Everything here is private to ``zfwidgets.analysis``; other analysis modules may import it.
 
 Example:
-    >>> for start, x in image_batches(lens, zfwidgets.samples(), batch_size=16):
-    ...     x.shape                      # 16 x C x H x W model input; start = index of x[0]
+    >>> default_conv_layer(lens), last_hidden_layer(lens)
+    ('conv5', 'fc7')
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from numbers import Integral, Real
 
 import numpy as np
 import torch
-from PIL import Image
 
-__all__ = ["check_lens", "check_int", "check_flag", "image_of", "as_input", "image_batches", "count_images",
-           "default_conv_layer", "first_conv_layer", "last_hidden_layer", "fill_tensor", "layer_names"]
+__all__ = ["check_lens", "check_int", "check_flag", "progress_flag", "run_layers", "default_conv_layer",
+           "first_conv_layer", "last_hidden_layer", "fill_tensor", "layer_names"]
 
 
-def check_lens(lens) -> None:
-    """``TypeError`` unless ``lens`` is a :class:`zfwidgets.Lens`."""
+def check_lens(lens):
+    """``lens`` itself; ``TypeError`` unless it is a :class:`zfwidgets.Lens`."""
     from ..lens import Lens
     if not isinstance(lens, Lens):
         raise TypeError(f"expected a zfwidgets.Lens as the first argument, got {type(lens).__name__}; "
-                        "wrap a model with zfwidgets.Lens(model, input_size=...)")
+                        "wrap a model with zfwidgets.Lens(model, input_size=...) or use zfwidgets.load(name)")
+    return lens
 
 
 def check_int(name: str, value, *, minimum: int | None = None) -> int:
@@ -43,119 +43,35 @@ def check_flag(name: str, value) -> None:
         raise TypeError(f"{name} must be True, False or a callable f(done, total), got {type(value).__name__}")
 
 
-def _is_label(v) -> bool:
-    if isinstance(v, bool):
-        return False
-    if isinstance(v, (Integral, str)):
-        return True
-    return isinstance(v, (torch.Tensor, np.ndarray)) and v.ndim == 0
+def progress_flag(progress, show_progress=None):
+    """The progress setting: ``progress``, or its older alias ``show_progress`` when given."""
+    flag = progress if show_progress is None else show_progress
+    check_flag("progress", flag)
+    return flag
 
 
-def _is_image(v) -> bool:
-    return isinstance(v, (Image.Image, np.ndarray, torch.Tensor, str)) or hasattr(v, "image")
+def run_layers(lens, x: torch.Tensor, layers, *, logits: bool = False):
+    """``lens.run`` under ``torch.no_grad`` (inference_mode trips the capture's version check on some models).
 
-
-def image_of(item):
-    """The image in one data set item: a bare image, a ``Sample`` (``.image``) or an ``(image, label)`` pair."""
-    if hasattr(item, "image") and not isinstance(item, (torch.Tensor, np.ndarray, Image.Image)):
-        return item.image
-    if isinstance(item, (tuple, list)) and len(item) == 2 and _is_image(item[0]) and _is_label(item[1]):
-        return image_of(item[0])
-    if isinstance(item, dict) and "image" in item:
-        return item["image"]
-    return item
-
-
-def as_input(lens, image) -> torch.Tensor:
-    """One image of any accepted kind as model input 1 x C x H x W (float tensors are moved to the model's device)."""
-    image = image_of(image)
-    if isinstance(image, torch.Tensor) and torch.is_floating_point(image):
-        image = image.to(lens.device)
-    return lens.to_input(image)
-
-
-def count_images(images) -> int | None:
-    """How many images ``images`` holds, when that is known without iterating (else ``None``)."""
-    from torch.utils.data import DataLoader
-    if isinstance(images, torch.Tensor):
-        return int(images.shape[0]) if images.dim() == 4 else 1
-    if isinstance(images, DataLoader):
-        try:
-            return len(images.dataset)
-        except TypeError:
-            return None
-    try:
-        return len(images)
-    except TypeError:
-        return None
-
-
-def _batch_tensor(batch):
-    """The image tensor of one DataLoader batch: the batch itself, its first element, or ``batch['image']``."""
-    if isinstance(batch, torch.Tensor):
-        return batch
-    if isinstance(batch, dict) and "image" in batch:
-        return batch["image"]
-    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], torch.Tensor):
-        return batch[0]
-    raise TypeError("a DataLoader must yield image tensors N x C x H x W, (images, labels) pairs or dicts with "
-                    f"an 'image' entry; got {type(batch).__name__}")
-
-
-def image_batches(lens, images, batch_size: int = 64):
-    """Yield ``(start, x)``: preprocessed batches (``x``: n x C x H x W on the model's device) and the index
-    of their first image, in data set order.
-
-    ``images`` may be an N x C x H x W float tensor (model input), a ``DataLoader`` (its batches are used
-    as they come), a ``Dataset`` (read by index), or any iterable of images (PIL images, uint8 arrays,
-    float tensors C x H x W, ``zfwidgets.samples()`` items, ``(image, label)`` pairs).
+    Returns ``(logits or None, {friendly name: detached output})``; with ``logits=False`` the forward stops
+    once the asked layers are computed. The model's hooks and ``training`` flags are restored on exit; a
+    layer that did not run is a ``ValueError``.
     """
-    from torch.utils.data import DataLoader, Dataset, IterableDataset
-    batch_size = check_int("batch_size", batch_size, minimum=1)
-    if isinstance(images, (Image.Image, np.ndarray, str)) or (isinstance(images, torch.Tensor)
-                                                             and images.dim() != 4):
-        raise TypeError(f"expected a collection of images (list, Dataset, DataLoader or an N x C x H x W "
-                        f"tensor), got a single image ({type(images).__name__}); wrap it in a list")
-    if isinstance(images, torch.Tensor):
-        if not torch.is_floating_point(images):
-            raise TypeError(f"an image tensor must be float model input N x C x H x W, got dtype {images.dtype}")
-        for start in range(0, images.shape[0], batch_size):
-            chunk = images[start:start + batch_size].to(lens.device)
-            yield start, lens.to_batch(chunk)
-        return
-    if isinstance(images, DataLoader):
-        start = 0
-        for batch in images:
-            x = _batch_tensor(batch)
-            if x.dim() == 3:
-                x = x.unsqueeze(1)
-            if not torch.is_floating_point(x):
-                raise TypeError(f"the DataLoader yielded a {x.dtype} tensor; expected float model input "
-                                "(apply the lens's transform in the Dataset)")
-            x = lens.to_batch(x.to(lens.device))
-            yield start, x
-            start += x.shape[0]
-        return
-    if isinstance(images, Dataset) and not isinstance(images, IterableDataset):
-        try:
-            n = len(images)
-        except TypeError:
-            raise TypeError("a map-style Dataset must define __len__") from None
-        items = (images[i] for i in range(n))
-    elif isinstance(images, Iterable):
-        items = iter(images)
-    else:
-        raise TypeError(f"images must be an iterable of images, a Dataset, a DataLoader or an N x C x H x W "
-                        f"tensor; got {type(images).__name__}")
-    start, pending = 0, []
-    for item in items:
-        pending.append(as_input(lens, item))
-        if len(pending) == batch_size:
-            yield start, torch.cat(pending)
-            start += len(pending)
-            pending = []
-    if pending:
-        yield start, torch.cat(pending)
+    from ..core.capture import Capture, ModelGuard
+    resolved = {}
+    for layer in layers:
+        name, _, module = lens.resolve(layer)
+        resolved[name] = module
+    with torch.no_grad(), ModelGuard(lens.model), \
+            Capture(lens.model, resolved, stop=not logits and bool(resolved), detach=True) as cap:
+        lens.forward_count += 1
+        out = lens.model(x)
+        if logits:
+            out = lens._check_logits(out)
+    missing = [n for n in resolved if n not in cap.outputs]
+    if missing:
+        raise ValueError(f"layer(s) {missing} did not run during the forward; choose other layers")
+    return (out if logits else None), dict(cap.outputs)
 
 
 def default_conv_layer(lens) -> str:

@@ -35,7 +35,8 @@ import numpy as np
 import torch
 
 from .._progress import progress as _progress
-from .filters import _progress_flag, _check_lens, _image_list, _num_images, _run
+from ._common import check_lens, progress_flag, run_layers
+from ._inputs import DEFAULT_BATCH_SIZE, gather
 
 __all__ = ["Correspondence", "correspondence", "hamming_consistency"]
 
@@ -181,7 +182,7 @@ def _default_layers(lens) -> list:
 
 
 def correspondence(lens, images, boxes, *, layers=None, fill="mean", random_controls: int = 10, seed: int = 0,
-                   rectify: bool = True, tol: float = 1e-6, batch_size: int = 64,
+                   rectify: bool = True, tol: float = 1e-6, batch_size: int = DEFAULT_BATCH_SIZE,
                    progress=True, show_progress=None) -> Correspondence:
     """ZF's correspondence measure Delta_l for masked parts, against random masks of equal size (Table 1).
 
@@ -206,20 +207,16 @@ def correspondence(lens, images, boxes, *, layers=None, fill="mean", random_cont
         >>> c = correspondence(lens, imgs, {"toe": [(14, 0, 22, 8)] * 4, "heel": [(14, 20, 22, 28)] * 4})
         >>> print(c.table())
     """
-    show_progress = _progress_flag(progress, show_progress)
-    _check_lens(lens)
+    show_progress = progress_flag(progress, show_progress)
+    check_lens(lens)
     if isinstance(random_controls, bool) or not isinstance(random_controls, Integral) or random_controls < 1:
         raise ValueError(f"random_controls must be an int >= 1, got {random_controls!r}")
     if isinstance(seed, bool) or not isinstance(seed, Integral):
         raise TypeError(f"seed must be an int, got {type(seed).__name__}")
     if isinstance(tol, bool) or not isinstance(tol, Real) or not tol >= 0:
         raise ValueError(f"tol must be a number >= 0, got {tol!r}")
-    imgs = _image_list(images)
-    n = _num_images(imgs)
-    if n < 2:
-        raise ValueError(f"correspondence needs at least 2 images, got {n}")
-    x = torch.cat([lens.to_input(im) for im in imgs]) if not isinstance(imgs, torch.Tensor) else \
-        torch.cat([lens.to_input(im) for im in imgs.to(lens.device)])
+    x = gather(lens, images, min_images=2).tensor()
+    n = x.shape[0]
     H, W = x.shape[2:]
     if isinstance(boxes, dict):
         if not boxes:
@@ -285,7 +282,7 @@ def correspondence(lens, images, boxes, *, layers=None, fill="mean", random_cont
     starts = range(0, total, batch_size)
     for s in _progress(starts, total=len(starts), desc="correspondence", enabled=show_progress):
         batch = torch.stack([variant(k) for k in range(s, min(s + batch_size, total))])
-        _, acts = _run(lens, batch, names)
+        _, acts = run_layers(lens, batch, names)
         for l in names:
             a = acts[l].flatten(1).double()
             feats[l].append((a.clamp(min=0) if rectify else a).cpu())

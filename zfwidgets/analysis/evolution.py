@@ -37,7 +37,8 @@ import torch
 from torch import nn
 
 from .._progress import progress as _progress
-from .filters import _progress_flag, _check_lens, _image_list, _num_images, _run
+from ._common import check_lens, progress_flag, run_layers
+from ._inputs import DEFAULT_BATCH_SIZE, gather
 
 __all__ = ["FeatureEvolution", "feature_evolution", "SnapshotSaver", "load_snapshots", "shift_cosine"]
 
@@ -285,7 +286,7 @@ def _snapshot_lenses(source, epochs):
         if not lenses:
             raise ValueError("the list of snapshot lenses is empty")
         for l in lenses:
-            _check_lens(l)
+            check_lens(l)
     else:
         raise TypeError(f"expected a bundled model name, a snapshot folder or a list of lenses; got "
                         f"{type(source).__name__}")
@@ -340,7 +341,7 @@ def _strongest(acts: torch.Tensor):
 
 
 def feature_evolution(lens_or_name, images, layers, channels=None, *, epochs=None, method: str = "deconvnet",
-                      batch_size: int = 256, progress=True, show_progress=None) -> FeatureEvolution:
+                      batch_size: int = DEFAULT_BATCH_SIZE, progress=True, show_progress=None) -> FeatureEvolution:
     """Projections of the strongest activation of chosen feature maps at each training snapshot (Fig. 4).
 
     Args:
@@ -361,17 +362,14 @@ def feature_evolution(lens_or_name, images, layers, channels=None, *, epochs=Non
         >>> ev = feature_evolution("zfnet-fashion", [s.image for s in zfwidgets.samples()], ["conv1", "conv5"])
         >>> ev.stability()["conv1"][0] > ev.stability()["conv5"][0]     # ZF: lower layers settle earlier
     """
-    show_progress = _progress_flag(progress, show_progress)
+    show_progress = progress_flag(progress, show_progress)
     from ..core.project import METHODS, project
     if method not in METHODS:
         raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
     lenses, epoch_list = _snapshot_lenses(lens_or_name, epochs)
-    imgs = _image_list(images)
-    n = _num_images(imgs)
-    if n == 0:
-        raise ValueError("no images given")
     final = lenses[-1]
-    x = torch.cat([final.to_input(im) for im in (imgs if not isinstance(imgs, torch.Tensor) else imgs.to(final.device))])
+    x = gather(final, images).tensor()
+    n = x.shape[0]
     if isinstance(layers, (str, nn.Module)):
         layers = [layers]
     if not isinstance(layers, (list, tuple)) or not layers:
@@ -385,7 +383,7 @@ def feature_evolution(lens_or_name, images, layers, channels=None, *, epochs=Non
         vals = {l: [] for l in names}
         xs = x.to(lens.device)
         for s in range(0, n, batch_size):
-            _, acts = _run(lens, xs[s:s + batch_size], names)
+            _, acts = run_layers(lens, xs[s:s + batch_size], names)
             for l in names:
                 vals[l].append(acts[l].flatten(2).amax(2) if acts[l].dim() == 4 else acts[l])
         return {l: _strongest(torch.cat(v)) for l, v in vals.items()}

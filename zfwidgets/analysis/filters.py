@@ -34,145 +34,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._progress import progress as _progress
+from ._common import check_lens, progress_flag, run_layers
+from ._inputs import DEFAULT_BATCH_SIZE, gather
 
 __all__ = ["FilterHealth", "filter_health", "band_energies", "BAND_EDGES", "BAND_NAMES"]
 
 #: radial frequency edges, cycles per pixel: low < 1/6 <= mid < 1/3 <= high (thirds of Nyquist)
 BAND_EDGES = (1.0 / 6.0, 1.0 / 3.0)
 BAND_NAMES = ("low", "mid", "high")
-
-
-# ----- input helpers shared by the analysis modules ---------------------------------------------
-def _unwrap(item):
-    """A bundled :class:`~zfwidgets.zoo.Sample` (or anything with ``.image``) gives its image."""
-    return item.image if hasattr(item, "image") and not isinstance(item, (torch.Tensor, np.ndarray)) else item
-
-
-def _check_batch_tensor(lens, x: torch.Tensor) -> torch.Tensor:
-    if not torch.is_floating_point(x):
-        raise TypeError(f"a tensor batch of images must be float (preprocessed model input), got {x.dtype}")
-    if x.dim() != 4:
-        raise ValueError(f"a tensor batch of images must be N x C x H x W, got shape {tuple(x.shape)}")
-    if x.shape[1] != lens.channels:
-        raise ValueError(f"the model takes {lens.channels}-channel input, got {x.shape[1]} channels "
-                         f"(shape {tuple(x.shape)})")
-    if lens.input_size is not None and tuple(x.shape[2:]) != tuple(lens.input_size[1:]):
-        raise ValueError(f"the model takes {lens.input_size[1]}x{lens.input_size[2]} input, got "
-                         f"{x.shape[2]}x{x.shape[3]}")
-    if not torch.isfinite(x).all():
-        raise ValueError("the images contain NaN or infinite values")
-    return x.to(lens.device)
-
-
-def _image_list(images):
-    """Images as a list of single images (PIL, uint8 arrays, tensors C x H x W), or a float batch tensor."""
-    if images is None:
-        raise TypeError("images must be given (a list of images, a uint8 array N x H x W [x C], or a float "
-                        "tensor N x C x H x W of preprocessed input), got None")
-    if isinstance(images, torch.Tensor):
-        if torch.is_floating_point(images):
-            if images.dim() == 3:
-                raise ValueError(f"a float tensor of shape {tuple(images.shape)} is one image; pass a batch "
-                                 "N x C x H x W (or a list of images)")
-            return images
-        if images.dtype == torch.uint8:
-            images = images.cpu().numpy()
-        else:
-            raise TypeError(f"a tensor of images must be float (preprocessed) or uint8 pixels, got {images.dtype}")
-    if isinstance(images, np.ndarray):
-        if images.dtype != np.uint8:
-            raise TypeError(f"an array of images must be uint8 pixels N x H x W or N x H x W x C, got dtype "
-                            f"{images.dtype}; pass preprocessed input as a float tensor N x C x H x W")
-        if images.ndim not in (3, 4):
-            raise ValueError(f"an array of images must be N x H x W or N x H x W x C, got shape {images.shape}")
-        return list(images)
-    if isinstance(images, (str, bytes)) or not hasattr(images, "__iter__"):
-        raise TypeError("images must be a list of images, a uint8 array N x H x W [x C] or a float tensor "
-                        f"N x C x H x W; got {type(images).__name__}")
-    return [_unwrap(im) for im in images]
-
-
-def _num_images(images) -> int:
-    return int(images.shape[0]) if isinstance(images, torch.Tensor) else len(images)
-
-
-def _input_batches(lens, images, batch_size: int = 256):
-    """Yield preprocessed N x C x H x W batches on the lens's device (``images`` from :func:`_image_list`)."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    n = _num_images(images)
-    if n == 0:
-        raise ValueError("no images given")
-    for i in range(0, n, batch_size):
-        chunk = images[i:i + batch_size]
-        if isinstance(chunk, torch.Tensor):
-            yield _check_batch_tensor(lens, chunk)
-        else:
-            yield torch.cat([lens.to_input(im) for im in chunk])
-
-
-def _as_labels(labels, n: int) -> torch.Tensor:
-    """Labels as an int64 tensor of length ``n``."""
-    if isinstance(labels, torch.Tensor):
-        t = labels.detach().cpu()
-    else:
-        try:
-            arr = np.asarray(labels)
-        except Exception as e:  # noqa: BLE001
-            raise TypeError(f"labels must be a sequence of ints, got {type(labels).__name__}") from e
-        if arr.dtype == object:
-            raise TypeError("labels must be a sequence of ints")
-        t = torch.from_numpy(arr.copy()) if arr.ndim else torch.as_tensor(arr)
-    if t.dtype == torch.bool or torch.is_floating_point(t) or torch.is_complex(t):
-        raise TypeError(f"labels must be integers, got dtype {t.dtype}")
-    if t.dim() != 1:
-        raise ValueError(f"labels must be one int per image (a 1-D sequence), got shape {tuple(t.shape)}")
-    if t.shape[0] != n:
-        raise ValueError(f"got {n} images but {t.shape[0]} labels")
-    if n and int(t.min()) < 0:
-        raise ValueError(f"labels must be class indices >= 0, got {int(t.min())}")
-    return t.long()
-
-
-def _run(lens, x: torch.Tensor, layers, *, logits: bool = False):
-    """``lens.run`` under ``torch.no_grad`` (its ``inference_mode`` trips the capture's version check).
-
-    Returns ``(logits or None, {friendly name: detached output})``; with ``logits=False`` the forward stops
-    once the asked layers are computed. The model's hooks and ``training`` flags are restored on exit.
-    """
-    from ..core.capture import Capture, ModelGuard
-    resolved = {}
-    for layer in layers:
-        name, _, module = lens.resolve(layer)
-        resolved[name] = module
-    out = None
-    with torch.no_grad(), ModelGuard(lens.model), \
-            Capture(lens.model, resolved, stop=not logits and bool(resolved), detach=True) as cap:
-        lens.forward_count += 1
-        out = lens.model(x)
-        if logits:
-            out = lens._check_logits(out)
-    missing = [n for n in resolved if n not in cap.outputs]
-    if missing:
-        raise ValueError(f"layer(s) {missing} did not run during the forward; choose other layers")
-    return (out if logits else None), dict(cap.outputs)
-
-
-def _progress_flag(progress, show_progress):
-    """The progress setting: ``progress`` (as the other analyses call it), or its alias ``show_progress``."""
-    flag = progress if show_progress is None else show_progress
-    if not (isinstance(flag, bool) or callable(flag)):
-        raise TypeError(f"progress must be True, False or a callable f(done, total), got {type(flag).__name__}")
-    return flag
-
-
-def _check_lens(lens):
-    from ..lens import Lens
-    if not isinstance(lens, Lens):
-        raise TypeError(f"expected a zfwidgets.Lens, got {type(lens).__name__}; wrap a model with "
-                        "zfwidgets.Lens(model, input_size=...) or use zfwidgets.load(name)")
-    return lens
 
 
 # ----- spectra ----------------------------------------------------------------------------------
@@ -276,12 +145,10 @@ def _health_one(lens, images, layer, dead_threshold, batch_size, show_progress) 
     if images is None:
         dead_fraction = np.full(n_filters, np.nan)
     else:
-        imgs = _image_list(images)
+        data = gather(lens, images)
         never = torch.zeros(n_filters, dtype=torch.float64)
-        total_n = _num_images(imgs)
-        batches = _input_batches(lens, imgs, batch_size)
-        for x in _progress(batches, total=-(-total_n // batch_size), desc="filter health", enabled=show_progress):
-            _, acts = _run(lens, x, [name])
+        for _, x in data.batches(batch_size, progress=show_progress, desc="filter health"):
+            _, acts = run_layers(lens, x, [name])
             a = acts[name]
             if a.dim() != 4 or a.shape[1] != n_filters:
                 raise ValueError(f"layer {name!r} returned shape {tuple(a.shape)}, expected N x {n_filters} x H x W")
@@ -294,7 +161,7 @@ def _health_one(lens, images, layer, dead_threshold, batch_size, show_progress) 
 
 
 def filter_health(lens, images=None, layer=None, *, other=None, other_layer=None, dead_threshold: float = 0.99,
-                  batch_size: int = 256, progress=True, show_progress=None) -> FilterHealth:
+                  batch_size: int = DEFAULT_BATCH_SIZE, progress=True, show_progress=None) -> FilterHealth:
     """Per-filter health of a conv layer: weight norm, dead fraction, spectral energy by band (ZF Fig. 6).
 
     Args:
@@ -318,10 +185,10 @@ def filter_health(lens, images=None, layer=None, *, other=None, other_layer=None
         >>> h.dead_fraction.shape, h.band_fraction.sum(1)    # (32,), all ones
         >>> h.plot()
     """
-    show_progress = _progress_flag(progress, show_progress)
-    _check_lens(lens)
+    show_progress = progress_flag(progress, show_progress)
+    check_lens(lens)
     if other is not None:
-        _check_lens(other)
+        check_lens(other)
     if isinstance(dead_threshold, bool) or not isinstance(dead_threshold, (int, float)) \
             or not 0 < dead_threshold <= 1:
         raise ValueError(f"dead_threshold must be a number in (0, 1], got {dead_threshold!r}")

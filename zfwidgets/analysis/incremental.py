@@ -42,7 +42,8 @@ from torch import nn
 
 from ..core.capture import ModelGuard
 from ..core.layers import pair as _pair, sequential_modules
-from ._common import as_input, fill_tensor
+from ._common import fill_tensor
+from ._inputs import as_input
 
 __all__ = ["IncrementalOcclusion", "OccludedOutputs", "occluded_run", "occlusion_engine", "occluded_batch",
            "DEFAULT_THRESHOLD"]

@@ -31,8 +31,8 @@ import numpy as np
 import torch
 
 from .._progress import progress as _progress
-from ._common import (as_input, check_flag, check_int, check_lens, fill_tensor, first_conv_layer,
-                      image_of, last_hidden_layer, layer_names)
+from ._common import check_flag, check_int, check_lens, fill_tensor, first_conv_layer, last_hidden_layer, layer_names
+from ._inputs import gather, is_single_image
 
 __all__ = ["Invariance", "invariance", "transform_input", "TRANSFORMS"]
 
@@ -138,31 +138,6 @@ def _check_values(transform, values, height):
     return arr
 
 
-def _collect(lens, images):
-    """Model inputs (N x C x H x W) and the labels the items carry (``None`` where they carry none)."""
-    from pathlib import Path
-    from PIL import Image
-    single = (isinstance(images, (Image.Image, np.ndarray, str, Path))
-              or (isinstance(images, torch.Tensor) and images.dim() <= 3)
-              or (hasattr(images, "image") and not isinstance(images, torch.Tensor)))
-    if single:
-        images = [images]
-    if isinstance(images, torch.Tensor):
-        if not torch.is_floating_point(images):
-            raise TypeError(f"an image tensor must be float model input N x C x H x W, got dtype {images.dtype}")
-        return lens.to_batch(images.to(lens.device)), [None] * images.shape[0]
-    xs, carried = [], []
-    for item in images:
-        label = getattr(item, "label", None)
-        if label is None and isinstance(item, (tuple, list)) and len(item) == 2 and image_of(item) is item[0]:
-            label = int(item[1])
-        carried.append(label)
-        xs.append(as_input(lens, item))
-    if not xs:
-        raise ValueError("no images given")
-    return torch.cat(xs), carried
-
-
 def invariance(lens, images, *, transform: str, values=None, layers=None, labels=None, rectify: bool = True,
                batch_size: int = 64, progress=True) -> Invariance:
     """Distances between the features of original and transformed images, and p(true class) (ZF Fig. 5).
@@ -192,7 +167,9 @@ def invariance(lens, images, *, transform: str, values=None, layers=None, labels
         raise ValueError(f"transform must be one of {list(TRANSFORMS)}, got {transform!r}")
     batch_size = check_int("batch_size", batch_size, minimum=1)
     check_flag("progress", progress)
-    x, carried = _collect(lens, images)
+    one_label = isinstance(labels, Integral) and not isinstance(labels, bool)   # the same class for every image
+    data = gather(lens, [images] if is_single_image(images) else images, None if one_label else labels)
+    x = data.tensor()
     N, H = x.shape[0], x.shape[-2]
     vals = _check_values(transform, values, H)
     names = layer_names(lens, layers if layers is not None else [first_conv_layer(lens), last_hidden_layer(lens)])
@@ -214,15 +191,11 @@ def invariance(lens, images, *, transform: str, values=None, layers=None, labels
     feats0 = {n: torch.cat([f[n] for f in feats0]) for n in names}
     K = probs0.shape[1]
 
-    labels_given = labels is not None or all(c is not None for c in carried)
-    if labels is None:
-        lab = [int(probs0[i].argmax()) if c is None else int(c) for i, c in enumerate(carried)]
+    labels_given = one_label or data.labels is not None
+    if one_label:
+        lab = [int(labels)] * N
     else:
-        if isinstance(labels, (Integral, np.integer)) and not isinstance(labels, bool):
-            labels = [int(labels)] * N
-        lab = [check_int("labels", int(v) if isinstance(v, (np.integer, torch.Tensor)) else v) for v in labels]
-        if len(lab) != N:
-            raise ValueError(f"got {len(lab)} labels for {N} images")
+        lab = data.labels.tolist() if labels_given else [int(p.argmax()) for p in probs0]
     for v in lab:
         if not 0 <= v < K:
             raise ValueError(f"label {v} is out of range: the model has {K} classes (0..{K - 1})")

@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .._progress import progress as _progress
-from .filters import _progress_flag, _as_labels, _check_lens, _image_list, _input_batches, _num_images
+from ._common import check_lens, progress_flag
+from ._inputs import DEFAULT_BATCH_SIZE, gather
 
 __all__ = ["Lesion", "LesionSweep", "AblationTable", "lesion", "lesion_sweep", "ablation_table"]
 
@@ -190,11 +190,10 @@ def _check_channels(channels, n_maps, layer):
     return sorted(set(out))
 
 
-def _predict_all(lens, imgs, batch_size, hook_module=None, hook=None, capture=None, desc="lesion",
+def _predict_all(lens, data, batch_size, hook_module=None, hook=None, capture=None, desc="lesion",
                  show_progress=True):
     """Predicted classes over all images; optional forward hook (removed in finally) and output capture."""
     from ..core.capture import ModelGuard
-    n = _num_images(imgs)
     preds = []
     handles = []
     try:
@@ -203,8 +202,7 @@ def _predict_all(lens, imgs, batch_size, hook_module=None, hook=None, capture=No
         if capture is not None:
             handles.append(hook_module.register_forward_hook(capture))
         with torch.no_grad(), ModelGuard(lens.model):
-            for x in _progress(_input_batches(lens, imgs, batch_size), total=-(-n // batch_size), desc=desc,
-                              enabled=show_progress):
+            for _, x in data.batches(batch_size, progress=show_progress, desc=desc):
                 lens.forward_count += 1
                 logits = lens._check_logits(lens.model(x))
                 preds.append(logits.argmax(1).cpu())
@@ -214,7 +212,7 @@ def _predict_all(lens, imgs, batch_size, hook_module=None, hook=None, capture=No
     return torch.cat(preds)
 
 
-def _lesion_one(lens, imgs, y, layer, channels, mode, batch_size, before, show_progress):
+def _lesion_one(lens, data, y, layer, channels, mode, batch_size, before, show_progress):
     name, path, module = lens.resolve(layer)
     stats = {}
 
@@ -226,7 +224,7 @@ def _lesion_one(lens, imgs, y, layer, channels, mode, batch_size, before, show_p
         raise _Probe  # the shapes are known: no need to run the rest of the model
 
     # the layer's shapes from one forward of the first image
-    first = next(iter(_input_batches(lens, imgs[:1], 1)))
+    first = next(iter(data.batches(1)))[1][:1]
     h = module.register_forward_hook(sizes)
     try:
         from ..core.capture import ModelGuard
@@ -250,7 +248,7 @@ def _lesion_one(lens, imgs, y, layer, channels, mode, batch_size, before, show_p
             raise ValueError(f"cannot skip {name!r}: its input {stats['in_shape']} and output {shape} differ in shape")
 
     if before is None:
-        before = _predict_all(lens, imgs, batch_size, desc="accuracy", show_progress=show_progress)
+        before = _predict_all(lens, data, batch_size, desc="accuracy", show_progress=show_progress)
     if mode == "mean":
         acc = {"sum": None, "n": 0}
 
@@ -258,7 +256,7 @@ def _lesion_one(lens, imgs, y, layer, channels, mode, batch_size, before, show_p
             s = output.detach().double().sum(0)
             acc["sum"] = s if acc["sum"] is None else acc["sum"] + s
             acc["n"] += output.shape[0]
-        _predict_all(lens, imgs, batch_size, module, capture=collect, desc="channel means", show_progress=show_progress)
+        _predict_all(lens, data, batch_size, module, capture=collect, desc="channel means", show_progress=show_progress)
         mean = acc["sum"] / acc["n"]
 
     idx = None if chans is None else torch.tensor(chans)
@@ -274,7 +272,7 @@ def _lesion_one(lens, imgs, y, layer, channels, mode, batch_size, before, show_p
             out[:, sel] = mean[sel].to(out.dtype).to(out.device)
         return out
 
-    after = _predict_all(lens, imgs, batch_size, module, hook=knock_out, desc=f"lesion {name}",
+    after = _predict_all(lens, data, batch_size, module, hook=knock_out, desc=f"lesion {name}",
                          show_progress=show_progress)
     acc_b = float((before == y).double().mean())
     acc_a = float((after == y).double().mean())
@@ -290,15 +288,16 @@ def _check_mode(mode):
         raise ValueError(f"mode must be one of {list(MODES)}, got {mode!r}")
 
 
-def lesion(lens, images, labels, layer, channels=None, *, mode: str = "zero", batch_size: int = 256,
-           progress=True, show_progress=None) -> Lesion:
+def lesion(lens, images, labels=None, layer=None, channels=None, *, mode: str = "zero",
+           batch_size: int = DEFAULT_BATCH_SIZE, progress=True, show_progress=None) -> Lesion:
     """Accuracy before and after knocking out channels of ``layer``, without retraining.
 
     Args:
         lens: a :class:`zfwidgets.Lens`.
         images: labelled images (a list of images/samples, a uint8 array N x H x W [x C], or a float tensor
             N x C x H x W of model input).
-        labels: one class index per image.
+        labels: one class index per image; ``None``: the labels the data carries (samples, pairs, a
+            ``Dataset``/``DataLoader`` of pairs).
         layer: the layer (friendly name, dotted path or module); its output is changed.
         channels: channel indices (an int or a list), or ``None`` for all.
         mode: ``"zero"``, ``"mean"`` (the channel's mean over ``images``, per position) or ``"skip"`` (the
@@ -310,19 +309,19 @@ def lesion(lens, images, labels, layer, channels=None, *, mode: str = "zero", ba
         >>> r = lesion(zfwidgets.load("zfnet-fashion"), x[:1000], y[:1000], "conv5", channels=range(32))
         >>> f"{r.accuracy_before:.1%} -> {r.accuracy_after:.1%}"
     """
-    show_progress = _progress_flag(progress, show_progress)
-    _check_lens(lens)
+    show_progress = progress_flag(progress, show_progress)
+    check_lens(lens)
     _check_mode(mode)
-    imgs = _image_list(images)
-    y = _as_labels(labels, _num_images(imgs))
-    if len(y) == 0:
-        raise ValueError("no images given")
-    result, _ = _lesion_one(lens, imgs, y, layer, channels, mode, batch_size, None, show_progress)
+    if layer is None:
+        raise TypeError("lesion() needs the layer to change: lesion(lens, images, labels, layer=...)")
+    data = gather(lens, images, labels)
+    y = data.require_labels("lesion")
+    result, _ = _lesion_one(lens, data, y, layer, channels, mode, batch_size, None, show_progress)
     return result
 
 
-def lesion_sweep(lens, images, labels, layers=None, *, fraction: float = 0.5, mode: str = "zero", seed: int = 0,
-                 batch_size: int = 256, progress=True, show_progress=None) -> LesionSweep:
+def lesion_sweep(lens, images, labels=None, layers=None, *, fraction: float = 0.5, mode: str = "zero",
+                 seed: int = 0, batch_size: int = DEFAULT_BATCH_SIZE, progress=True, show_progress=None) -> LesionSweep:
     """:func:`lesion` of every layer (default: all layers of the table but the output layer).
 
     For ``mode`` ``"zero"``/``"mean"`` a random ``fraction`` of each layer's channels (seeded; ``1.0``: all)
@@ -332,17 +331,15 @@ def lesion_sweep(lens, images, labels, layers=None, *, fraction: float = 0.5, mo
         >>> sweep = lesion_sweep(lens, x[:1000], y[:1000], fraction=0.5)
         >>> print(sweep.table()); sweep.plot()
     """
-    show_progress = _progress_flag(progress, show_progress)
-    _check_lens(lens)
+    show_progress = progress_flag(progress, show_progress)
+    check_lens(lens)
     _check_mode(mode)
     if isinstance(fraction, bool) or not isinstance(fraction, Real) or not 0 < fraction <= 1:
         raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
     if isinstance(seed, bool) or not isinstance(seed, Integral):
         raise TypeError(f"seed must be an int, got {type(seed).__name__}")
-    imgs = _image_list(images)
-    y = _as_labels(labels, _num_images(imgs))
-    if len(y) == 0:
-        raise ValueError("no images given")
+    data = gather(lens, images, labels)
+    y = data.require_labels("lesion_sweep")
     names = lens.layers[:-1] if layers is None else [lens.resolve(l)[0] for l in (
         [layers] if isinstance(layers, (str, torch.nn.Module)) else layers)]
     if not names:
@@ -361,7 +358,7 @@ def lesion_sweep(lens, images, labels, layers=None, *, fraction: float = 0.5, mo
             k = max(1, int(round(fraction * n_maps)))
             chans = sorted(int(c) for c in rng.choice(n_maps, size=k, replace=False))
         try:
-            res, before = _lesion_one(lens, imgs, y, name, chans, mode, batch_size, before, show_progress)
+            res, before = _lesion_one(lens, data, y, name, chans, mode, batch_size, before, show_progress)
         except ValueError as e:
             if mode != "skip" or "cannot skip" not in str(e):
                 raise
@@ -369,7 +366,7 @@ def lesion_sweep(lens, images, labels, layers=None, *, fraction: float = 0.5, mo
             res = Lesion(name, None, mode, len(y), acc_b, float("nan"), np.array([]), np.array([]))
         lesions.append(res)
     if before is None:
-        before = _predict_all(lens, imgs, batch_size, desc="accuracy", show_progress=show_progress)
+        before = _predict_all(lens, data, batch_size, desc="accuracy", show_progress=show_progress)
     acc = float((before == y).double().mean())
     for l in lesions:
         l.accuracy_before = acc

@@ -31,7 +31,8 @@ import torch
 
 from .._progress import progress as _progress
 from ..core.project import Projection, project
-from ._common import as_input, check_flag, check_int, check_lens, default_conv_layer, fill_tensor
+from ._common import check_flag, check_int, check_lens, default_conv_layer, fill_tensor
+from ._inputs import as_input
 from .incremental import occluded_batch, occluded_run
 from .receptive import Box
 

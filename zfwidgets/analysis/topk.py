@@ -26,7 +26,8 @@ import torch
 
 from .._progress import progress as _progress
 from ..core.project import METHODS, project
-from ._common import check_flag, check_int, check_lens, count_images, image_batches
+from ._common import check_flag, check_int, check_lens
+from ._inputs import DEFAULT_BATCH_SIZE, gather
 from .receptive import Box, FieldMap
 
 __all__ = ["Hit", "TopActivations", "top_activations"]
@@ -102,7 +103,8 @@ def _channel_list(channels, n: int, layer: str) -> list:
     return out
 
 
-def top_activations(lens, images, layer, channels=None, k: int = 9, batch_size: int = 64, progress=True, *,
+def top_activations(lens, images, layer, channels=None, k: int = 9, batch_size: int = DEFAULT_BATCH_SIZE,
+                    progress=True, *,
                     method: str = "deconvnet") -> TopActivations:
     """The ``k`` images with the strongest activation in each feature map of ``layer`` (ZF Fig. 2).
 
@@ -132,19 +134,14 @@ def top_activations(lens, images, layer, channels=None, k: int = 9, batch_size: 
         raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
     name, path, _ = lens.resolve(layer)
 
-    n_images = count_images(images)
-    n_batches = None
-    if n_images is not None:
-        from torch.utils.data import DataLoader
-        n_batches = len(images) if isinstance(images, DataLoader) else -(-n_images // batch_size)
+    data = gather(lens, images)
 
     best_v = best_i = best_p = None
     chosen = None
     spatial_w = None
     store: dict = {}   # image index -> the winners' model input (C x H x W, on the CPU)
     count = 0
-    bar = _progress(image_batches(lens, images, batch_size), total=n_batches, desc=f"top-{k} {name}",
-                    enabled=progress)
+    bar = data.batches(batch_size, progress=progress, desc=f"top-{k} {name}")
     try:
         for start, x in bar:
             _, acts = lens.run(x, [name], logits=False)
