@@ -162,7 +162,7 @@ class LayerProbes:
         """Text like ZF Table 7: one line per layer."""
         lines = [f"{'layer':<8} {'features':>8}  {'train':>7}  {'test':>7}"]
         for l, d, tr, te in zip(self.layers, self.feature_dim, self.train_accuracy, self.test_accuracy):
-            lines.append(f"{l:<8} {d:>8}  {tr:>7.2%}  {te:>7.2%}")
+            lines.append(f"{l:<8} {d:>8}  {tr:>7.1%}  {te:>7.1%}")
         pool = f"maps average-pooled to {self.grid}x{self.grid}" if self.grid else "full maps"
         return "\n".join(lines) + (f"\n({self.model}; softmax on frozen features, l2={self.l2:g}, {pool}; "
                                    f"{self.n_train} train / {self.n_test} test images)")
