@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ._canvas import PictureCanvas, fit
+
 __all__ = ["Panel", "png_bytes", "show_png", "fit", "upscale", "display_factor", "Mosaic", "mosaic", "probs_html", "top_k",
            "image_widget", "to_uint8_map", "SEPARATOR", "EMPTY", "TOP", "conv_layers"]
 
@@ -160,16 +162,6 @@ def probs_html(lens, probs: torch.Tensor, *, k: int = 5, box=None, note: str = "
     return "".join(parts), [(lens.class_name(i), p) for i, p in best]
 
 
-def fit(widget, width: int, height: int) -> None:
-    """Give ``widget`` a CSS size of exactly ``width`` x ``height`` pixels (a flex box would stretch an image,
-    and a browser smooths what it stretches). Sends nothing when the size did not change."""
-    w, h = f"{int(width)}px", f"{int(height)}px"
-    if widget.layout.width != w:
-        widget.layout.width = w
-    if widget.layout.height != h:
-        widget.layout.height = h
-
-
 def show_png(widget, pixels: np.ndarray, *, palette: bool = False) -> None:
     """Encode ``pixels`` as PNG into an ``ipywidgets.Image`` shown at 1:1."""
     widget.value = png_bytes(pixels, palette=palette)
@@ -251,7 +243,6 @@ class Panel(W.VBox):
 
     def _picture_canvas(self, width: int, height: int, **kwargs):
         """A :class:`~zfwidgets.widgets._canvas.PictureCanvas` whose client-ready redraw is guarded."""
-        from ._canvas import PictureCanvas
         return PictureCanvas(width, height, guard=lambda fn: self._guard(fn, "canvas redraw", clears=False),
                              **kwargs)
 

@@ -44,13 +44,15 @@ def _default_images():
 
 def _entry(item, k: int) -> tuple:
     """``(name, image, label)`` for one item: a sample, an ``(image, label)`` pair or a bare image."""
-    if hasattr(item, "image") and hasattr(item, "label"):
-        name = f"{k}: {getattr(item, 'class_name', item.label)}"
+    from ..zoo import image_and_label
+    image, label = image_and_label(item)
+    if image is not item and hasattr(item, "class_name"):
+        name = f"{k}: {item.class_name}"
         if hasattr(item, "index"):
             name += f" (test #{item.index})"
-        return name, item.image, int(item.label)
-    if isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], (int, np.integer)):
-        return f"image {k} (label {int(item[1])})", item[0], int(item[1])
+        return name, image, label
+    if label is not None:
+        return f"image {k} (label {label})", image, label
     return f"image {k}", item, None
 
 

@@ -20,7 +20,8 @@ from PIL import Image
 from .data import FASHION_CLASSES, FASHION_MEAN, FASHION_STD
 from .models import ARCHITECTURES, build
 
-__all__ = ["load", "samples", "model_card", "available", "snapshot_epochs", "Sample", "load_weights"]
+__all__ = ["load", "samples", "model_card", "available", "snapshot_epochs", "Sample", "load_weights",
+           "image_and_label"]
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 SAMPLES_FILE = Path(__file__).resolve().parent / "samples" / "fashion_samples.npz"
@@ -106,6 +107,23 @@ class Sample:
         buf = io.BytesIO()
         self.image.resize((112, 112), Image.NEAREST).save(buf, format="PNG")
         return buf.getvalue()
+
+
+def image_and_label(item) -> tuple:
+    """``(image, label or None)`` of one item: a :class:`Sample` (or anything with ``.image`` and ``.label``),
+    an ``(image, int label)`` pair, or a bare image (PIL, uint8 array, tensor). The one place that says what
+    a labelled sample is.
+
+    Example:
+        >>> image, label = image_and_label(samples()[0]); label
+        0
+    """
+    if hasattr(item, "image") and hasattr(item, "label") and not isinstance(item, (torch.Tensor, np.ndarray)):
+        return item.image, int(item.label)
+    if isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], (int, np.integer)) \
+            and not isinstance(item[1], (bool, np.bool_)):
+        return item[0], int(item[1])
+    return item, None
 
 
 @lru_cache(maxsize=1)
