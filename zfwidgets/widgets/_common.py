@@ -22,7 +22,7 @@ from PIL import Image
 from ._canvas import PictureCanvas, fit
 
 __all__ = ["Panel", "png_bytes", "show_png", "fit", "upscale", "display_factor", "Mosaic", "mosaic", "probs_html", "top_k",
-           "image_widget", "to_uint8_map", "SEPARATOR", "EMPTY", "TOP", "conv_layers"]
+           "image_widget", "figure_png", "to_uint8_map", "SEPARATOR", "EMPTY", "TOP", "conv_layers"]
 
 # palette images: maps use indices 0..253 (black..white), 254 marks an empty cell, 255 the lines between tiles
 TOP = 253
@@ -166,6 +166,13 @@ def show_png(widget, pixels: np.ndarray, *, palette: bool = False) -> None:
     """Encode ``pixels`` as PNG into an ``ipywidgets.Image`` shown at 1:1."""
     widget.value = png_bytes(pixels, palette=palette)
     fit(widget, pixels.shape[1], pixels.shape[0])
+
+
+def figure_png(fig, dpi: int = 80) -> bytes:
+    """A matplotlib figure (the ``plot`` module's) as PNG bytes."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return buf.getvalue()
 
 
 def image_widget(css_class: str | None = None, **layout) -> W.Image:
