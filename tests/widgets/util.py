@@ -51,8 +51,9 @@ def expected_box(x: float, y: float, scale: int, size: int, H: int, W: int) -> t
 
 
 def open_widget_ids() -> set:
-    """Model ids of every open widget (ipywidgets' registry)."""
-    return set(_widget_module._instances)
+    """Model ids of every open widget (ipywidgets' registry), but ipycanvas's process-wide canvas manager
+    (made with the process's first canvas, never closed: not a panel's leak)."""
+    return {k for k, w in _widget_module._instances.items() if type(w).__name__ != "_CanvasManager"}
 
 
 async def idle(seconds: float = 0.05):

@@ -20,13 +20,19 @@ import colorsys
 import numpy as np
 
 __all__ = ["class_colours", "class_colour_image", "class_cmap", "colourise", "rgb", "hex_colour",
-           "FEATURE_CMAP", "PROBABILITY_CMAP", "BAND_COLOURS", "PART_COLOURS", "RANDOM_COLOUR", "DEAD_COLOUR",
+           "FEATURE_CMAP", "PROBABILITY_CMAP", "CONFUSION_CMAP", "SPECTRUM_CMAP", "BAR_COLOUR", "BAND_COLOURS", "PART_COLOURS", "RANDOM_COLOUR", "DEAD_COLOUR",
            "LESION_COLOUR", "SELECTION_COLOUR"]
 
 #: total activation of a feature map over occluder positions (ZF Fig. 7 b)
 FEATURE_CMAP = "viridis"
 #: probabilities, always on the range 0..1 (ZF Fig. 7 d)
 PROBABILITY_CMAP = "magma"
+#: a confusion matrix's counts (ZF Table 7's probes)
+CONFUSION_CMAP = "Blues"
+#: a filter's power spectrum, log scale (ZF Fig. 6)
+SPECTRUM_CMAP = "viridis"
+#: bars of a per-layer measurement, and the selected one
+BAR_COLOUR = "#4c72b0"
 #: spectral bands of a filter: low, mid, high (ZF Fig. 6)
 BAND_COLOURS = ("#4c72b0", "#55a868", "#c44e52")
 #: marked parts (ZF Fig. 8), one per part in order

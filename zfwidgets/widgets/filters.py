@@ -14,12 +14,10 @@ import html
 import ipywidgets as W
 import numpy as np
 
-from ..plot.colours import BAND_COLOURS, SELECTION_COLOUR, colourise
+from ..plot.colours import BAND_COLOURS, SELECTION_COLOUR, SPECTRUM_CMAP, colourise
 from ._common import Panel, figure_png, image_widget, png_bytes, show_png, upscale
 
 __all__ = ["FilterPanel"]
-
-SPECTRUM_CMAP = "viridis"
 
 
 # ----- the plain API this panel calls (one place) ------------------------------------------------------
