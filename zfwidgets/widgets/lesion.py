@@ -60,7 +60,9 @@ class LesionPanel(Panel):
     ``zfwidgets.lesion``'s hook, removed when it returns or raises.
 
     CSS classes: ``zf-lesion`` (the panel), ``zf-layer``, ``zf-strongest`` (slider), ``zf-reset``,
-    ``zf-lesion-mosaic`` (the clickable ``<canvas>``), ``zf-lesion-probs`` (``tr.zf-class[data-index]
+    ``zf-lesion-mosaic`` (the clickable ``<canvas>``; its geometry in ``span.zf-mosaic-geometry[data-layer]
+    [data-count][data-cols][data-tile-w][data-tile-h][data-gap]``: tile k's top-left pixel is
+    ``gap + (k % cols) (tile_w + gap), gap + (k // cols) (tile_h + gap)``), ``zf-lesion-probs`` (``tr.zf-class[data-index]
     [data-before][data-after]``), ``zf-lesion-accuracy`` (``span[data-before][data-after][data-n]``),
     ``zf-lesion-classes`` (``tr.zf-class-accuracy[data-index][data-before][data-after]``), ``zf-error``.
 
@@ -165,8 +167,12 @@ class LesionPanel(Panel):
         self._mosaic = mosaic(to_uint8_map(maps), factor=factor)
         self.mosaic_canvas.set_picture(png_bytes(self._mosaic.pixels, palette=True), self._mosaic.width,
                                        self._mosaic.height)
+        m = self._mosaic
         self.mosaic_caption.value = (f"<b>{html.escape(name)}</b>: {maps.shape[0]} maps of this image; click a "
-                                     f"map to switch it off (red: off)")
+                                     f"map to switch it off (red: off)"
+                                     f'<span class="zf-mosaic-geometry" data-layer="{html.escape(name)}" '
+                                     f'data-count="{m.count}" data-cols="{m.cols}" data-tile-w="{m.tile_w}" '
+                                     f'data-tile-h="{m.tile_h}" data-gap="{m.gap}"></span>')
         with self.strongest.hold_trait_notifications():
             self.strongest.max = maps.shape[0]
         self._quiet_strongest(0)
