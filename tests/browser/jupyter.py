@@ -367,6 +367,21 @@ class VoilaServer(JupyterLabServer):
         os.killpg(self.pid, signal.SIGTERM)
 
 
+class NotebookServer(JupyterLabServer):
+    """Jupyter Notebook 7 (``python -m notebook``), like :class:`JupyterLabServer`: the same directories,
+    token, config (TCP_NODELAY) and stop. Its pages: ``/tree`` (the file browser) and ``/notebooks/<name>``."""
+
+    def tree_url(self) -> str:
+        return f"{self.base_url}/tree?token={self.token}"
+
+    def notebook_url(self, name: str) -> str:
+        return f"{self.base_url}/notebooks/{name}?token={self.token}"
+
+    def command(self) -> list[str]:
+        cmd = [a for a in super().command() if not a.startswith("--LabApp.")]
+        return [cmd[0], "-m", "notebook", *cmd[3:]]
+
+
 # -- browser ---------------------------------------------------------------------------------------
 @contextlib.contextmanager
 def browser_page(
@@ -469,6 +484,33 @@ def voila_page(
                 yield server, page
 
 
+@contextlib.contextmanager
+def notebook7_page(
+    workdir: os.PathLike | str,
+    notebooks: Sequence[os.PathLike | str],
+    *,
+    open_name: str | None = None,
+    time_limit: float = 600.0,
+    nodelay: bool = True,
+) -> Iterator[tuple[NotebookServer, object]]:
+    """Notebook 7 + browser + watchdog: loads ``/tree`` (the file list must show the notebook), then opens
+    ``open_name`` (default: the first notebook) and waits until its kernel is idle. Yields ``(server, page)``."""
+    workdir = Path(workdir)
+    name = open_name or Path(notebooks[0]).name
+    with _watched(time_limit, f"notebook7_page({name})") as dog:
+        with NotebookServer(workdir / "notebook7", notebooks, nodelay=nodelay) as server:
+            dog.add(server.kill)
+            with browser_page(workdir / "chromium-profile", watchdog=dog) as page:
+                page.goto(server.tree_url(), timeout=90_000)
+                page.locator(f'.jp-DirListing-item[title*="{name}"], .jp-DirListing-itemText:text-is("{name}")'
+                             ).first.wait_for(state="attached", timeout=90_000)
+                page.goto(server.notebook_url(name), timeout=90_000)
+                page.locator(".jp-NotebookPanel .jp-Notebook .jp-Cell").first.wait_for(state="visible",
+                                                                                       timeout=90_000)
+                wait_kernel_idle(page, server, name, require_label=False)
+                yield server, page
+
+
 # -- in the page -------------------------------------------------------------------------------------
 def open_notebook(page, server: JupyterLabServer, name: str, timeout_ms: float = 90_000) -> None:
     """Open ``name`` (relative to the server's root) in JupyterLab and wait for its cells."""
@@ -481,9 +523,11 @@ def kernel_name_label(page) -> str:
     return loc.first.inner_text().strip() if loc.count() else ""
 
 
-def wait_kernel_idle(page, server: JupyterLabServer, name: str, timeout: float = 120.0) -> dict:
+def wait_kernel_idle(page, server: JupyterLabServer, name: str, timeout: float = 120.0, *,
+                     require_label: bool = True) -> dict:
     """Poll /api/sessions until the notebook's kernel is idle and the toolbar shows its name
-    (not "No Kernel"): running before that opens a blocking "Select Kernel" dialog. Returns the session."""
+    (not "No Kernel"): running before that opens a blocking "Select Kernel" dialog. Returns the session.
+    ``require_label=False``: the session alone (Notebook 7 shows the kernel elsewhere)."""
     deadline = time.monotonic() + timeout
     last = None
     while True:
@@ -492,7 +536,8 @@ def wait_kernel_idle(page, server: JupyterLabServer, name: str, timeout: float =
                 if session.get("path") == name or session.get("path", "").endswith("/" + name):
                     last = session
                     label = kernel_name_label(page)
-                    if (session.get("kernel") or {}).get("execution_state") == "idle" and label and label != "No Kernel":
+                    labelled = (label and label != "No Kernel") or not require_label
+                    if (session.get("kernel") or {}).get("execution_state") == "idle" and labelled:
                         return session
         if time.monotonic() > deadline:
             raise TimeoutError(f"kernel for {name} not idle after {timeout:.0f} s; session={last}, "
