@@ -435,17 +435,32 @@ def lab_page(
     open_name: str | None = None,
     time_limit: float = 600.0,
     nodelay: bool = True,
+    app: str = "jupyterlab",
 ) -> Iterator[tuple[JupyterLabServer, object]]:
     """Server + browser + watchdog; opens ``open_name`` (default: the first notebook's name) and
-    waits until its kernel is idle. Yields ``(server, page)``."""
+    waits until its kernel is idle. Yields ``(server, page)``.
+
+    ``app="notebook7"``: Jupyter Notebook 7 instead of JupyterLab; its file browser (``/tree``) is loaded
+    first and must list the notebook, then the notebook's page is opened."""
+    if app not in ("jupyterlab", "notebook7"):
+        raise ValueError(f"app must be 'jupyterlab' or 'notebook7', got {app!r}")
     workdir = Path(workdir)
     name = open_name or Path(notebooks[0]).name
-    with _watched(time_limit, f"lab_page({name})") as dog:
-        with JupyterLabServer(workdir / "jupyter", notebooks, nodelay=nodelay) as server:
+    server_class, sub = (JupyterLabServer, "jupyter") if app == "jupyterlab" else (NotebookServer, "notebook7")
+    with _watched(time_limit, f"lab_page({name}, {app})") as dog:
+        with server_class(workdir / sub, notebooks, nodelay=nodelay) as server:
             dog.add(server.kill)
             with browser_page(workdir / "chromium-profile", watchdog=dog) as page:
-                open_notebook(page, server, name)
-                wait_kernel_idle(page, server, name)
+                if app == "jupyterlab":
+                    open_notebook(page, server, name)
+                else:
+                    page.goto(server.tree_url(), timeout=90_000)
+                    listed = f'.jp-DirListing-item[title*="{name}"], .jp-DirListing-itemText:text-is("{name}")'
+                    page.locator(listed).first.wait_for(state="attached", timeout=90_000)
+                    page.goto(server.notebook_url(name), timeout=90_000)
+                    page.locator(".jp-NotebookPanel .jp-Notebook .jp-Cell").first.wait_for(
+                        state="visible", timeout=90_000)
+                wait_kernel_idle(page, server, name, require_label=app == "jupyterlab")
                 yield server, page
 
 
@@ -481,33 +496,6 @@ def voila_page(
             dog.add(server.kill)
             with browser_page(workdir / "chromium-profile", watchdog=dog) as page:
                 page.goto(server.app_url(), timeout=timeout_ms)
-                yield server, page
-
-
-@contextlib.contextmanager
-def notebook7_page(
-    workdir: os.PathLike | str,
-    notebooks: Sequence[os.PathLike | str],
-    *,
-    open_name: str | None = None,
-    time_limit: float = 600.0,
-    nodelay: bool = True,
-) -> Iterator[tuple[NotebookServer, object]]:
-    """Notebook 7 + browser + watchdog: loads ``/tree`` (the file list must show the notebook), then opens
-    ``open_name`` (default: the first notebook) and waits until its kernel is idle. Yields ``(server, page)``."""
-    workdir = Path(workdir)
-    name = open_name or Path(notebooks[0]).name
-    with _watched(time_limit, f"notebook7_page({name})") as dog:
-        with NotebookServer(workdir / "notebook7", notebooks, nodelay=nodelay) as server:
-            dog.add(server.kill)
-            with browser_page(workdir / "chromium-profile", watchdog=dog) as page:
-                page.goto(server.tree_url(), timeout=90_000)
-                page.locator(f'.jp-DirListing-item[title*="{name}"], .jp-DirListing-itemText:text-is("{name}")'
-                             ).first.wait_for(state="attached", timeout=90_000)
-                page.goto(server.notebook_url(name), timeout=90_000)
-                page.locator(".jp-NotebookPanel .jp-Notebook .jp-Cell").first.wait_for(state="visible",
-                                                                                       timeout=90_000)
-                wait_kernel_idle(page, server, name, require_label=False)
                 yield server, page
 
 

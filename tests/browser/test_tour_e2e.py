@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 
 from ..figures import report as report_figure
-from .jupyter import ARTIFACTS, REPO_ROOT, drag, lab_page, notebook7_page, notebook_errors, run_all
+from .jupyter import ARTIFACTS, REPO_ROOT, drag, lab_page, notebook_errors, run_all
 
 TOUR = REPO_ROOT / "notebooks" / "00_tour.ipynb"
 DOCS_SCREENSHOT = REPO_ROOT / "docs" / "screenshot_tour.png"
@@ -396,39 +396,19 @@ def exercise_tour(page, ref: Reference, report: dict, *, prefix: str, ready_time
     return times
 
 
-def lab_flow(tmp_path: Path, *, broken: bool) -> dict:
-    """The tour in JupyterLab: open, Run All, then :func:`exercise_tour`. Returns the report."""
+def lab_flow(tmp_path: Path, *, broken: bool, app: str = "jupyterlab") -> dict:
+    """The tour in JupyterLab (or ``app="notebook7"``: Notebook 7, from its /tree): open, Run All, then
+    :func:`exercise_tour`. Returns the report."""
     t0 = time.monotonic()
     params = tour_parameters()
     notebook = prepare_tour(tmp_path / "notebook", broken)
     ref = Reference(params)
-    report: dict = {"app": "jupyterlab", "broken": broken, "params": params}
-    with lab_page(tmp_path, [notebook], time_limit=TIME_LIMIT) as (server, page):
+    report: dict = {"app": app, "broken": broken, "params": params}
+    with lab_page(tmp_path, [notebook], time_limit=TIME_LIMIT, app=app) as (server, page):
         t_open = time.monotonic()
         run_all(page, timeout=180)
         t_ran = time.monotonic()
-        times = exercise_tour(page, ref, report, prefix="tour")
-    t_end = time.monotonic()
-    report["timing_s"] = {"server_browser_kernel_ready": round(t_open - t0, 1), "run_all": round(t_ran - t_open, 1),
-                          "panels_ready": round(times["ready"] - t_ran, 1),
-                          "drag": round(times["dragged"] - times["drag"], 1),
-                          "explorer_and_screens": round(times["done"] - times["dragged"], 1),
-                          "shutdown": round(t_end - times["done"], 1), "total": round(t_end - t0, 1)}
-    return report
-
-
-def notebook7_flow(tmp_path: Path) -> dict:
-    """The tour in Notebook 7: its file browser (/tree), the notebook page, Run All, :func:`exercise_tour`."""
-    t0 = time.monotonic()
-    params = tour_parameters()
-    notebook = prepare_tour(tmp_path / "notebook", broken=False)
-    ref = Reference(params)
-    report: dict = {"app": "notebook7", "broken": False, "params": params}
-    with notebook7_page(tmp_path, [notebook], time_limit=TIME_LIMIT) as (server, page):
-        t_open = time.monotonic()
-        run_all(page, timeout=180)
-        t_ran = time.monotonic()
-        times = exercise_tour(page, ref, report, prefix="notebook7")
+        times = exercise_tour(page, ref, report, prefix="tour" if app == "jupyterlab" else app)
     t_end = time.monotonic()
     report["timing_s"] = {"server_browser_kernel_ready": round(t_open - t0, 1), "run_all": round(t_ran - t_open, 1),
                           "panels_ready": round(times["ready"] - t_ran, 1),
@@ -466,7 +446,7 @@ def test_tour_in_jupyterlab(tmp_path):
 
 
 def test_tour_in_notebook7(tmp_path):
-    report = notebook7_flow(tmp_path)
+    report = lab_flow(tmp_path, broken=False, app="notebook7")
     print_report(report, "tour e2e (Notebook 7)")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     (ARTIFACTS / "notebook7_e2e.json").write_text(json.dumps(report, indent=1))
