@@ -14,12 +14,14 @@ import html
 import ipywidgets as W
 import numpy as np
 
+from ..core.project import METHODS as PROJECTION_METHODS
 from ._common import (Panel, display_factor, image_widget, mosaic, png_bytes, probs_html, show_png,
                       to_uint8_map, upscale)
 
 __all__ = ["Explorer"]
 
-METHODS = ("deconvnet", "guided", "gradient")
+# the projection rules of zfwidgets.project, in the order the toggle shows them (ZF's deconvnet first)
+METHODS = tuple(sorted(PROJECTION_METHODS, key=lambda m: (m != "deconvnet", m != "guided", m)))
 
 
 # ----- the plain API this panel calls (one place) ------------------------------------------------------
@@ -276,11 +278,9 @@ class Explorer(Panel):
             raise TypeError(f"channel must be an int, got {type(channel).__name__}")
         if method is not None and method not in METHODS:
             raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
-        if channel is not None:
-            target = image if image is not None and not isinstance(image, (int, np.integer)) else \
-                self.entries[int(image) if image is not None else self.image_index][1]
-            act = _forward(self.lens, target).activations.get(self.lens.resolve(layer or self.layer)[1])
-            C = None if act is None else int(act.shape[1])
+        if channel is not None:     # the layer's width from its module: no forward of its own
+            module = self.lens.resolve(layer or self.layer)[2]
+            C = getattr(module, "out_channels", getattr(module, "out_features", None))
             if C is not None and not 0 <= int(channel) < C:
                 raise ValueError(f"channel {channel} is out of range: layer {layer or self.layer!r} has {C} "
                                  f"channels (0..{C - 1})")
