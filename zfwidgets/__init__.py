@@ -41,6 +41,10 @@ _LAZY = {
     "TopGallery": "zfwidgets.widgets.topk",
     "EvolutionPanel": "zfwidgets.widgets.evolution",
     "InvariancePanel": "zfwidgets.widgets.invariance",
+    "LesionPanel": "zfwidgets.widgets.lesion",
+    "FilterPanel": "zfwidgets.widgets.filters",
+    "CorrespondencePanel": "zfwidgets.widgets.correspondence",
+    "ProbePanel": "zfwidgets.widgets.probes",
 }
 
 __all__ = ["Lens", "Forward", "Projection", "project", "deconvnet_steps", "render", "load", "samples",

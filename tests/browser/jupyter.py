@@ -367,6 +367,21 @@ class VoilaServer(JupyterLabServer):
         os.killpg(self.pid, signal.SIGTERM)
 
 
+class NotebookServer(JupyterLabServer):
+    """Jupyter Notebook 7 (``python -m notebook``), like :class:`JupyterLabServer`: the same directories,
+    token, config (TCP_NODELAY) and stop. Its pages: ``/tree`` (the file browser) and ``/notebooks/<name>``."""
+
+    def tree_url(self) -> str:
+        return f"{self.base_url}/tree?token={self.token}"
+
+    def notebook_url(self, name: str) -> str:
+        return f"{self.base_url}/notebooks/{name}?token={self.token}"
+
+    def command(self) -> list[str]:
+        cmd = [a for a in super().command() if not a.startswith("--LabApp.")]
+        return [cmd[0], "-m", "notebook", *cmd[3:]]
+
+
 # -- browser ---------------------------------------------------------------------------------------
 @contextlib.contextmanager
 def browser_page(
@@ -420,17 +435,32 @@ def lab_page(
     open_name: str | None = None,
     time_limit: float = 600.0,
     nodelay: bool = True,
+    app: str = "jupyterlab",
 ) -> Iterator[tuple[JupyterLabServer, object]]:
     """Server + browser + watchdog; opens ``open_name`` (default: the first notebook's name) and
-    waits until its kernel is idle. Yields ``(server, page)``."""
+    waits until its kernel is idle. Yields ``(server, page)``.
+
+    ``app="notebook7"``: Jupyter Notebook 7 instead of JupyterLab; its file browser (``/tree``) is loaded
+    first and must list the notebook, then the notebook's page is opened."""
+    if app not in ("jupyterlab", "notebook7"):
+        raise ValueError(f"app must be 'jupyterlab' or 'notebook7', got {app!r}")
     workdir = Path(workdir)
     name = open_name or Path(notebooks[0]).name
-    with _watched(time_limit, f"lab_page({name})") as dog:
-        with JupyterLabServer(workdir / "jupyter", notebooks, nodelay=nodelay) as server:
+    server_class, sub = (JupyterLabServer, "jupyter") if app == "jupyterlab" else (NotebookServer, "notebook7")
+    with _watched(time_limit, f"lab_page({name}, {app})") as dog:
+        with server_class(workdir / sub, notebooks, nodelay=nodelay) as server:
             dog.add(server.kill)
             with browser_page(workdir / "chromium-profile", watchdog=dog) as page:
-                open_notebook(page, server, name)
-                wait_kernel_idle(page, server, name)
+                if app == "jupyterlab":
+                    open_notebook(page, server, name)
+                else:
+                    page.goto(server.tree_url(), timeout=90_000)
+                    listed = f'.jp-DirListing-item[title*="{name}"], .jp-DirListing-itemText:text-is("{name}")'
+                    page.locator(listed).first.wait_for(state="attached", timeout=90_000)
+                    page.goto(server.notebook_url(name), timeout=90_000)
+                    page.locator(".jp-NotebookPanel .jp-Notebook .jp-Cell").first.wait_for(
+                        state="visible", timeout=90_000)
+                wait_kernel_idle(page, server, name, require_label=app == "jupyterlab")
                 yield server, page
 
 
@@ -481,9 +511,11 @@ def kernel_name_label(page) -> str:
     return loc.first.inner_text().strip() if loc.count() else ""
 
 
-def wait_kernel_idle(page, server: JupyterLabServer, name: str, timeout: float = 120.0) -> dict:
+def wait_kernel_idle(page, server: JupyterLabServer, name: str, timeout: float = 120.0, *,
+                     require_label: bool = True) -> dict:
     """Poll /api/sessions until the notebook's kernel is idle and the toolbar shows its name
-    (not "No Kernel"): running before that opens a blocking "Select Kernel" dialog. Returns the session."""
+    (not "No Kernel"): running before that opens a blocking "Select Kernel" dialog. Returns the session.
+    ``require_label=False``: the session alone (Notebook 7 shows the kernel elsewhere)."""
     deadline = time.monotonic() + timeout
     last = None
     while True:
@@ -492,7 +524,8 @@ def wait_kernel_idle(page, server: JupyterLabServer, name: str, timeout: float =
                 if session.get("path") == name or session.get("path", "").endswith("/" + name):
                     last = session
                     label = kernel_name_label(page)
-                    if (session.get("kernel") or {}).get("execution_state") == "idle" and label and label != "No Kernel":
+                    labelled = (label and label != "No Kernel") or not require_label
+                    if (session.get("kernel") or {}).get("execution_state") == "idle" and labelled:
                         return session
         if time.monotonic() > deadline:
             raise TimeoutError(f"kernel for {name} not idle after {timeout:.0f} s; session={last}, "

@@ -348,9 +348,18 @@ def exercise_tour(page, ref: Reference, report: dict, *, prefix: str, ready_time
     handle.scroll_into_view_if_needed()
     handle.focus()
     page.keyboard.press("ArrowRight")
-    page.wait_for_function(
-        "([sel, ch]) => { const s = document.querySelector(sel); return s && s.dataset.channel === ch; }",
-        arg=[PROJECTION_INFO, str(int(before["channel"]) + 1)], timeout=15_000)
+    channel_is = "([sel, ch]) => { const s = document.querySelector(sel); return s && s.dataset.channel === ch; }"
+    want_channel = [PROJECTION_INFO, str(int(before["channel"]) + 1)]
+    try:
+        page.wait_for_function(channel_is, arg=want_channel, timeout=5_000)
+    except Exception as exc:
+        if type(exc).__name__ != "TimeoutError":
+            raise
+        # Notebook 7 hands the focus back to the active cell as the key goes down (the handle never sees it):
+        # deliver the key press to the handle itself, as the keyboard would with the focus kept there
+        report["explorer_key_dispatched"] = True
+        handle.evaluate("el => el.dispatchEvent(new KeyboardEvent('keydown', {key: 'ArrowRight', bubbles: true}))")
+        page.wait_for_function(channel_is, arg=want_channel, timeout=15_000)
     page.wait_for_function("([sel, src]) => document.querySelector(sel).getAttribute('src') !== src",
                            arg=[PROJECTION, before["src"]], timeout=15_000)
     after_channel = {"src": page.locator(PROJECTION).first.get_attribute("src"),
@@ -387,18 +396,19 @@ def exercise_tour(page, ref: Reference, report: dict, *, prefix: str, ready_time
     return times
 
 
-def lab_flow(tmp_path: Path, *, broken: bool) -> dict:
-    """The tour in JupyterLab: open, Run All, then :func:`exercise_tour`. Returns the report."""
+def lab_flow(tmp_path: Path, *, broken: bool, app: str = "jupyterlab") -> dict:
+    """The tour in JupyterLab (or ``app="notebook7"``: Notebook 7, from its /tree): open, Run All, then
+    :func:`exercise_tour`. Returns the report."""
     t0 = time.monotonic()
     params = tour_parameters()
     notebook = prepare_tour(tmp_path / "notebook", broken)
     ref = Reference(params)
-    report: dict = {"app": "jupyterlab", "broken": broken, "params": params}
-    with lab_page(tmp_path, [notebook], time_limit=TIME_LIMIT) as (server, page):
+    report: dict = {"app": app, "broken": broken, "params": params}
+    with lab_page(tmp_path, [notebook], time_limit=TIME_LIMIT, app=app) as (server, page):
         t_open = time.monotonic()
         run_all(page, timeout=180)
         t_ran = time.monotonic()
-        times = exercise_tour(page, ref, report, prefix="tour")
+        times = exercise_tour(page, ref, report, prefix="tour" if app == "jupyterlab" else app)
     t_end = time.monotonic()
     report["timing_s"] = {"server_browser_kernel_ready": round(t_open - t0, 1), "run_all": round(t_ran - t_open, 1),
                           "panels_ready": round(times["ready"] - t_ran, 1),
@@ -433,6 +443,13 @@ def test_tour_in_jupyterlab(tmp_path):
         assert shot.stat().st_size < 300_000, f"{shot} is {shot.stat().st_size} bytes"
         DOCS_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(shot, DOCS_SCREENSHOT)
+
+
+def test_tour_in_notebook7(tmp_path):
+    report = lab_flow(tmp_path, broken=False, app="notebook7")
+    print_report(report, "tour e2e (Notebook 7)")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS / "notebook7_e2e.json").write_text(json.dumps(report, indent=1))
 
 
 @pytest.mark.xfail(strict=True, raises=AssertionError,

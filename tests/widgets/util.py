@@ -51,8 +51,9 @@ def expected_box(x: float, y: float, scale: int, size: int, H: int, W: int) -> t
 
 
 def open_widget_ids() -> set:
-    """Model ids of every open widget (ipywidgets' registry)."""
-    return set(_widget_module._instances)
+    """Model ids of every open widget (ipywidgets' registry), but ipycanvas's process-wide canvas manager
+    (made with the process's first canvas, never closed: not a panel's leak)."""
+    return {k for k, w in _widget_module._instances.items() if type(w).__name__ != "_CanvasManager"}
 
 
 async def idle(seconds: float = 0.05):
@@ -62,3 +63,41 @@ async def idle(seconds: float = 0.05):
     await asyncio.sleep(seconds)
     for _ in range(10):
         await asyncio.sleep(0)
+
+
+def model_state(model):
+    """Everything a panel must leave as it found it: hooks of every module, ``training`` flags,
+    ``requires_grad`` flags and the weights (bit for bit)."""
+    import torch
+    hooks = [(n, len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks),
+              len(getattr(m, "_backward_pre_hooks", {})), m.training) for n, m in model.named_modules()]
+    params = {k: (v.detach().clone(), v.requires_grad) for k, v in model.named_parameters()}
+    buffers = {k: v.detach().clone() for k, v in model.named_buffers()}
+    return hooks, params, buffers
+
+
+def assert_same_model_state(model, before):
+    import torch
+    hooks, params, buffers = model_state(model)
+    assert hooks == before[0], "hooks or training flags changed"
+    assert params.keys() == before[1].keys() and buffers.keys() == before[2].keys()
+    for k, (v, rg) in params.items():
+        assert rg == before[1][k][1] and torch.equal(v, before[1][k][0]), k
+    for k, v in buffers.items():
+        assert torch.equal(v, before[2][k]), k
+
+
+def small_torchvision(arch: str, side: int, classes: int = 5):
+    """A torchvision architecture with seeded random weights on small inputs (AlexNet 64 px, ResNet-18 32 px)."""
+    import torch
+    import torchvision
+    import zfwidgets
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, arch)(num_classes=classes).eval()
+    return zfwidgets.Lens(model, input_size=(3, side, side), mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225],
+                          class_names=[f"c{k}" for k in range(classes)], name=arch)
+
+
+def rgb_images(n: int, side: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (side, side, 3), dtype=np.uint8) for _ in range(n)]

@@ -37,7 +37,7 @@ from torch import nn
 from ._common import check_lens, progress_flag, run_layers
 from ._inputs import DEFAULT_BATCH_SIZE, gather
 
-__all__ = ["FilterHealth", "filter_health", "band_energies", "BAND_EDGES", "BAND_NAMES"]
+__all__ = ["FilterHealth", "filter_health", "band_energies", "filter_spectrum", "BAND_EDGES", "BAND_NAMES"]
 
 #: radial frequency edges, cycles per pixel: low < 1/6 <= mid < 1/3 <= high (thirds of Nyquist)
 BAND_EDGES = (1.0 / 6.0, 1.0 / 3.0)
@@ -59,20 +59,32 @@ def band_energies(weights, n_fft: int | None = None, edges=BAND_EDGES) -> np.nda
     Example:
         >>> band_energies(np.ones((1, 1, 5, 5)))[0] / 25      # about [0.81, 0.12, 0.07]
     """
-    w = weights.detach().cpu().double().numpy() if isinstance(weights, torch.Tensor) else np.asarray(weights, float)
-    if w.ndim != 4:
-        raise ValueError(f"weights must be F x C x kh x kw, got shape {w.shape}")
     lo, hi = (float(e) for e in edges)
     if not 0 < lo < hi:
         raise ValueError(f"band edges must satisfy 0 < low/mid < mid/high, got {edges}")
-    n = _n_fft(w.shape[2:]) if n_fft is None else int(n_fft)
-    if n < max(w.shape[2:]):
-        raise ValueError(f"n_fft={n} is smaller than the kernel {w.shape[2]}x{w.shape[3]}")
-    power = (np.abs(np.fft.fft2(w, s=(n, n), axes=(2, 3))) ** 2).sum(1) / (n * n)  # F x n x n
+    power = filter_spectrum(weights, n_fft)
+    n = power.shape[-1]
     f = np.fft.fftfreq(n)
     r = np.hypot(f[:, None], f[None, :])
     masks = (r < lo, (r >= lo) & (r < hi), r >= hi)
     return np.stack([power[:, m].sum(1) for m in masks], axis=1)
+
+
+def filter_spectrum(weights, n_fft: int | None = None) -> np.ndarray:
+    """F x n x n: each filter's power spectrum ``|DFT|^2 / n^2`` summed over input channels, zero-padded to
+    ``n = n_fft`` (default as in :func:`band_energies`), frequency bins in ``numpy.fft.fftfreq`` order (zero
+    frequency at ``[0, 0]``; ``numpy.fft.fftshift`` centres it). :func:`band_energies` sums it by band.
+
+    Example:
+        >>> filter_spectrum(np.ones((1, 1, 5, 5))).sum() / 25    # Parseval: the squared norm, 1.0
+    """
+    w = weights.detach().cpu().double().numpy() if isinstance(weights, torch.Tensor) else np.asarray(weights, float)
+    if w.ndim != 4:
+        raise ValueError(f"weights must be F x C x kh x kw, got shape {w.shape}")
+    n = _n_fft(w.shape[2:]) if n_fft is None else int(n_fft)
+    if n < max(w.shape[2:]):
+        raise ValueError(f"n_fft={n} is smaller than the kernel {w.shape[2]}x{w.shape[3]}")
+    return (np.abs(np.fft.fft2(w, s=(n, n), axes=(2, 3))) ** 2).sum(1) / (n * n)
 
 
 # ----- the analysis -----------------------------------------------------------------------------

@@ -38,7 +38,10 @@ MODES = ("zero", "mean", "skip")
 
 @dataclass
 class Lesion:
-    """Accuracy before and after the lesion of ``channels`` (``None``: all) of ``layer``."""
+    """Accuracy before and after the lesion of ``channels`` (``None``: all) of ``layer``.
+
+    ``probabilities_before``/``_after``: N x K class probabilities of every image; ``labels``: the N labels.
+    """
     layer: str
     channels: list | None
     mode: str
@@ -47,11 +50,24 @@ class Lesion:
     accuracy_after: float
     predictions_before: np.ndarray = field(repr=False)
     predictions_after: np.ndarray = field(repr=False)
+    probabilities_before: np.ndarray | None = field(default=None, repr=False)
+    probabilities_after: np.ndarray | None = field(default=None, repr=False)
+    labels: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def drop(self) -> float:
         """Accuracy lost (before - after)."""
         return self.accuracy_before - self.accuracy_after
+
+    def class_accuracy(self, after: bool = True) -> np.ndarray:
+        """K: the accuracy on the images of each class (NaN for a class without images), after (or before)
+        the lesion; K is the number of classes of the probabilities."""
+        pred = self.predictions_after if after else self.predictions_before
+        K = self.probabilities_after.shape[1]
+        hits = np.bincount(self.labels, weights=(pred == self.labels).astype(float), minlength=K)[:K]
+        count = np.bincount(self.labels, minlength=K)[:K]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(count > 0, hits / np.maximum(count, 1), np.nan)
 
     def plot(self, ablation="auto", model: str | None = None):
         """The accuracy before/after, with the bundled retrained-ablation table beside it when available."""
@@ -194,7 +210,7 @@ def _predict_all(lens, data, batch_size, hook_module=None, hook=None, capture=No
                  show_progress=True):
     """Predicted classes over all images; optional forward hook (removed in finally) and output capture."""
     from ..core.capture import ModelGuard
-    preds = []
+    preds, probs = [], []
     handles = []
     try:
         if hook is not None:
@@ -206,10 +222,11 @@ def _predict_all(lens, data, batch_size, hook_module=None, hook=None, capture=No
                 lens.forward_count += 1
                 logits = lens._check_logits(lens.model(x))
                 preds.append(logits.argmax(1).cpu())
+                probs.append(logits.float().softmax(1).cpu())
     finally:
         for h in handles:
             h.remove()
-    return torch.cat(preds)
+    return torch.cat(preds), torch.cat(probs)
 
 
 def _lesion_one(lens, data, y, layer, channels, mode, batch_size, before, show_progress):
@@ -249,6 +266,7 @@ def _lesion_one(lens, data, y, layer, channels, mode, batch_size, before, show_p
 
     if before is None:
         before = _predict_all(lens, data, batch_size, desc="accuracy", show_progress=show_progress)
+    before, p_before = before
     if mode == "mean":
         acc = {"sum": None, "n": 0}
 
@@ -272,11 +290,12 @@ def _lesion_one(lens, data, y, layer, channels, mode, batch_size, before, show_p
             out[:, sel] = mean[sel].to(out.dtype).to(out.device)
         return out
 
-    after = _predict_all(lens, data, batch_size, module, hook=knock_out, desc=f"lesion {name}",
-                         show_progress=show_progress)
+    after, p_after = _predict_all(lens, data, batch_size, module, hook=knock_out, desc=f"lesion {name}",
+                                  show_progress=show_progress)
     acc_b = float((before == y).double().mean())
     acc_a = float((after == y).double().mean())
-    return Lesion(name, chans, mode, len(y), acc_b, acc_a, before.numpy(), after.numpy()), before
+    return Lesion(name, chans, mode, len(y), acc_b, acc_a, before.numpy(), after.numpy(), p_before.numpy(),
+                  p_after.numpy(), y.numpy()), (before, p_before)
 
 
 class _Probe(Exception):
@@ -362,12 +381,12 @@ def lesion_sweep(lens, images, labels=None, layers=None, *, fraction: float = 0.
         except ValueError as e:
             if mode != "skip" or "cannot skip" not in str(e):
                 raise
-            acc_b = float((before == y).double().mean()) if before is not None else np.nan
+            acc_b = float((before[0] == y).double().mean()) if before is not None else np.nan
             res = Lesion(name, None, mode, len(y), acc_b, float("nan"), np.array([]), np.array([]))
         lesions.append(res)
     if before is None:
         before = _predict_all(lens, data, batch_size, desc="accuracy", show_progress=show_progress)
-    acc = float((before == y).double().mean())
+    acc = float((before[0] == y).double().mean())
     for l in lesions:
         l.accuracy_before = acc
     return LesionSweep(lens.name, acc, lesions, len(y))

@@ -36,7 +36,7 @@ from ._inputs import as_input
 from .incremental import occluded_batch, occluded_run
 from .receptive import Box
 
-__all__ = ["OcclusionMaps", "occlusion", "occlude", "occluder_grid"]
+__all__ = ["OcclusionMaps", "Unoccluded", "occlusion", "occlude", "occluder_grid", "unoccluded"]
 
 
 @dataclass
@@ -85,6 +85,55 @@ class OcclusionMaps:
         """ZF Fig. 7: (a) input, (b) feature-map activity, (c) its projection, (d) p(target), (e) top class."""
         from ..plot.occlusion import plot_occlusion
         return plot_occlusion(self, figsize=figsize)
+
+
+@dataclass
+class Unoccluded:
+    """What the occlusion maps are measured against: the unoccluded image's response (see :func:`unoccluded`).
+
+    ``probabilities``: K; ``base_class``: the predicted class; ``target``: the followed class (default the
+    prediction) and ``base_probability`` its probability; ``channel``: the map of ``layer`` holding the layer's
+    strongest activation, ``base_feature_map`` that map's total rectified activation, ``activation_max`` the
+    strongest activation itself (the scale feature maps are shown on); ``shape``: the layer's C x h x w.
+    """
+    probabilities: torch.Tensor
+    base_class: int
+    target: int
+    base_probability: float
+    layer: str
+    channel: int
+    base_feature_map: float
+    activation_max: float
+    shape: tuple
+
+
+def unoccluded(lens, image, *, layer=None, target=None) -> Unoccluded:
+    """The unoccluded image's probabilities, predicted class, p(target) and strongest map of ``layer``: the
+    reference of :func:`occlusion` (which calls it) and of the occlusion panel.
+
+    Example:
+        >>> u = unoccluded(lens, zfwidgets.samples()[0], layer="conv5")
+        >>> u.base_class, u.channel, u.activation_max
+    """
+    check_lens(lens)
+    x = as_input(lens, image).detach()
+    name = lens.resolve(layer if layer is not None else default_conv_layer(lens))[0]
+    logits, acts = lens.run(x, [name])
+    act = acts.get(name)
+    if act is None or act.dim() != 4:
+        shape = None if act is None else tuple(act.shape)
+        raise ValueError(f"layer {name!r} must be a convolutional layer with N x C x H x W output, got {shape}")
+    probs = logits.float().softmax(1)[0]
+    K = probs.shape[0]
+    if target is None:
+        target = int(probs.argmax())
+    else:
+        target = check_int("target", target)
+        if not 0 <= target < K:
+            raise ValueError(f"target {target} is out of range: the model has {K} classes (0..{K - 1})")
+    channel = int(act[0].flatten(1).amax(1).argmax())  # the map holding the layer's strongest activation
+    return Unoccluded(probs, int(probs.argmax()), target, float(probs[target]), name, channel,
+                      float(act[0, channel].clamp(min=0).sum()), float(act[0].max()), tuple(act.shape[1:]))
 
 
 def _pair(name: str, value) -> tuple:
@@ -222,23 +271,9 @@ def occlusion(lens, image, *, size, stride, fill="mean", target=None, layer=None
     H, W = x.shape[-2:]
     ys, xs, boxes = occluder_grid(H, W, size, stride)
     value = fill_tensor(lens, fill)
-    name = lens.resolve(layer if layer is not None else default_conv_layer(lens))[0]
-
-    logits, acts = lens.run(x, [name])
-    act = acts.get(name)
-    if act is None or act.dim() != 4:
-        shape = None if act is None else tuple(act.shape)
-        raise ValueError(f"layer {name!r} must be a convolutional layer with N x C x H x W output, got {shape}")
-    probs = logits.float().softmax(1)[0]
-    K = probs.shape[0]
-    if target is None:
-        target = int(probs.argmax())
-    else:
-        target = check_int("target", target)
-        if not 0 <= target < K:
-            raise ValueError(f"target {target} is out of range: the model has {K} classes (0..{K - 1})")
-    channel = int(act[0].flatten(1).amax(1).argmax())  # the map holding the layer's strongest activation
-    base_total = float(act[0, channel].clamp(min=0).sum())
+    base = unoccluded(lens, x, layer=layer, target=target)
+    name, target, channel, base_total = base.layer, base.target, base.channel, base.base_feature_map
+    probs, K = base.probabilities, base.probabilities.shape[0]
     proj = project(lens, x, name, channel, method="deconvnet")
 
     flat = boxes.view(-1, 4)

@@ -157,6 +157,21 @@ class LayerProbes:
     n_test: int
     grid: int | None
     l2: float
+    test_predictions: list | None = None   # per layer: the probe's class for every test image
+    test_labels: np.ndarray | None = None
+
+    def confusion(self, layer) -> np.ndarray:
+        """K x K counts of the probe on ``layer`` over the test images: row = true class, column = predicted.
+
+        Example:
+            >>> p.confusion("conv1").sum() == p.n_test
+        """
+        if self.test_predictions is None:
+            raise ValueError("these probes kept no test predictions")
+        k = self.layers.index(layer) if isinstance(layer, str) else int(layer)
+        pred = np.asarray(self.test_predictions[k])
+        K = int(max(pred.max(), self.test_labels.max())) + 1
+        return np.bincount(self.test_labels * K + pred, minlength=K * K).reshape(K, K)
 
     def table(self) -> str:
         """Text like ZF Table 7: one line per layer."""
@@ -215,14 +230,15 @@ def layer_probes(lens, train_images, train_labels=None, test_images=None, test_l
                          desc="train features")
     fte = layer_features(lens, te, names, grid=grid, batch_size=batch_size, show_progress=show_progress,
                          desc="test features")
-    acc_te, acc_tr, dims = [], [], []
+    acc_te, acc_tr, dims, preds = [], [], [], []
     for l in _progress(names, total=len(names), desc="probes", enabled=show_progress):
         clf = fit_softmax(ftr[l], ytr, K, l2=l2, max_iter=max_iter)
         acc_tr.append(clf.accuracy(ftr[l], ytr))
         acc_te.append(clf.accuracy(fte[l], yte))
+        preds.append(clf.predict(fte[l]).numpy())
         dims.append(ftr[l].shape[1])
     return LayerProbes(lens.name, names, np.array(acc_te), np.array(acc_tr), np.array(dims), len(ytr), len(yte),
-                       _check_grid(grid), float(l2))
+                       _check_grid(grid), float(l2), preds, yte.numpy())
 
 
 # ----- feature generalisation -------------------------------------------------------------------

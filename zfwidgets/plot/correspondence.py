@@ -9,9 +9,10 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-__all__ = ["plot_correspondence"]
+from .colours import PART_COLOURS as COLOURS
+from .colours import RANDOM_COLOUR
 
-COLOURS = ("#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c", "#ccb974")
+__all__ = ["plot_correspondence"]
 
 
 def plot_correspondence(result, *, max_images: int = 8) -> Figure:
@@ -31,7 +32,7 @@ def plot_correspondence(result, *, max_images: int = 8) -> Figure:
                                    edgecolor=COLOURS[p % len(COLOURS)], label=part if i == 0 else None))
         y0, x0, y1, x1 = result.control_boxes[0, 0, i]
         ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, lw=1.2, ls="--",
-                               edgecolor="#f0c000", label="a random mask" if i == 0 else None))
+                               edgecolor=RANDOM_COLOUR, label="a random mask" if i == 0 else None))
         ax.set_axis_off()
         ax.set_title(f"image {i}", fontsize=8)
     if n:

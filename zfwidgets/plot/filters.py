@@ -8,9 +8,9 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.figure import Figure
 
-__all__ = ["plot_filter_health", "filter_grid"]
+from .colours import BAND_COLOURS, DEAD_COLOUR, rgb
 
-BAND_COLOURS = ("#4c72b0", "#55a868", "#c44e52")
+__all__ = ["plot_filter_health", "filter_grid"]
 
 
 def filter_grid(weights: np.ndarray, dead=None, *, pad: int = 1, max_filters: int | None = None):
@@ -40,7 +40,7 @@ def filter_grid(weights: np.ndarray, dead=None, *, pad: int = 1, max_filters: in
         r, q = divmod(i, cols)
         y, x = r * th, q * tw
         if dead is not None and dead[i]:
-            img[y:y + th, x:x + tw] = (0.85, 0.1, 0.1)
+            img[y:y + th, x:x + tw] = np.array(rgb(DEAD_COLOUR)) / 255.0
         img[y + pad:y + pad + kh, x + pad:x + pad + kw] = tiles[i]
     return np.clip(img, 0, 1), cols
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.figure import Figure
 
+from .colours import BAR_COLOUR
+
 __all__ = ["plot_lesions", "plot_ablation"]
 
 
@@ -39,7 +41,7 @@ def plot_lesions(sweep, ablation=None) -> Figure:
     ax = fig.add_subplot(1, cols, 1)
     k = np.arange(len(sweep.lesions))
     acc = np.array([l.accuracy_after for l in sweep.lesions])
-    ax.bar(k, np.nan_to_num(acc), color="#4c72b0", width=0.7)
+    ax.bar(k, np.nan_to_num(acc), color=BAR_COLOUR, width=0.7)
     for i, (a, l) in enumerate(zip(acc, sweep.lesions)):
         ax.text(i, 0.01 if np.isnan(a) else a, "n/a" if np.isnan(a) else f"{a:.0%}", ha="center",
                 va="bottom", fontsize=7)

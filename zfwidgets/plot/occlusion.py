@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .colours import FEATURE_CMAP, PROBABILITY_CMAP, class_cmap, class_colours
+
 __all__ = ["plot_occlusion"]
 
 
@@ -36,7 +38,6 @@ def plot_occlusion(occ, *, figsize=None):
     Example:
         >>> occlusion(lens, img, size=8, stride=2).plot()
     """
-    from matplotlib.colors import ListedColormap
     from matplotlib.patches import Patch, Rectangle
 
     fig = _new_figure(figsize or (15, 3.4))
@@ -51,7 +52,7 @@ def plot_occlusion(occ, *, figsize=None):
     ax.set_title(f"(a) input; occluder {occ.size[0]}x{occ.size[1]}, stride {occ.stride[0]}", fontsize=9)
 
     ax = axes[1]
-    im = ax.imshow(occ.feature_map.numpy(), extent=ext, cmap="viridis", interpolation="nearest")
+    im = ax.imshow(occ.feature_map.numpy(), extent=ext, cmap=FEATURE_CMAP, interpolation="nearest")
     fig.colorbar(im, ax=ax, shrink=0.8)
     ax.set_title(f"(b) total activation, {occ.layer} map {occ.channel}\n(unoccluded {occ.base_feature_map:.3g})",
                  fontsize=9)
@@ -61,20 +62,17 @@ def plot_occlusion(occ, *, figsize=None):
     ax.set_title(f"(c) {occ.projection.method} projection of map {occ.channel}\n(signed, zero = grey)", fontsize=9)
 
     ax = axes[3]
-    im = ax.imshow(occ.probability.numpy(), extent=ext, cmap="magma", vmin=0.0, vmax=1.0, interpolation="nearest")
+    im = ax.imshow(occ.probability.numpy(), extent=ext, cmap=PROBABILITY_CMAP, vmin=0.0, vmax=1.0, interpolation="nearest")
     fig.colorbar(im, ax=ax, shrink=0.8)
     ax.set_title(f"(d) p({occ.class_name(occ.target)})\n(unoccluded {occ.base_probability:.3f})", fontsize=9)
 
     ax = axes[4]
     classes = sorted(set(occ.top_class.flatten().tolist()))
-    lookup = {c: n for n, c in enumerate(classes)}
-    codes = np.vectorize(lookup.get)(occ.top_class.numpy()) if classes else np.zeros(occ.shape)
-    from matplotlib import colormaps
-    base = colormaps["tab10" if len(classes) <= 10 else "tab20"]
-    colors = [base(n % base.N) for n in range(len(classes))]
-    ax.imshow(codes, extent=ext, cmap=ListedColormap(colors), vmin=-0.5, vmax=len(classes) - 0.5,
+    K = len(occ.class_names) or (max(classes) + 1 if classes else 1)
+    colours = class_colours(K) / 255.0          # a class's colour by its index, as in the panel
+    ax.imshow(occ.top_class.numpy(), extent=ext, cmap=class_cmap(K), vmin=-0.5, vmax=K - 0.5,
               interpolation="nearest")
-    ax.legend(handles=[Patch(color=colors[n], label=occ.class_name(c)) for n, c in enumerate(classes)],
+    ax.legend(handles=[Patch(color=colours[c], label=occ.class_name(c)) for c in classes],
               fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.02), ncol=2, frameon=False)
     ax.set_title(f"(e) most probable class\n(unoccluded: {occ.class_name(occ.base_class)})", fontsize=9)
     for ax in axes:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.figure import Figure
 
+from .colours import BAR_COLOUR
+
 __all__ = ["plot_layer_probes", "plot_generalisation"]
 
 
@@ -17,7 +19,7 @@ def plot_layer_probes(probes) -> Figure:
     ax = fig.add_subplot()
     k = np.arange(len(probes.layers))
     ax.plot(k, probes.train_accuracy, "o--", color="#8c8c8c", label="train")
-    ax.plot(k, probes.test_accuracy, "o-", color="#4c72b0", label="test")
+    ax.plot(k, probes.test_accuracy, "o-", color=BAR_COLOUR, label="test")
     for i, a in enumerate(probes.test_accuracy):
         ax.annotate(f"{a:.1%}", (i, a), textcoords="offset points", xytext=(0, -13), ha="center", fontsize=7)
     ax.set_xticks(k, [f"{l}\n{d} feat." for l, d in zip(probes.layers, probes.feature_dim)], fontsize=7)

@@ -7,6 +7,12 @@
 - :class:`~zfwidgets.widgets.topk.TopGallery`: top-9 projections and patches per feature map (Fig. 2).
 - :class:`~zfwidgets.widgets.evolution.EvolutionPanel`: projections snapshot by snapshot (Fig. 4).
 - :class:`~zfwidgets.widgets.invariance.InvariancePanel`: a transform slider with distances and p(true) (Fig. 5).
+- :class:`~zfwidgets.widgets.lesion.LesionPanel`: click maps off; probabilities and held-out accuracy (Table 3).
+- :class:`~zfwidgets.widgets.filters.FilterPanel`: two models' first-layer filters, dead/healthy, spectra (Fig. 6).
+- :class:`~zfwidgets.widgets.correspondence.CorrespondencePanel`: drag a part's box on each image; Δ per
+  layer against random masks (Fig. 8, Table 1).
+- :class:`~zfwidgets.widgets.probes.ProbePanel`: probe accuracy per layer; a layer's confusion matrix and
+  the explorer on it (Table 7).
 
 Every panel is an ``ipywidgets.VBox``: display it, read ``panel.state``, ``panel.close()`` when done. A failing
 callback shows its error inside the panel (``.zf-error``) and the panel keeps working. The names are imported
@@ -15,7 +21,8 @@ lazily from ``zfwidgets`` (``zfwidgets.Explorer``...), so importing the package 
 import importlib
 
 _PANELS = {"Explorer": "explorer", "OcclusionPanel": "occlusion", "TopGallery": "topk",
-           "EvolutionPanel": "evolution", "InvariancePanel": "invariance"}
+           "EvolutionPanel": "evolution", "InvariancePanel": "invariance", "LesionPanel": "lesion",
+           "FilterPanel": "filters", "CorrespondencePanel": "correspondence", "ProbePanel": "probes"}
 
 __all__ = sorted(_PANELS)
 

@@ -16,7 +16,17 @@ from contextlib import contextmanager
 import ipywidgets as W
 from ipycanvas import MultiCanvas
 
-__all__ = ["PictureCanvas", "held"]
+__all__ = ["PictureCanvas", "held", "fit"]
+
+
+def fit(widget, width: int, height: int) -> None:
+    """Give ``widget`` a CSS size of exactly ``width`` x ``height`` pixels (a flex box would stretch an image,
+    and a browser smooths what it stretches). Sends nothing when the size did not change."""
+    w, h = f"{int(width)}px", f"{int(height)}px"
+    if widget.layout.width != w:
+        widget.layout.width = w
+    if widget.layout.height != h:
+        widget.layout.height = h
 
 
 @contextmanager
@@ -60,7 +70,6 @@ class PictureCanvas:
 
     def _fit(self) -> None:
         """CSS size = pixel size: a stretched canvas would be smoothed, and clicks scaled."""
-        from ._common import fit
         fit(self.canvas, self.canvas.width, self.canvas.height)
 
     @property

@@ -19,8 +19,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ._canvas import PictureCanvas, fit
+
 __all__ = ["Panel", "png_bytes", "show_png", "fit", "upscale", "display_factor", "Mosaic", "mosaic", "probs_html", "top_k",
-           "image_widget", "to_uint8_map", "SEPARATOR", "EMPTY", "TOP", "conv_layers"]
+           "image_widget", "figure_png", "to_uint8_map", "SEPARATOR", "EMPTY", "TOP", "conv_layers"]
 
 # palette images: maps use indices 0..253 (black..white), 254 marks an empty cell, 255 the lines between tiles
 TOP = 253
@@ -160,20 +162,17 @@ def probs_html(lens, probs: torch.Tensor, *, k: int = 5, box=None, note: str = "
     return "".join(parts), [(lens.class_name(i), p) for i, p in best]
 
 
-def fit(widget, width: int, height: int) -> None:
-    """Give ``widget`` a CSS size of exactly ``width`` x ``height`` pixels (a flex box would stretch an image,
-    and a browser smooths what it stretches). Sends nothing when the size did not change."""
-    w, h = f"{int(width)}px", f"{int(height)}px"
-    if widget.layout.width != w:
-        widget.layout.width = w
-    if widget.layout.height != h:
-        widget.layout.height = h
-
-
 def show_png(widget, pixels: np.ndarray, *, palette: bool = False) -> None:
     """Encode ``pixels`` as PNG into an ``ipywidgets.Image`` shown at 1:1."""
     widget.value = png_bytes(pixels, palette=palette)
     fit(widget, pixels.shape[1], pixels.shape[0])
+
+
+def figure_png(fig, dpi: int = 80) -> bytes:
+    """A matplotlib figure (the ``plot`` module's) as PNG bytes."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return buf.getvalue()
 
 
 def image_widget(css_class: str | None = None, **layout) -> W.Image:
@@ -251,7 +250,6 @@ class Panel(W.VBox):
 
     def _picture_canvas(self, width: int, height: int, **kwargs):
         """A :class:`~zfwidgets.widgets._canvas.PictureCanvas` whose client-ready redraw is guarded."""
-        from ._canvas import PictureCanvas
         return PictureCanvas(width, height, guard=lambda fn: self._guard(fn, "canvas redraw", clears=False),
                              **kwargs)
 

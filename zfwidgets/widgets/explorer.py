@@ -14,12 +14,14 @@ import html
 import ipywidgets as W
 import numpy as np
 
+from ..core.project import METHODS as PROJECTION_METHODS
 from ._common import (Panel, display_factor, image_widget, mosaic, png_bytes, probs_html, show_png,
                       to_uint8_map, upscale)
 
 __all__ = ["Explorer"]
 
-METHODS = ("deconvnet", "guided", "gradient")
+# the projection rules of zfwidgets.project, in the order the toggle shows them (ZF's deconvnet first)
+METHODS = tuple(sorted(PROJECTION_METHODS, key=lambda m: (m != "deconvnet", m != "guided", m)))
 
 
 # ----- the plain API this panel calls (one place) ------------------------------------------------------
@@ -44,13 +46,15 @@ def _default_images():
 
 def _entry(item, k: int) -> tuple:
     """``(name, image, label)`` for one item: a sample, an ``(image, label)`` pair or a bare image."""
-    if hasattr(item, "image") and hasattr(item, "label"):
-        name = f"{k}: {getattr(item, 'class_name', item.label)}"
+    from ..zoo import image_and_label
+    image, label = image_and_label(item)
+    if image is not item and hasattr(item, "class_name"):
+        name = f"{k}: {item.class_name}"
         if hasattr(item, "index"):
             name += f" (test #{item.index})"
-        return name, item.image, int(item.label)
-    if isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], (int, np.integer)):
-        return f"image {k} (label {int(item[1])})", item[0], int(item[1])
+        return name, image, label
+    if label is not None:
+        return f"image {k} (label {label})", image, label
     return f"image {k}", item, None
 
 
@@ -274,11 +278,9 @@ class Explorer(Panel):
             raise TypeError(f"channel must be an int, got {type(channel).__name__}")
         if method is not None and method not in METHODS:
             raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
-        if channel is not None:
-            target = image if image is not None and not isinstance(image, (int, np.integer)) else \
-                self.entries[int(image) if image is not None else self.image_index][1]
-            act = _forward(self.lens, target).activations.get(self.lens.resolve(layer or self.layer)[1])
-            C = None if act is None else int(act.shape[1])
+        if channel is not None:     # the layer's width from its module: no forward of its own
+            module = self.lens.resolve(layer or self.layer)[2]
+            C = getattr(module, "out_channels", getattr(module, "out_features", None))
             if C is not None and not 0 <= int(channel) < C:
                 raise ValueError(f"channel {channel} is out of range: layer {layer or self.layer!r} has {C} "
                                  f"channels (0..{C - 1})")

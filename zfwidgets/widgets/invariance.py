@@ -31,9 +31,8 @@ def _invariance(lens, image, transform, values, layers, label, progress):
 
 
 def _transformed(lens, x, transform, value):
-    from ..analysis._common import fill_tensor
     from ..analysis.invariance import transform_input
-    return transform_input(x, transform, float(value), fill_tensor(lens, "mean"))
+    return transform_input(x, transform, float(value), lens.fill_value.to(lens.device))
 
 
 class InvariancePanel(Panel):
@@ -67,8 +66,9 @@ class InvariancePanel(Panel):
             raise
 
     def _build(self, image, transform, values, layers, label, display_size):
-        if hasattr(image, "image") and hasattr(image, "label"):
-            image, label = image.image, int(image.label) if label is None else label
+        from ..zoo import image_and_label
+        image, sample_label = image_and_label(image)
+        label = sample_label if label is None else label
         if transform not in TRANSFORMS:
             raise ValueError(f"transform must be one of {list(TRANSFORMS)}, got {transform!r}")
         self.image, self.label = image, label

@@ -18,6 +18,7 @@ import torch
 
 from ._common import (Panel, conv_layers, display_factor, fit, image_widget, mosaic, png_bytes, probs_html,
                       show_png, to_uint8_map, upscale)
+from ..plot.colours import FEATURE_CMAP, PROBABILITY_CMAP, class_colour_image, class_colours, colourise
 from ._events import Coalescer
 
 __all__ = ["OcclusionPanel"]
@@ -63,24 +64,13 @@ def _occlusion_maps(lens, image, *, size, stride, fill, target, layer, progress)
 
 
 def _image_and_label(image):
-    """A ``zfwidgets.samples()`` item carries its label; anything else is the image itself."""
-    if hasattr(image, "image") and hasattr(image, "label"):
-        return image.image, int(image.label)
-    return image, None
+    from ..zoo import image_and_label
+    return image_and_label(image)
 
 
-def _class_colours(n: int) -> np.ndarray:
-    """``n`` distinguishable RGB colours (matplotlib's tab10/tab20 first, then golden-angle hues)."""
-    base = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
-            (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
-    out = list(base[:n])
-    import colorsys
-    k = 0
-    while len(out) < n:
-        r, g, b = colorsys.hsv_to_rgb((k * 0.618034) % 1.0, 0.65, 0.9)
-        out.append((int(r * 255), int(g * 255), int(b * 255)))
-        k += 1
-    return np.array(out, np.uint8)
+def _unoccluded(lens, x, layer, target):
+    from ..analysis.occlusion import unoccluded
+    return unoccluded(lens, x, layer=layer, target=target)
 
 
 class OcclusionPanel(Panel):
@@ -219,9 +209,9 @@ class OcclusionPanel(Panel):
         return upscale(rgb, self.scale)
 
     def _fill_colour(self) -> str:
-        from ..analysis._common import fill_tensor
-        value = fill_tensor(self.lens, self.fill).view(1, -1, 1, 1).expand(1, -1, 1, 1)
-        r, g, b = (int(v) for v in self.lens.to_display(value.float())[0, 0])
+        """The occluder's colour: a pixel that :func:`zfwidgets.occlude` filled, as displayed."""
+        filled = _occlude(self.lens, self.x, (0, 0, 1, 1), self.fill)
+        r, g, b = (int(v) for v in self.lens.to_display(filled)[0, 0])
         return f"rgb({r},{g},{b})"
 
     def _draw_occluder(self, layer) -> None:
@@ -318,17 +308,14 @@ class OcclusionPanel(Panel):
 
     def _set_layer(self, layer: str) -> None:
         """A new layer: its maps are shown on the scale of the unoccluded image's strongest activation."""
-        self.layer = self.lens.resolve(layer)[0]
-        logits, acts = self.lens.run(self.x, [self.layer])
-        probs = logits.float().softmax(1)[0]
-        self._base_class = int(probs.argmax())
-        target = self.target if self.target is not None else self._base_class
-        self._base_target_p = float(probs[target])
-        a = acts[self.layer][0]
-        self._layer_scale = float(a.max()) if float(a.max()) > 0 else 1.0
-        h, w = a.shape[-2:]
+        base = _unoccluded(self.lens, self.x, layer, self.target)
+        self.layer = base.layer
+        self._base_class = base.base_class
+        self._base_target_p = base.base_probability
+        self._layer_scale = base.activation_max if base.activation_max > 0 else 1.0
+        c, h, w = base.shape
         self._map_factor = max(1, int(round(28 / max(h, w))))
-        self.mosaic_caption.value = (f"<b>{html.escape(self.layer)}</b>: {a.shape[0]} feature maps "
+        self.mosaic_caption.value = (f"<b>{html.escape(self.layer)}</b>: {c} feature maps "
                                      f"({h}x{w}), scale of the unoccluded image's strongest activation")
         self._moves.push(("box", self.box))
         self._moves.flush()
@@ -360,15 +347,18 @@ class OcclusionPanel(Panel):
         self._map_canvases = []
         ny, nx = occ.shape
         f = display_factor(ny, nx, max(self.H, self.W) * self.scale)
-        feature = to_uint8_map(occ.feature_map, scale=max(float(occ.feature_map.max()), occ.base_feature_map))
-        prob = to_uint8_map(occ.probability, scale=1.0)
-        colours = _class_colours(len(occ.class_names))
-        top = colours[occ.top_class.numpy()]
-        views = [("zf-map-feature", upscale(feature, f), True,
-                  f"(b) total activation of {html.escape(occ.layer)} map {occ.channel}"),
-                 ("zf-map-probability", upscale(prob, f), True,
-                  f"(d) p({html.escape(occ.class_name(occ.target))}), black 0, white 1"),
-                 ("zf-map-class", upscale(top, f), False, "(e) most probable class")]
+        K = len(occ.class_names)
+        feature = colourise(occ.feature_map.numpy(), FEATURE_CMAP)            # the figure's colours and ranges
+        prob = colourise(occ.probability.numpy(), PROBABILITY_CMAP, 0.0, 1.0)
+        top = class_colour_image(occ.top_class.numpy(), K)
+        colours = class_colours(K)
+        views = [("zf-map-feature", upscale(feature, f), False,
+                  f"(b) total activation of {html.escape(occ.layer)} map {occ.channel} (unoccluded "
+                  f"{occ.base_feature_map:.3g})"),
+                 ("zf-map-probability", upscale(prob, f), False,
+                  f"(d) p({html.escape(occ.class_name(occ.target))}), 0..1 (unoccluded {occ.base_probability:.3f})"),
+                 ("zf-map-class", upscale(top, f), False,
+                  f"(e) most probable class (unoccluded: {html.escape(occ.class_name(occ.base_class))})")]
         boxes = []
         for css, pixels, pal, caption in views:
             pc = self._picture_canvas(pixels.shape[1], pixels.shape[0], css_class=css)

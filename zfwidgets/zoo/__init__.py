@@ -20,7 +20,8 @@ from PIL import Image
 from .data import FASHION_CLASSES, FASHION_MEAN, FASHION_STD
 from .models import ARCHITECTURES, build
 
-__all__ = ["load", "samples", "model_card", "available", "snapshot_epochs", "Sample", "load_weights"]
+__all__ = ["load", "samples", "model_card", "available", "snapshot_epochs", "Sample", "load_weights",
+           "image_and_label"]
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 SAMPLES_FILE = Path(__file__).resolve().parent / "samples" / "fashion_samples.npz"
@@ -106,6 +107,19 @@ class Sample:
         buf = io.BytesIO()
         self.image.resize((112, 112), Image.NEAREST).save(buf, format="PNG")
         return buf.getvalue()
+
+
+def image_and_label(item) -> tuple:
+    """``(image, label or None)`` of one item: a :class:`Sample` (or anything with ``.image`` and ``.label``),
+    an ``(image, int label)`` pair, an ``{"image", "label"}`` dict, or a bare image (PIL, uint8 array, tensor),
+    as the analyses' input pipeline (:mod:`zfwidgets.analysis._inputs`) reads it.
+
+    Example:
+        >>> image, label = image_and_label(samples()[0]); label
+        0
+    """
+    from ..analysis._inputs import image_of, label_of   # the input pipeline says what an item is
+    return image_of(item), label_of(item)
 
 
 @lru_cache(maxsize=1)
