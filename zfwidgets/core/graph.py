@@ -1,0 +1,645 @@
+"""One graph of the model: every operation of its forward, in order, with its kind, window and shapes.
+
+:meth:`Graph.of` traces a lens's model once with ``torch.fx`` (torchvision's :class:`NodePathTracer`, which
+names every operation by the module path it came from) and records the input and output shape of every node
+with one forward of a zero image. Each node has a *kind*, from the one table of module and function kinds in
+this file:
+
+- ``window``: a spatial window (convolution, max / average pooling) with its :class:`Window` (kernel,
+  stride, padding, dilation per axis);
+- ``pointwise``: the same positions in and out (activations, batch norm and dropout in eval mode, channel
+  slicing, permutes, a fully connected layer applied to channels-last maps);
+- ``merge``: several tensors combined position by position (add, concatenation over channels, a multiply by
+  a broadcast gate);
+- ``global``: every position read (adaptive pooling, flatten, a fully connected layer, a mean over the map);
+- ``input``, ``output``, ``meta`` (sizes and other non-tensor values) and ``other`` (anything the table does
+  not know; the features that need geometry refuse it with a clear message).
+
+Each node also knows the axes of its output that hold the image's height and width (``axes``: ``(2, 3)`` for
+N x C x H x W, ``(1, 2)`` for the channels-last maps of ConvNeXt's linear layers, ``None`` once the map is
+flattened). A model that fx cannot trace is described by the recorded order of its modules instead
+(``traced`` is False); where that order is not a chain, :attr:`Graph.is_chain` is False and the features that
+need geometry say so.
+
+:func:`macs` is the one multiply-add count (convolutions, linear layers; pooling counts its window's reads).
+
+Example:
+    >>> lens = zfwidgets.load("zfnet-fashion")
+    >>> g = Graph.of(lens)
+    >>> g.is_chain, [n.kind for n in g.nodes][:4]
+    (True, ['input', 'window', 'pointwise', 'window'])
+    >>> g.node_of("conv1").window.kernel
+    (5, 5)
+"""
+from __future__ import annotations
+
+import math
+import operator
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from .capture import ModelGuard
+from .layers import pair, window_params
+
+__all__ = ["Graph", "Node", "Window", "GraphError", "macs", "macs_per_position", "kind_of_module", "is_relu",
+           "POINTWISE_MODULES"]
+
+
+class GraphError(ValueError):
+    """A feature that needs the model's geometry met a node it cannot describe."""
+
+
+@dataclass(frozen=True)
+class Window:
+    """A spatial window per axis ``(height, width)``: kernel, stride, padding before, dilation; padding mode."""
+    kernel: tuple
+    stride: tuple
+    padding: tuple
+    dilation: tuple
+    mode: str = "zeros"
+    ceil_mode: bool = False
+
+    def extent(self, axis: int) -> int:
+        return self.dilation[axis] * (self.kernel[axis] - 1) + 1
+
+
+@dataclass(eq=False)
+class Node:
+    """One operation of the forward (see the module docstring for ``kind`` and ``axes``).
+
+    ``name`` is the operation's path (``layer1.0.conv1``, ``layer1.0.add``); ``module`` the module a
+    ``call_module`` node runs; ``inputs`` the indices of the nodes whose tensors it reads.
+    """
+    index: int
+    name: str
+    op: str
+    target: object
+    module: nn.Module | None
+    inputs: tuple
+    kind: str = "other"
+    window: Window | None = None
+    in_shapes: tuple = ()
+    out_shape: tuple | None = None
+    axes: tuple | None = None
+    adaptive: bool = False       # an adaptive pooling (its windows follow from the two sizes)
+    channels_last: bool = False  # a linear layer applied along the last axis of a spatial map
+    fx_node: object = field(default=None, repr=False)
+
+    @property
+    def users(self) -> tuple:
+        return self._users
+
+    def __repr__(self):
+        return f"Node({self.index}, {self.name!r}, {self.kind}, {self.out_shape})"
+
+
+# ----- the one table of kinds ------------------------------------------------------------------------
+_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU,
+                nn.Mish, nn.Sigmoid, nn.Tanh, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid, nn.Softplus, nn.Softsign,
+                nn.Tanhshrink)
+_WINDOW_MODULES = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)
+# spatially pointwise in eval mode (channel-wise normalisations and LRN read one position's channels)
+_POINTWISE_MODULES = _ACTIVATIONS + (nn.BatchNorm2d, nn.modules.dropout._DropoutNd, nn.Identity,
+                                     nn.LocalResponseNorm, nn.CrossMapLRN2d, nn.Softmax2d)
+POINTWISE_MODULES = _POINTWISE_MODULES
+_ADAPTIVE_MODULES = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+_GLOBAL_MODULES = _ADAPTIVE_MODULES + (nn.Flatten, nn.Linear)
+
+_POINTWISE_FUNCS = {F.relu, F.relu_, torch.relu, torch.relu_, F.relu6, F.leaky_relu, F.elu, F.selu, F.celu,
+                    F.gelu, F.silu, F.mish, F.hardswish, F.hardsigmoid, F.hardtanh, F.softplus, torch.sigmoid,
+                    F.sigmoid, torch.tanh, F.tanh, F.dropout, F.dropout2d, F.batch_norm, F.local_response_norm,
+                    torch.clamp, torch.neg, torch.exp, torch.abs, torch.square}
+_POINTWISE_METHODS = {"relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "clamp", "clamp_", "contiguous",
+                      "clone", "float", "double", "to", "type_as", "neg", "exp", "abs", "square"}
+_BINARY_FUNCS = {operator.add, operator.iadd, operator.mul, operator.imul, operator.sub, operator.isub,
+                 operator.truediv, operator.itruediv, torch.add, torch.mul, torch.sub, torch.div}
+_BINARY_METHODS = {"add", "add_", "mul", "mul_", "sub", "sub_", "div", "div_"}
+_CAT_FUNCS = {torch.cat, torch.concat}
+_ADAPTIVE_FUNCS = {F.adaptive_avg_pool2d, F.adaptive_max_pool2d}
+_WINDOW_FUNCS = {F.max_pool2d, F.avg_pool2d, F.conv2d, torch.max_pool2d, torch.conv2d}
+_FLATTEN = {torch.flatten, "flatten"}
+_RESHAPE = {torch.reshape, "view", "reshape"}
+_REDUCE = {torch.mean, torch.sum, torch.amax, "mean", "sum", "amax"}
+_PERMUTE = {torch.permute, "permute"}
+_TRANSPOSE = {torch.transpose, "transpose"}
+_SPLIT = {torch.chunk, torch.split, "chunk", "split"}
+_RELU = {F.relu, F.relu_, torch.relu, torch.relu_, "relu", "relu_"}
+
+
+def kind_of_module(m: nn.Module) -> str:
+    """``window``, ``pointwise``, ``global`` or ``other`` for a module applied to an N x C x H x W map."""
+    if isinstance(m, _WINDOW_MODULES):
+        return "window"
+    if isinstance(m, _POINTWISE_MODULES):
+        return "pointwise"
+    if isinstance(m, _GLOBAL_MODULES):
+        return "global"
+    return "other"
+
+
+def is_relu(node: Node) -> bool:
+    """A rectifier: an ``nn.ReLU`` module or ``F.relu`` / ``torch.relu`` / ``Tensor.relu``."""
+    if node.op == "call_module":
+        return isinstance(node.module, nn.ReLU)
+    return node.op in ("call_function", "call_method") and node.target in _RELU
+
+
+def macs_per_position(m: nn.Module, in_channels: int | None = None) -> float:
+    """Multiply-adds of one output position of a convolution (a pooling: its window's reads over
+    ``in_channels``; a linear layer: one output row)."""
+    if isinstance(m, nn.Conv2d):
+        kh, kw = pair(m.kernel_size)
+        return float(m.out_channels * (m.in_channels // m.groups) * kh * kw)
+    if isinstance(m, nn.Linear):
+        return float(m.in_features * m.out_features)
+    if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)) and in_channels is not None:
+        kh, kw = pair(m.kernel_size)
+        return float(in_channels * kh * kw)
+    return 0.0
+
+
+def macs(m: nn.Module, in_shape, out_shape) -> float:
+    """The one multiply-add count: one image through ``m`` (convolution, linear layer; pooling: its reads)."""
+    if isinstance(m, nn.Conv2d) and len(out_shape) == 4:
+        return macs_per_position(m) * out_shape[2] * out_shape[3]
+    if isinstance(m, nn.Linear):
+        rows = math.prod(out_shape[1:-1]) if len(out_shape) > 2 else 1
+        return macs_per_position(m) * rows
+    if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)) and len(out_shape) == 4:
+        return macs_per_position(m, out_shape[1]) * out_shape[2] * out_shape[3]
+    return 0.0
+
+
+# ----- tracing ---------------------------------------------------------------------------------------
+def _tracer_class():
+    try:
+        from torchvision.models.feature_extraction import NodePathTracer
+    except ImportError:  # pragma: no cover - torchvision is a dependency
+        NodePathTracer = None
+
+    base = NodePathTracer if NodePathTracer is not None else fx.Tracer
+
+    class _Tracer(base):
+        """NodePathTracer that also records, for every module called, the node its call returned."""
+
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            self.module_outputs: dict = {}
+            if not hasattr(self, "node_to_qualname"):
+                self.node_to_qualname = {}
+
+        def call_module(self, m, forward, args, kwargs):
+            out = super().call_module(m, forward, args, kwargs)
+            if isinstance(out, fx.Proxy):
+                self.module_outputs[self.path_of_module(m)] = out.node
+            return out
+
+    return _Tracer
+
+
+def _tensor_shapes(v):
+    if isinstance(v, torch.Tensor):
+        return tuple(v.shape)
+    if isinstance(v, (tuple, list)) and v and all(isinstance(t, torch.Tensor) for t in v):
+        return [tuple(t.shape) for t in v]
+    return None
+
+
+class Graph:
+    """The model's forward as a list of :class:`Node` in execution (topological) order.
+
+    Build it with :meth:`Graph.of` (cached on the lens). ``nodes[0]`` is the input; ``module_nodes[path]``
+    is the node whose output a module returns (its last call where a module runs several times).
+    """
+
+    def __init__(self, model: nn.Module, input_size: tuple, *, device=None, dtype=None):
+        self.model = model
+        self.input_size = tuple(int(s) for s in input_size)
+        self.traced = True
+        self.error: str | None = None
+        self.gm = None
+        try:
+            self._trace()
+        except Exception as e:  # noqa: BLE001 - any tracing failure: the recorded order instead
+            self.traced = False
+            self.error = f"{type(e).__name__}: {e}"
+            self._record_order(device, dtype)
+        self._finish()
+
+    # ----- construction -------------------------------------------------------------------------
+    @classmethod
+    def of(cls, lens, input_size=None) -> "Graph":
+        """The graph of ``lens``'s model for inputs of ``input_size`` (default the lens's; cached on the lens)."""
+        size = input_size if input_size is not None else lens.input_size
+        if size is None:
+            size = (lens.channels, 224, 224)
+        size = tuple(int(s) for s in size)
+        cache = lens.__dict__.setdefault("_graphs", {})
+        key = (size, id(lens.model))
+        g = cache.get(key)
+        if g is None:
+            p = next(lens.model.parameters(), None)
+            g = cls(lens.model, size, device=None if p is None else p.device, dtype=None if p is None else p.dtype)
+            cache[key] = g
+        return g
+
+    def _trace(self):
+        Tracer = _tracer_class()
+        tracer = Tracer()
+        with ModelGuard(self.model):
+            graph = tracer.trace(self.model)
+            self.gm = fx.GraphModule(tracer.root, graph)
+        qual = tracer.node_to_qualname
+        fx_nodes = list(graph.nodes)
+        index = {n: i for i, n in enumerate(fx_nodes)}
+        modules = dict(self.model.named_modules())
+        self.nodes = []
+        for i, n in enumerate(fx_nodes):
+            module = modules.get(n.target) if n.op == "call_module" else None
+            name = qual.get(n, n.name) if n.op not in ("placeholder", "output") else n.op
+            inputs = tuple(index[a] for a in n.all_input_nodes)
+            self.nodes.append(Node(i, name, n.op, n.target, module, inputs, fx_node=n))
+        self.module_nodes = {p: index[n] for p, n in tracer.module_outputs.items()}
+        p = next(self.model.parameters(), None)
+        x = torch.zeros(1, *self.input_size, device=None if p is None else p.device,
+                        dtype=None if p is None else p.dtype)
+        values = self.run(x, keep="shapes")
+        for node in self.nodes:
+            node.out_shape = values[node.index]
+
+    def run(self, x: torch.Tensor, keep="shapes", module_fn=None, gm=None):
+        """Run the traced graph on ``x`` (eval mode, no gradients). ``keep="shapes"``: every node's output
+        shape(s); ``keep="values"``: every node's output (in-place modules run on a copy of their input, so
+        every kept value stays as computed). ``module_fn(node, module, args, kwargs)`` may replace a module call."""
+        gm = self.gm if gm is None else gm
+        nodes = self.nodes
+        env: dict = {}
+        out: dict = {}
+
+        def load(a):
+            return fx.node.map_arg(a, lambda n: env[n])
+
+        last = {}
+        if keep == "shapes":
+            for node in nodes:
+                for i in node.fx_node.all_input_nodes:
+                    last[i] = node.index
+        with torch.no_grad(), ModelGuard(gm):
+            for node in nodes:
+                n = node.fx_node
+                if n.op == "placeholder":
+                    v = x
+                elif n.op == "output":
+                    v = load(n.args[0])
+                else:
+                    args, kwargs = load(n.args), load(n.kwargs)
+                    if keep == "values" and _in_place(node, kwargs):
+                        args = tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in args)
+                    if n.op == "call_module":
+                        m = gm.get_submodule(n.target)
+                        v = module_fn(node, m, args, kwargs) if module_fn is not None else m(*args, **kwargs)
+                    elif n.op == "call_function":
+                        v = n.target(*args, **kwargs)
+                    elif n.op == "call_method":
+                        v = getattr(args[0], n.target)(*args[1:], **kwargs)
+                    else:  # get_attr
+                        v = _fetch_attr(gm, n.target)
+                env[n] = v
+                out[node.index] = _tensor_shapes(v) if keep == "shapes" else v
+                if keep == "shapes":   # free what no later node reads
+                    for i in n.all_input_nodes:
+                        if last.get(i) == node.index:
+                            env.pop(i, None)
+        return out
+
+    def _record_order(self, device, dtype):
+        """The recorded order of the model's leaf modules (a model fx cannot trace)."""
+        leaves = [(p, m) for p, m in self.model.named_modules() if not list(m.children()) and p]
+        calls, outputs, produced = [], {}, {}
+        handles = []
+
+        def hook_for(path, leaf):
+            def hook(m, args, out):
+                if leaf:
+                    ins = [a for a in args if isinstance(a, torch.Tensor)]
+                    calls.append((path, m, [produced.get(id(a)) for a in ins], [tuple(a.shape) for a in ins],
+                                  _tensor_shapes(out)))
+                    if isinstance(out, torch.Tensor):
+                        produced[id(out)] = len(calls)
+                elif isinstance(out, torch.Tensor) and id(out) in produced:
+                    outputs[path] = produced[id(out)]
+            return hook
+
+        leaf_paths = {p for p, _ in leaves}
+        try:
+            for p, m in self.model.named_modules():
+                handles.append(m.register_forward_hook(hook_for(p, p in leaf_paths)))
+            x = torch.zeros(1, *self.input_size, device=device, dtype=dtype)
+            produced[id(x)] = 0
+            with torch.no_grad(), ModelGuard(self.model):
+                self.model(x)
+        finally:
+            for h in handles:
+                h.remove()
+        self.nodes = [Node(0, "input", "placeholder", None, None, (), out_shape=tuple(x.shape))]
+        chain = True
+        for i, (path, m, srcs, in_shapes, out_shape) in enumerate(calls, start=1):
+            srcs = [s for s in srcs if s is not None]
+            if srcs != [i - 1]:
+                chain = False
+            self.nodes.append(Node(i, path, "call_module", path, m, tuple(srcs) or (i - 1,), out_shape=out_shape))
+        self.nodes.append(Node(len(self.nodes), "output", "output", None, None, (len(self.nodes) - 1,)))
+        self.module_nodes = {}
+        for i, (path, *_rest) in enumerate(calls, start=1):
+            self.module_nodes[path] = i
+        self.module_nodes.update(outputs)
+        self._recorded_chain = chain
+
+    def _finish(self):
+        users = {n.index: [] for n in self.nodes}
+        for n in self.nodes:
+            for i in n.inputs:
+                users[i].append(n.index)
+        for n in self.nodes:
+            n._users = tuple(users[n.index])
+            n.in_shapes = tuple(self.nodes[i].out_shape for i in n.inputs)
+            _classify(n, self.nodes)
+        tensors = [n for n in self.nodes if n.kind not in ("meta",)]
+        chain = all(len([i for i in n.inputs if self.nodes[i].kind != "meta"]) == 1
+                    for n in tensors if n.op != "placeholder")
+        chain = chain and all(len([u for u in n.users if self.nodes[u].kind != "meta"]) <= 1 for n in tensors)
+        if not self.traced:
+            chain = chain and self._recorded_chain
+        self.is_chain = chain
+
+    # ----- queries --------------------------------------------------------------------------------
+    def node_of(self, module_or_path) -> Node:
+        """The node whose output the module (a path or the module itself) returns."""
+        path = module_or_path
+        if isinstance(module_or_path, nn.Module):
+            path = next((p for p, m in self.model.named_modules() if m is module_or_path), None)
+        i = self.module_nodes.get(path)
+        if i is None:
+            for n in self.nodes:
+                if n.name == path:
+                    return n
+            raise GraphError(f"{path!r} does not run in {type(self.model).__name__}'s forward")
+        return self.nodes[i]
+
+    def ancestors(self, node: Node) -> list:
+        """The nodes ``node`` depends on (itself included), in order."""
+        seen = {node.index}
+        stack = [node.index]
+        while stack:
+            for i in self.nodes[stack.pop()].inputs:
+                if i not in seen:
+                    seen.add(i)
+                    stack.append(i)
+        return [self.nodes[i] for i in sorted(seen)]
+
+    def chain(self, upto: Node | None = None) -> list | None:
+        """The nodes from the first operation up to ``upto`` (default: the last), if the graph is a chain."""
+        if not self.is_chain:
+            return None
+        nodes = [n for n in self.nodes if n.op not in ("placeholder", "output") and n.kind != "meta"]
+        if upto is not None:
+            nodes = nodes[: next(k for k, n in enumerate(nodes) if n is upto) + 1]
+        return nodes
+
+    def check_geometry(self, nodes, what: str) -> None:
+        """Raise :class:`GraphError` naming the first node of ``nodes`` whose geometry is unknown."""
+        if not self.traced and not self.is_chain:
+            raise GraphError(f"{type(self.model).__name__} could not be traced with torch.fx ({self.error}) and "
+                             f"its modules do not run as a chain; {what} needs the model's geometry")
+        for n in nodes:
+            if n.kind == "other":
+                raise GraphError(f"{what}: the operation {n.name!r} ({_describe(n)}) has no known geometry")
+
+    def __repr__(self):
+        return (f"Graph({type(self.model).__name__}, {len(self.nodes)} nodes, "
+                f"{'traced' if self.traced else 'recorded order'}, {'chain' if self.is_chain else 'DAG'})")
+
+
+def _fetch_attr(gm, target: str):
+    obj = gm
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _in_place(node: Node, kwargs) -> bool:
+    if node.op == "call_module":
+        return bool(getattr(node.module, "inplace", False))
+    t = node.target
+    if kwargs.get("inplace"):
+        return True
+    if t in (operator.iadd, operator.imul, operator.isub, operator.itruediv):
+        return True
+    name = t if isinstance(t, str) else getattr(t, "__name__", "")
+    return name.endswith("_") and not name.startswith("_")
+
+
+def _describe(n: Node) -> str:
+    if n.module is not None:
+        return type(n.module).__name__
+    return n.target if isinstance(n.target, str) else getattr(n.target, "__name__", str(n.target))
+
+
+def _arg(n: Node, pos: int, name: str, default=None):
+    fxn = n.fx_node
+    if fxn is None:
+        return default
+    a = fxn.args[pos] if len(fxn.args) > pos else fxn.kwargs.get(name, default)
+    return a
+
+
+def _norm_dims(d, rank):
+    if isinstance(d, int):
+        d = [d]
+    return [int(v) % rank for v in d]
+
+
+def _classify(n: Node, nodes) -> None:
+    """Set ``kind``, ``axes``, ``window`` of ``n`` from the one table (its inputs are classified already)."""
+    shape = n.out_shape
+    if n.op == "placeholder":
+        n.kind, n.axes = "input", (2, 3) if shape is not None and len(shape) == 4 else None
+        return
+    if n.op == "output":
+        n.kind = "output"
+        return
+    if shape is None:
+        n.kind = "meta"
+        return
+    tin = [nodes[i] for i in n.inputs if nodes[i].kind != "meta" and nodes[i].out_shape is not None]
+    if not tin:
+        n.kind = "meta" if n.op == "get_attr" else "other"
+        return
+    a = tin[0]
+    ax = a.axes
+    in_shape = a.out_shape
+    if isinstance(in_shape, list):   # a tuple of tensors (chunk / split) read by getitem
+        if n.target is operator.getitem:
+            n.kind, n.axes = "pointwise", ax
+        else:
+            n.kind = "other"
+        return
+    rank_in = len(in_shape)
+    if isinstance(shape, list):      # chunk / split along a non-spatial axis
+        t = n.target
+        if t in _SPLIT:
+            dim = _arg(n, 2, "dim", 0)
+            if ax is not None and int(dim) % rank_in not in ax:
+                n.kind, n.axes = "pointwise", ax
+                return
+        n.kind = "other"
+        return
+    rank = len(shape)
+    nchw = ax == (2, 3) and rank_in == 4
+    t = n.target
+    if n.op == "call_module":
+        m = n.module
+        if isinstance(m, _WINDOW_MODULES) and nchw:
+            k, s, p, d, mode = window_params(m)
+            n.kind, n.axes, n.window = "window", ax, Window(k, s, p, d, mode, bool(getattr(m, "ceil_mode", False)))
+        elif isinstance(m, _ADAPTIVE_MODULES) and nchw:
+            n.kind, n.axes, n.adaptive = "global", ax, True
+        elif isinstance(m, (nn.BatchNorm2d, nn.LocalResponseNorm, nn.CrossMapLRN2d, nn.Softmax2d)):
+            n.kind, n.axes = ("pointwise", ax) if nchw else ("other", None)
+        elif isinstance(m, _POINTWISE_MODULES):
+            n.kind, n.axes = "pointwise", ax
+        elif isinstance(m, nn.Linear):
+            if ax is None:
+                n.kind = "global"
+            elif rank_in - 1 not in ax:
+                n.kind, n.axes, n.channels_last = "pointwise", ax, True
+        elif isinstance(m, nn.LayerNorm):
+            normed = set(range(rank_in - len(m.normalized_shape), rank_in))
+            if ax is None:
+                n.kind = "global"
+            elif not normed & set(ax):
+                n.kind, n.axes = "pointwise", ax
+        elif isinstance(m, nn.Flatten):
+            _flatten(n, ax, rank_in, m.start_dim, m.end_dim)
+        return
+    if t is F.layer_norm:
+        normed = _arg(n, 1, "normalized_shape")
+        k = len(normed) if isinstance(normed, (tuple, list)) else 1
+        if ax is not None and not set(range(rank_in - k, rank_in)) & set(ax):
+            n.kind, n.axes = "pointwise", ax
+        elif ax is None:
+            n.kind = "global"
+        return
+    if t in _POINTWISE_FUNCS or (n.op == "call_method" and t in _POINTWISE_METHODS) or t is _stochastic_depth():
+        n.kind, n.axes = "pointwise", ax
+        return
+    if t in _BINARY_FUNCS or (n.op == "call_method" and t in _BINARY_METHODS):
+        if len(tin) == 1:
+            n.kind, n.axes = "pointwise", ax
+            return
+        full = [x for x in tin if x.axes is not None and len(x.out_shape) == rank]
+        big = max(full, key=lambda x: math.prod(x.out_shape), default=None)
+        if big is not None and all(x.axes == big.axes or x.axes is None or math.prod(
+                x.out_shape[i] for i in x.axes) == 1 for x in tin):
+            n.kind, n.axes = "merge", big.axes
+        elif all(x.axes is None for x in tin):
+            n.kind = "global"
+        return
+    if t in _CAT_FUNCS:
+        dim = _arg(n, 1, "dim", 0)
+        if ax is not None and all(x.axes == ax for x in tin) and int(dim) % rank not in ax:
+            n.kind, n.axes = "merge", ax
+        elif ax is None:
+            n.kind = "global"
+        return
+    if t in _WINDOW_FUNCS and nchw:
+        if t in (F.conv2d, torch.conv2d):
+            w = nodes[n.inputs[1]].out_shape if len(n.inputs) > 1 else None
+            if w is None:
+                return
+            k = tuple(w[2:])
+            s, p, d = (pair(_arg(n, i, nm, 1 if nm != "padding" else 0)) for i, nm in
+                       ((3, "stride"), (4, "padding"), (5, "dilation")))
+            n.kind, n.axes, n.window = "window", ax, Window(k, s, p, d)
+            return
+        k = pair(_arg(n, 1, "kernel_size"))
+        st = _arg(n, 2, "stride", None)
+        s = pair(st) if st not in (None, [], ()) else k
+        p = pair(_arg(n, 3, "padding", 0))
+        ceil_pos = 4 if t is F.avg_pool2d else 5
+        d = (1, 1) if t is F.avg_pool2d else pair(_arg(n, 4, "dilation", 1))
+        ceil = bool(_arg(n, ceil_pos, "ceil_mode", False))
+        n.kind, n.axes, n.window = "window", ax, Window(k, s, p, d, "zeros", ceil)
+        return
+    if t in _ADAPTIVE_FUNCS and nchw:
+        n.kind, n.axes, n.adaptive = "global", ax, True
+        return
+    if t in _FLATTEN:
+        _flatten(n, ax, rank_in, _arg(n, 1, "start_dim", 0), _arg(n, 2, "end_dim", -1))
+        return
+    if t in _RESHAPE:
+        if ax is None:
+            n.kind = "global"
+        elif tuple(ax) == (rank_in - 2, rank_in - 1) and rank >= 3 and tuple(shape[-2:]) == tuple(in_shape[-2:]):
+            n.kind, n.axes = "pointwise", (rank - 2, rank - 1)
+        elif rank == 2 or all(in_shape[i] == 1 for i in ax):
+            n.kind = "global"
+        return
+    if t in _REDUCE:
+        dims = _arg(n, 1, "dim", None)
+        keep = bool(_arg(n, 2, "keepdim", False))
+        if ax is None:
+            n.kind = "global"
+            return
+        dims = list(range(rank_in)) if dims is None else _norm_dims(dims, rank_in)
+        if set(ax) & set(dims):
+            n.kind, n.axes = "global", (ax if keep else None)
+        else:
+            left = [i for i in range(rank_in) if keep or i not in dims]
+            n.kind, n.axes = "pointwise", tuple(left.index(i) for i in ax)
+        return
+    if t in _PERMUTE:
+        fxn = n.fx_node
+        dims = fxn.args[1:] if n.op == "call_method" else (fxn.args[1] if len(fxn.args) > 1 else fxn.kwargs["dims"])
+        if n.op == "call_method" and len(dims) == 1 and isinstance(dims[0], (tuple, list)):
+            dims = dims[0]
+        dims = _norm_dims(list(dims), rank_in)
+        if ax is not None:
+            n.kind, n.axes = "pointwise", tuple(dims.index(i) for i in ax)
+        return
+    if t in _TRANSPOSE:
+        d0, d1 = (int(v) % rank_in for v in (_arg(n, 1, "dim0"), _arg(n, 2, "dim1")))
+        if ax is not None:
+            swap = {d0: d1, d1: d0}
+            n.kind, n.axes = "pointwise", tuple(swap.get(i, i) for i in ax)
+        return
+    if t is operator.getitem and ax is not None and rank == rank_in:
+        idx = _arg(n, 1, "idx")
+        idx = idx if isinstance(idx, tuple) else (idx,)
+        if all(i >= len(idx) or idx[i] == slice(None) for i in ax) and Ellipsis not in idx:
+            n.kind, n.axes = "pointwise", ax
+        return
+    # anything else: "other" (and no spatial axes known)
+
+
+def _stochastic_depth():
+    """torchvision's ``stochastic_depth`` (wrapped as one fx call): the identity in eval mode."""
+    try:
+        from torchvision.ops import stochastic_depth
+    except ImportError:  # pragma: no cover
+        return None
+    return stochastic_depth
+
+
+def _flatten(n: Node, ax, rank_in, start, end):
+    start, end = int(start) % rank_in, int(end) % rank_in
+    if ax is None:
+        n.kind = "global"
+    elif any(start <= i <= end for i in ax):
+        n.kind = "global" if start < end or True else "other"
+    else:
+        shift = end - start
+        n.kind, n.axes = "pointwise", tuple(i - shift if i > end else i for i in ax)
