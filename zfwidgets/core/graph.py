@@ -44,7 +44,7 @@ from torch import fx, nn
 from .capture import ModelGuard
 from .layers import pair, window_params
 
-__all__ = ["Graph", "Node", "Window", "GraphError", "macs", "macs_per_position", "kind_of_module", "is_relu",
+__all__ = ["Graph", "Trace", "runs_as_chain", "Node", "Window", "GraphError", "macs", "macs_per_position", "kind_of_module", "is_relu",
            "POINTWISE_MODULES"]
 
 
@@ -208,6 +208,75 @@ def _tensor_shapes(v):
     return None
 
 
+class Trace:
+    """The fx trace of a model in eval mode: the graph module, each node's path, each module's output node."""
+
+    def __init__(self, model: nn.Module):
+        Tracer = _tracer_class()
+        tracer = Tracer()
+        with ModelGuard(model):
+            graph = tracer.trace(model)
+            self.gm = fx.GraphModule(tracer.root, graph)
+        self.model = model
+        self.fx_nodes = list(graph.nodes)
+        self.qualname = {n: tracer.node_to_qualname.get(n, n.name) for n in self.fx_nodes}
+        self.module_outputs = dict(tracer.module_outputs)
+
+    @staticmethod
+    def of(model: nn.Module, cache: dict | None = None):
+        """The model's :class:`Trace`, or the error text where fx cannot trace it (cached in ``cache``)."""
+        if cache is not None and cache.get("model") is model:
+            return cache["trace"]
+        try:
+            t = Trace(model)
+        except Exception as e:  # noqa: BLE001 - any tracing failure: reported, the recorded order instead
+            t = f"{type(e).__name__}: {e}"
+        if cache is not None:
+            cache.update(model=model, trace=t)
+        return t
+
+    def path_of(self, n) -> str:
+        """The module path a node belongs to (a module call: its module; a function: the module calling it)."""
+        if n.op == "call_module":
+            return n.target
+        q = self.qualname[n]
+        return q.rsplit(".", 1)[0] if "." in q else ""
+
+
+def _is_meta_fx(n) -> bool:
+    return (n.op == "call_method" and n.target in ("size", "dim")) or n.op == "get_attr" or \
+        (n.op == "call_function" and n.target is getattr)
+
+
+def runs_as_chain(trace: Trace, path: str) -> bool:
+    """Whether module ``path`` (``""``: the model) runs its children one after the other (each reading the one
+    before), judged from the trace with each child's operations taken as one."""
+    prefix = path + "." if path else ""
+    inside = [n for n in trace.fx_nodes if n.op not in ("placeholder", "output") and not _is_meta_fx(n)
+              and (trace.qualname[n] + ".").startswith(prefix)]
+    if not inside:
+        return True
+    own = set(inside)
+
+    def group(n):
+        if n not in own:
+            return "<in>"
+        rest = trace.qualname[n][len(prefix):]
+        return rest.split(".", 1)[0]
+
+    preds, succs = {}, {}
+    for n in inside:
+        g = group(n)
+        for a in n.all_input_nodes:
+            if _is_meta_fx(a):
+                continue
+            ga = group(a)
+            if ga != g:
+                preds.setdefault(g, set()).add(ga)
+                succs.setdefault(ga, set()).add(g)
+    return all(len(v) <= 1 for v in preds.values()) and all(len(v) <= 1 for v in succs.values())
+
+
 class Graph:
     """The model's forward as a list of :class:`Node` in execution (topological) order.
 
@@ -215,17 +284,16 @@ class Graph:
     is the node whose output a module returns (its last call where a module runs several times).
     """
 
-    def __init__(self, model: nn.Module, input_size: tuple, *, device=None, dtype=None):
+    def __init__(self, model: nn.Module, input_size: tuple, *, device=None, dtype=None, trace=None):
         self.model = model
         self.input_size = tuple(int(s) for s in input_size)
-        self.traced = True
-        self.error: str | None = None
         self.gm = None
-        try:
-            self._trace()
-        except Exception as e:  # noqa: BLE001 - any tracing failure: the recorded order instead
-            self.traced = False
-            self.error = f"{type(e).__name__}: {e}"
+        trace = Trace.of(model) if trace is None else trace
+        self.traced = isinstance(trace, Trace)
+        self.error: str | None = None if self.traced else trace
+        if self.traced:
+            self._from_trace(trace)
+        else:
             self._record_order(device, dtype)
         self._finish()
 
@@ -242,18 +310,16 @@ class Graph:
         g = cache.get(key)
         if g is None:
             p = next(lens.model.parameters(), None)
-            g = cls(lens.model, size, device=None if p is None else p.device, dtype=None if p is None else p.dtype)
+            trace = Trace.of(lens.model, lens.__dict__.setdefault("_trace", {}))
+            g = cls(lens.model, size, device=None if p is None else p.device, dtype=None if p is None else p.dtype,
+                    trace=trace)
             cache[key] = g
         return g
 
-    def _trace(self):
-        Tracer = _tracer_class()
-        tracer = Tracer()
-        with ModelGuard(self.model):
-            graph = tracer.trace(self.model)
-            self.gm = fx.GraphModule(tracer.root, graph)
-        qual = tracer.node_to_qualname
-        fx_nodes = list(graph.nodes)
+    def _from_trace(self, trace: Trace):
+        self.gm = trace.gm
+        qual = trace.qualname
+        fx_nodes = trace.fx_nodes
         index = {n: i for i, n in enumerate(fx_nodes)}
         modules = dict(self.model.named_modules())
         self.nodes = []
@@ -262,7 +328,7 @@ class Graph:
             name = qual.get(n, n.name) if n.op not in ("placeholder", "output") else n.op
             inputs = tuple(index[a] for a in n.all_input_nodes)
             self.nodes.append(Node(i, name, n.op, n.target, module, inputs, fx_node=n))
-        self.module_nodes = {p: index[n] for p, n in tracer.module_outputs.items()}
+        self.module_nodes = {p: index[n] for p, n in trace.module_outputs.items()}
         p = next(self.model.parameters(), None)
         x = torch.zeros(1, *self.input_size, device=None if p is None else p.device,
                         dtype=None if p is None else p.dtype)
