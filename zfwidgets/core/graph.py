@@ -336,10 +336,11 @@ class Graph:
         for node in self.nodes:
             node.out_shape = values[node.index]
 
-    def run(self, x: torch.Tensor, keep="shapes", module_fn=None, gm=None):
+    def run(self, x: torch.Tensor, keep="shapes", module_fn=None, gm=None, stop: int | None = None):
         """Run the traced graph on ``x`` (eval mode, no gradients). ``keep="shapes"``: every node's output
         shape(s); ``keep="values"``: every node's output (in-place modules run on a copy of their input, so
-        every kept value stays as computed). ``module_fn(node, module, args, kwargs)`` may replace a module call."""
+        every kept value stays as computed). ``module_fn(node, module, args, kwargs)`` may replace a module call;
+        ``stop``: the index of the last node to run."""
         gm = self.gm if gm is None else gm
         nodes = self.nodes
         env: dict = {}
@@ -375,6 +376,8 @@ class Graph:
                         v = _fetch_attr(gm, n.target)
                 env[n] = v
                 out[node.index] = _tensor_shapes(v) if keep == "shapes" else v
+                if stop is not None and node.index >= stop:
+                    break
                 if keep == "shapes":   # free what no later node reads
                     for i in n.all_input_nodes:
                         if last.get(i) == node.index:
