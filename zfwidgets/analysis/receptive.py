@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core.capture import ModelGuard, StopForward
+from ..core.capture import StopForward
 from ..core.graph import POINTWISE_MODULES, Graph, GraphError
 from ..core.layers import window_params as _window_params
 from ._common import check_lens

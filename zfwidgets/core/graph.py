@@ -235,6 +235,11 @@ class Trace:
             cache.update(model=model, trace=t)
         return t
 
+    @staticmethod
+    def of_lens(lens):
+        """:meth:`of` the lens's model, cached on the lens."""
+        return Trace.of(lens.model, lens.__dict__.setdefault("_trace", {}))
+
     def path_of(self, n) -> str:
         """The module path a node belongs to (a module call: its module; a function: the module calling it)."""
         if n.op == "call_module":
@@ -246,6 +251,56 @@ class Trace:
 def _is_meta_fx(n) -> bool:
     return (n.op == "call_method" and n.target in ("size", "dim")) or n.op == "get_attr" or \
         (n.op == "call_function" and n.target is getattr)
+
+
+class FunctionStep(nn.Module):
+    """One functional operation of a chain's forward as a module: ``fn(x, *args, **kwargs)``."""
+
+    def __init__(self, fn, args=(), kwargs=None, name=None):
+        super().__init__()
+        self.fn, self.args, self.kwargs = fn, tuple(args), dict(kwargs or {})
+        self.name = name or (fn if isinstance(fn, str) else getattr(fn, "__name__", "function"))
+
+    def forward(self, x):
+        if isinstance(self.fn, str):
+            return getattr(x, self.fn)(*self.args, **self.kwargs)
+        return self.fn(x, *self.args, **self.kwargs)
+
+    def extra_repr(self):
+        return f"{self.name}, args={self.args}"
+
+
+def chain_steps(trace: Trace):
+    """``[(path, module)]`` of a traced forward in which every operation reads the one before, or ``None``.
+
+    Functional operations become :class:`FunctionStep` modules (``torch.flatten``: ``("<flatten>",
+    nn.Flatten(start, end))``, as the chain of torchvision's AlexNet / VGG has always been described).
+    """
+    steps = []
+    for n in trace.fx_nodes:
+        if n.op == "placeholder":
+            continue
+        if n.op == "output":
+            break
+        ins = n.all_input_nodes
+        if _is_meta_fx(n) or len(ins) != 1 or len(n.users) != 1 or ins[0].op == "get_attr":
+            return None
+        if n.args[:1] != (ins[0],):
+            return None
+        rest = n.args[1:]
+        found = []
+        fx.node.map_arg((rest, n.kwargs), found.append)
+        if found:   # the input read a second time (x * x): not a step of one input
+            return None
+        if n.op == "call_module":
+            steps.append((n.target, trace.model.get_submodule(n.target)))
+        elif n.target is torch.flatten or (n.op == "call_method" and n.target == "flatten"):
+            steps.append(("<flatten>", nn.Flatten(*(rest or (0,)), **n.kwargs)))
+        else:
+            steps.append((trace.qualname[n], FunctionStep(n.target, rest, n.kwargs)))
+    if not steps:
+        return None
+    return steps
 
 
 def runs_as_chain(trace: Trace, path: str) -> bool:

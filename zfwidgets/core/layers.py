@@ -42,7 +42,6 @@ def layer_table(model: nn.Module, trace=None) -> list[LayerInfo]:
     if not isinstance(model, nn.Module):
         raise TypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
     if trace is not None and not isinstance(trace, str):
-        from .graph import runs_as_chain
         if not _is_flat_chain(trace):
             table = block_table(model, trace)
             if table:
@@ -174,28 +173,26 @@ def resolve_layer(model: nn.Module, layer, table: list[LayerInfo] | None = None,
     raise ValueError(f"unknown layer {layer!r}; valid layer names are {names}{hint}")
 
 
-def sequential_modules(model: nn.Module) -> list[tuple[str, nn.Module]] | None:
-    """The model as a flat list of ``(path, module)`` in execution order, if it is a plain chain.
+def sequential_modules(model: nn.Module, trace=None) -> list[tuple[str, nn.Module]] | None:
+    """The model as a flat list of ``(path, module)`` in execution order, if its forward is a plain chain.
 
-    Works for ``nn.Sequential`` models (nested too) and the torchvision AlexNet/VGG pattern
-    (``features`` → ``avgpool`` → flatten → ``classifier``). Returns ``None`` for anything else
-    (ResNet, DenseNet...), whose forward is not a chain of its modules.
+    Read from the model's graph (:class:`~zfwidgets.core.graph.Trace`): every operation reads the one
+    before and nothing else (``nn.Sequential`` models, torchvision AlexNet / VGG, the bundled ones). A
+    functional step of the forward appears as a module doing it (``torch.flatten(x, 1)``: ``("<flatten>",
+    nn.Flatten(1))``). Returns ``None`` for anything else (ResNet, DenseNet...), whose forward branches.
     """
-    def flat(prefix, m):
-        if isinstance(m, nn.Sequential):
-            out = []
-            for name, child in m.named_children():
-                out.extend(flat(f"{prefix}.{name}" if prefix else name, child))
-            return out
-        return [(prefix, m)]
+    from .graph import Trace, chain_steps
+    trace = Trace.of(model) if trace is None else trace
+    if isinstance(trace, str):   # fx cannot trace it: only a plain nn.Sequential is known to be a chain
+        if not isinstance(model, nn.Sequential):
+            return None
 
-    if isinstance(model, nn.Sequential):
+        def flat(prefix, m):
+            if isinstance(m, nn.Sequential):
+                return [x for name, c in m.named_children() for x in flat(f"{prefix}.{name}" if prefix else name, c)]
+            return [(prefix, m)]
         return flat("", model)
-    names = [n for n, _ in model.named_children()]
-    if names == ["features", "avgpool", "classifier"]:
-        return (flat("features", model.features) + [("avgpool", model.avgpool), ("<flatten>", nn.Flatten())]
-                + flat("classifier", model.classifier))
-    return None
+    return chain_steps(trace)
 
 
 def pair(v) -> tuple:

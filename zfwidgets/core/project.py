@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .graph import Trace, macs_per_position
 from .layers import sequential_modules, window_params
 from .rules import RULES
 
@@ -185,7 +186,7 @@ def _chain_plan(lens, fwd, path):
     None when the model is not a plain chain, or when a module below ``path`` is one the cropped
     backward does not handle (then :func:`project` backpropagates through the whole recorded graph).
     """
-    chain = sequential_modules(lens.model)
+    chain = sequential_modules(lens.model, Trace.of_lens(lens))
     if chain is None:
         return None
     idx = next((i for i, (p, _) in enumerate(chain) if p == path), None)
@@ -295,9 +296,9 @@ def _conv_work_fraction(plan, box) -> float:
             oy, ox = y1 - y0, x1 - x0
             _, y0, y1 = _span(y0, y1, H, s[0], p[0], d[0], k[0])
             _, x0, x1 = _span(x0, x1, W, s[1], p[1], d[1], k[1])
-            if isinstance(m, nn.Conv2d):  # a transposed conv's work: weights x output positions
-                done += m.weight.numel() * oy * ox
-                full += m.weight.numel() * H * W / (s[0] * s[1])
+            if isinstance(m, nn.Conv2d):  # a transposed conv's work: its multiply-adds per position x positions
+                done += macs_per_position(m) * oy * ox
+                full += macs_per_position(m) * H * W / (s[0] * s[1])
     return done / full if full else 1.0
 
 
