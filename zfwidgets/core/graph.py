@@ -443,7 +443,7 @@ class Graph:
         """The recorded order of the model's leaf modules (a model fx cannot trace)."""
         leaves = [(p, m) for p, m in self.model.named_modules() if not list(m.children()) and p]
         calls, outputs, produced = [], {}, {}
-        handles = []
+        handles, alive = [], []   # outputs kept alive: their ids must not be reused within the forward
 
         def hook_for(path, leaf):
             def hook(m, args, out):
@@ -453,6 +453,7 @@ class Graph:
                                   _tensor_shapes(out)))
                     if isinstance(out, torch.Tensor):
                         produced[id(out)] = len(calls)
+                        alive.append(out)
                 elif isinstance(out, torch.Tensor) and id(out) in produced:
                     outputs[path] = produced[id(out)]
             return hook
@@ -470,16 +471,28 @@ class Graph:
                 h.remove()
         self.nodes = [Node(0, "input", "placeholder", None, None, (), out_shape=tuple(x.shape))]
         chain = True
+        where = {0: 0}       # call number -> node index
         for i, (path, m, srcs, in_shapes, out_shape) in enumerate(calls, start=1):
-            srcs = [s for s in srcs if s is not None]
-            if srcs != [i - 1]:
+            prev = self.nodes[-1]
+            if srcs == [None] and len(in_shapes[0]) == 2 and isinstance(prev.out_shape, tuple) \
+                    and math.prod(prev.out_shape) == math.prod(in_shapes[0]):
+                # the previous output flattened in the forward (torch.flatten): a node of its own
+                self.nodes.append(Node(len(self.nodes), "<flatten>", "call_function", torch.flatten, None,
+                                       (prev.index,), out_shape=in_shapes[0]))
+                srcs = [len(self.nodes) - 1]
+            else:
+                srcs = [where.get(s) for s in srcs]
+            if srcs != [len(self.nodes) - 1]:
                 chain = False
-            self.nodes.append(Node(i, path, "call_module", path, m, tuple(srcs) or (i - 1,), out_shape=out_shape))
+            srcs = [s for s in srcs if s is not None]
+            self.nodes.append(Node(len(self.nodes), path, "call_module", path, m, tuple(srcs) or
+                                   (len(self.nodes) - 1,), out_shape=out_shape))
+            where[i] = len(self.nodes) - 1
         self.nodes.append(Node(len(self.nodes), "output", "output", None, None, (len(self.nodes) - 1,)))
         self.module_nodes = {}
         for i, (path, *_rest) in enumerate(calls, start=1):
-            self.module_nodes[path] = i
-        self.module_nodes.update(outputs)
+            self.module_nodes[path] = where[i]
+        self.module_nodes.update({p: where[i] for p, i in outputs.items()})
         self._recorded_chain = chain
 
     def _finish(self):

@@ -447,7 +447,10 @@ def _forward_values(graph, gm, module_of, x, target):
         h = x
         for node in graph.nodes[1: target.index + 1]:
             m = module_of(node)
-            h = m(h.clone() if getattr(m, "inplace", False) else h)
+            if m is None:     # a flatten the recorded order infers
+                h = torch.flatten(h, 1)
+            else:
+                h = m(h.clone() if getattr(m, "inplace", False) else h)
             values[node.index] = h
     return values
 
@@ -456,6 +459,8 @@ def _node_adjoint(graph, gm, node, m, values, fx_index, sig):
     """The vector-Jacobian product of one node with its recorded inputs: a list, one entry per tensor input."""
     from torch import fx
     if not graph.traced:   # a recorded chain: one module, one input
+        if m is None:      # an inferred flatten
+            return [sig.reshape(values[node.inputs[0]].shape)]
         xi = values[node.inputs[0]].detach().clone().requires_grad_(True)
         with torch.enable_grad():
             out = m(xi.clone())
