@@ -130,7 +130,11 @@ _RELU = {F.relu, F.relu_, torch.relu, torch.relu_, "relu", "relu_"}
 
 
 def kind_of_module(m: nn.Module) -> str:
-    """``window``, ``pointwise``, ``global`` or ``other`` for a module applied to an N x C x H x W map."""
+    """``window``, ``pointwise``, ``global`` or ``other`` for a module applied to an N x C x H x W map.
+
+    >>> kind_of_module(nn.Conv2d(3, 8, 3)), kind_of_module(nn.BatchNorm2d(8)), kind_of_module(nn.Linear(4, 2))
+    ('window', 'pointwise', 'global')
+    """
     if isinstance(m, _WINDOW_MODULES):
         return "window"
     if isinstance(m, _POINTWISE_MODULES):
@@ -162,7 +166,11 @@ def macs_per_position(m: nn.Module, in_channels: int | None = None) -> float:
 
 
 def macs(m: nn.Module, in_shape, out_shape) -> float:
-    """The one multiply-add count: one image through ``m`` (convolution, linear layer; pooling: its reads)."""
+    """The one multiply-add count: one image through ``m`` (convolution, linear layer; pooling: its reads).
+
+    >>> macs(nn.Conv2d(3, 8, 3), (1, 3, 10, 10), (1, 8, 8, 8))     # 8 x 3 x 3 x 3 per position, 64 positions
+    13824.0
+    """
     if isinstance(m, nn.Conv2d) and len(out_shape) == 4:
         return macs_per_position(m) * out_shape[2] * out_shape[3]
     if isinstance(m, nn.Linear):
@@ -355,7 +363,12 @@ class Graph:
     # ----- construction -------------------------------------------------------------------------
     @classmethod
     def of(cls, lens, input_size=None) -> "Graph":
-        """The graph of ``lens``'s model for inputs of ``input_size`` (default the lens's; cached on the lens)."""
+        """The graph of ``lens``'s model for inputs of ``input_size`` (default the lens's; cached on the lens).
+
+        >>> g = Graph.of(zfwidgets.load("zfnet-fashion"))
+        >>> g.traced, g.is_chain
+        (True, True)
+        """
         size = input_size if input_size is not None else lens.input_size
         if size is None:
             size = (lens.channels, 224, 224)

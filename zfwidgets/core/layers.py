@@ -18,7 +18,7 @@ from numbers import Integral
 
 from torch import nn
 
-__all__ = ["LayerInfo", "layer_table", "resolve_layer", "sequential_modules", "pair", "window_params"]
+__all__ = ["LayerInfo", "layer_table", "block_table", "resolve_layer", "sequential_modules", "pair", "window_params"]
 
 _FRIENDLY = re.compile(r"^(conv|fc)\d+$")
 
@@ -74,6 +74,11 @@ def block_table(model: nn.Module, trace) -> list[LayerInfo]:
     transition, an Inception module, a conv-BN-activation unit). Modules that never run (GoogLeNet's
     auxiliary heads in eval mode) are left out. Names are the shortest tail of the path that is unique and
     does not start with a digit (``layer1.0``, ``denseblock1``, ``Mixed_5b``, ``features.3``).
+
+    >>> from zfwidgets.core.graph import Trace
+    >>> m = torchvision.models.resnet18()
+    >>> [i.name for i in block_table(m, Trace.of(m))][:3]
+    ['conv1', 'layer1.0', 'layer1.1']
     """
     from .graph import runs_as_chain
     first: dict = {}
@@ -180,6 +185,9 @@ def sequential_modules(model: nn.Module, trace=None) -> list[tuple[str, nn.Modul
     before and nothing else (``nn.Sequential`` models, torchvision AlexNet / VGG, the bundled ones). A
     functional step of the forward appears as a module doing it (``torch.flatten(x, 1)``: ``("<flatten>",
     nn.Flatten(1))``). Returns ``None`` for anything else (ResNet, DenseNet...), whose forward branches.
+
+    >>> [p for p, _ in sequential_modules(torchvision.models.alexnet())][12:15]
+    ['features.12', 'avgpool', '<flatten>']
     """
     from .graph import Trace, chain_steps
     trace = Trace.of(model) if trace is None else trace
