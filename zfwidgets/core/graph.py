@@ -397,12 +397,35 @@ class Graph:
             inputs = tuple(index[a] for a in n.all_input_nodes)
             self.nodes.append(Node(i, name, n.op, n.target, module, inputs, fx_node=n))
         self.module_nodes = {p: index[n] for p, n in trace.module_outputs.items()}
-        p = next(self.model.parameters(), None)
-        x = torch.zeros(1, *self.input_size, device=None if p is None else p.device,
-                        dtype=None if p is None else p.dtype)
-        values = self.run(x, keep="shapes")
+        values = self._shapes()
         for node in self.nodes:
             node.out_shape = values[node.index]
+
+    def _shapes(self) -> dict:
+        """Every node's output shape: a forward on the meta device (no arithmetic: the model's parameters and
+        buffers stand in as meta tensors for the call), or of a zero image where an operation has no meta
+        kernel."""
+        p = next(self.model.parameters(), None)
+        dtype = None if p is None else p.dtype
+        graph = self
+
+        class _Run(nn.Module):
+            def __init__(self, gm):
+                super().__init__()
+                self.gm = gm
+
+            def forward(self, x):
+                return graph.run(x, keep="shapes")
+
+        runner = _Run(self.gm)
+        try:
+            from torch.func import functional_call
+            state = {k: torch.empty_like(v, device="meta")
+                     for k, v in list(runner.named_parameters()) + list(runner.named_buffers())}
+            return functional_call(runner, state, (torch.zeros(1, *self.input_size, device="meta", dtype=dtype),))
+        except Exception:  # noqa: BLE001 - an op without a meta kernel: the real forward of a zero image
+            x = torch.zeros(1, *self.input_size, device=None if p is None else p.device, dtype=dtype)
+            return self.run(x, keep="shapes")
 
     def run(self, x: torch.Tensor, keep="shapes", module_fn=None, gm=None, stop: int | None = None):
         """Run the traced graph on ``x`` (eval mode, no gradients). ``keep="shapes"``: every node's output
