@@ -352,8 +352,6 @@ def deconvnet_steps(lens, image, layer, channel=None, *, position="max", dtype=t
     import copy
     import operator
 
-    from torch import fx
-
     from .capture import pool_switches
     from .graph import Graph, is_relu
     name, path, module = lens.resolve(layer)
@@ -370,8 +368,8 @@ def deconvnet_steps(lens, image, layer, channel=None, *, position="max", dtype=t
     nodes = graph.ancestors(target)
     if dtype == torch.float32 or not graph.traced:
         gm = graph.gm
-    else:
-        gm = fx.GraphModule(copy.deepcopy(lens.model).to(dtype), graph.gm.graph)
+    else:   # the graph's targets are module paths of the model: a copy of it serves them in double precision
+        gm = copy.deepcopy(lens.model).to(dtype)
 
     def module_of(node):
         if node.module is None:
