@@ -23,15 +23,14 @@ from torch import nn
 
 from .core.capture import Capture, ModelGuard
 from .core.images import as_pil, check_input_tensor
-from .core.graph import Trace
+from .core.graph import ACTIVATIONS, Trace
 from .core.layers import LayerInfo, _conv_fc_table, layer_table, resolve_layer
 from .core.rules import RectifierSwap, RuleState
 
 __all__ = ["Lens", "Forward"]
 
-_OTHER_ACTIVATION_MODULES = (nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU,
-                             nn.SiLU, nn.Mish, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Softplus,
-                             nn.Sigmoid, nn.Tanh, nn.GLU, nn.Softsign, nn.Tanhshrink)
+# activation modules the ReLU rules do not cover (the graph's table of activations, and GLU)
+_OTHER_ACTIVATION_MODULES = tuple(a for a in ACTIVATIONS if a is not nn.ReLU) + (nn.GLU,)
 
 
 @dataclass

@@ -45,7 +45,7 @@ from .capture import ModelGuard
 from .layers import pair, window_params
 
 __all__ = ["Graph", "Trace", "runs_as_chain", "Node", "Window", "GraphError", "macs", "macs_per_position", "kind_of_module", "is_relu",
-           "POINTWISE_MODULES"]
+           "POINTWISE_MODULES", "ACTIVATIONS"]
 
 
 class GraphError(ValueError):
@@ -92,6 +92,11 @@ class Node:
     def users(self) -> tuple:
         return self._users
 
+    @property
+    def path(self) -> str:
+        """The module path of a module call; the operation's path otherwise (``layer1.0.add``)."""
+        return self.target if self.op == "call_module" and isinstance(self.target, str) else self.name
+
     def __repr__(self):
         return f"Node({self.index}, {self.name!r}, {self.kind}, {self.out_shape})"
 
@@ -100,6 +105,7 @@ class Node:
 _ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU,
                 nn.Mish, nn.Sigmoid, nn.Tanh, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid, nn.Softplus, nn.Softsign,
                 nn.Tanhshrink)
+ACTIVATIONS = _ACTIVATIONS
 _WINDOW_MODULES = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)
 # spatially pointwise in eval mode (channel-wise normalisations and LRN read one position's channels)
 _POINTWISE_MODULES = _ACTIVATIONS + (nn.BatchNorm2d, nn.modules.dropout._DropoutNd, nn.Identity,
