@@ -4,9 +4,9 @@
 the same image is a backward pass only, started at the chosen layer) and the ReLU rule of ``method``.
 On sequential conv nets (the bundled ones, AlexNet, VGG) that backward runs on the unit's receptive
 field only, layer by layer (:func:`_cropped_backward`); other models backpropagate through the graph.
-:func:`deconvnet_steps` is the explicit paper form for sequential nets: unpool with the recorded switches
-(accumulating where overlapping windows share a switch), rectify, filter with the transposed weights,
-keeping the reconstruction after every layer on the way down.
+:func:`deconvnet_steps` is the explicit paper form, on the model's graph (any network torch.fx traces):
+unpool with the recorded switches (accumulating where overlapping windows share a switch), rectify, filter
+with the transposed weights, keeping the reconstruction after every node on the way down.
 
 Example:
     >>> lens = zfwidgets.load("zfnet-fashion")
