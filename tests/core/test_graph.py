@@ -25,7 +25,8 @@ def test_chain_graph_kinds_windows_shapes(alexnet):
     assert g.traced and g.is_chain and Graph.of(alexnet) is g          # cached on the lens
     conv1 = g.node_of(alexnet.resolve("conv1")[1])
     assert conv1.kind == "window" and conv1.window.kernel == (11, 11) and conv1.window.stride == (4, 4)
-    assert conv1.window.padding == (2, 2) and conv1.out_shape == (1, 64, 55, 55) and conv1.in_shapes == ((1, 3, 224, 224),)
+    assert conv1.window.padding == (2, 2) and conv1.out_shape == (1, 64, 55, 55)
+    assert conv1.in_shapes == ((1, 3, 224, 224),)
     kinds = {n.name: n.kind for n in g.nodes}
     assert kinds["features.1"] == "pointwise" and kinds["avgpool"] == "global" and kinds["flatten"] == "global"
     assert kinds["classifier.1"] == "global" and g.nodes[0].kind == "input" and g.nodes[-1].kind == "output"

@@ -326,7 +326,8 @@ def test_other_activations_warn_naming_modules():
         zf.project(lens, torch.randn(1, 8, 8), "conv2", method="gradient")  # exact: no warning
 
 
-@pytest.mark.parametrize("arch,layers", [("resnet18", ["layer3.1", "fc"]), ("densenet121", ["transition2", "classifier"])])
+@pytest.mark.parametrize("arch,layers", [("resnet18", ["layer3.1", "fc"]),
+                                         ("densenet121", ["transition2", "classifier"])])
 def test_paper_form_walks_the_graph_of_resnet_and_densenet(arch, layers):
     """deconvnet_steps on a DAG: both branches at an add, channels split at a concatenation, batch norm as its
     per-channel scale; the pixels equal project(method="deconvnet") (itself checked against captum above)."""

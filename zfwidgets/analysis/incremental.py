@@ -3,8 +3,8 @@
 An occluder changes only a rectangle of the input. Through each convolution or pooling the changed
 rectangle grows by the layer's kernel (its halo) and shrinks by its stride; pointwise layers (ReLU, batch
 norm in eval mode, local response normalisation, dropout in eval mode) keep it. For a sequential conv net
-(its graph a chain: ``nn.Sequential``, torchvision AlexNet / VGG, the bundled models) the engine keeps every layer's output
-for the unoccluded image and, for a batch of occluder boxes, computes per layer only the changed
+(its graph a chain: ``nn.Sequential``, torchvision AlexNet / VGG, the bundled models) the engine keeps every layer's
+output for the unoccluded image and, for a batch of occluder boxes, computes per layer only the changed
 rectangle: it takes the input patch it needs (the changed rectangle plus the halo, from the cached
 activations overlaid with the previous layer's recomputed patch), runs the layer on that patch without
 padding (the cached input is pre-padded with the layer's padding value) and carries the result on as a

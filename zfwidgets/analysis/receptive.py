@@ -11,8 +11,8 @@ depends, for any model, computed rather than hard-coded per architecture:
   concatenation the sets of the branches are united; a broadcast gate (squeeze-and-excitation) reads its
   whole map. The box is the bounding box of the final set: exactly the support of the gradient, border
   effects included.
-- **gradient** (any other model, or ``method="gradient"``): the support of the gradient of the unit with respect to the input,
-  computed on a float64 copy of the model in which every convolution and linear layer has positive
+- **gradient** (any other model, or ``method="gradient"``): the support of the gradient of the unit with respect to
+  the input, computed on a float64 copy of the model in which every convolution and linear layer has positive
   weights (``1 / fan_in``) and zero bias, max pooling sums its window, and activations and normalisation
   layers are the identity. With every weight and signal positive nothing can cancel, so the support is
   the structural one (functional ``F.max_pool2d`` calls inside ``forward`` are not replaced).

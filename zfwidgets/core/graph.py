@@ -44,7 +44,8 @@ from torch import fx, nn
 from .capture import ModelGuard
 from .layers import pair, window_params
 
-__all__ = ["Graph", "Trace", "runs_as_chain", "Node", "Window", "GraphError", "macs", "macs_per_position", "kind_of_module", "is_relu",
+__all__ = ["Graph", "Trace", "runs_as_chain", "Node", "Window", "GraphError", "macs", "macs_per_position",
+           "kind_of_module", "is_relu",
            "POINTWISE_MODULES", "ACTIVATIONS"]
 
 

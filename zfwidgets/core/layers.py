@@ -149,8 +149,8 @@ def resolve_layer(model: nn.Module, layer, table: list[LayerInfo] | None = None,
     """Resolve ``layer`` (friendly name, dotted path, or the module itself) to ``(name, path, module)``.
 
     ``aliases`` (``{name: LayerInfo}``) are further names accepted (a model with blocks keeps answering to
-    the ``convK`` / ``fcK`` numbering of its convolutions). Raises ``TypeError`` for anything but a string or a module and ``ValueError`` (listing the valid
-    names) for a name or module the model does not have.
+    the ``convK`` / ``fcK`` numbering of its convolutions). Raises ``TypeError`` for anything but a string or a
+    module and ``ValueError`` (listing the valid names) for a name or module the model does not have.
     """
     table = layer_table(model) if table is None else table
     if isinstance(layer, nn.Module):
