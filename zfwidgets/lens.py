@@ -148,6 +148,9 @@ class Lens:
         for info in self.table:
             if info.path == path:
                 return info
+        for info in self._aliases.values():   # a convolution inside a block (ResNet's conv5, layer1.1.conv2)
+            if info.path == path:
+                return LayerInfo(name, path, module, info.kind)
         return LayerInfo(name, path, module, "other")
 
     # ----- device, classes ----------------------------------------------------------------------

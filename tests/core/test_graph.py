@@ -48,6 +48,8 @@ def test_resnet_graph_merges_and_names():
     assert lens.resolve("layer1.0.conv2")[1] == "layer1.0.conv2"
     assert lens.resolve("conv5")[1] == "layer1.1.conv2" and lens.resolve("fc21")[1] == "fc"
     assert lens.resolve("layer1")[1] == "layer1"
+    assert lens.layer_info("conv5").kind == lens.layer_info("layer1.1.conv2").kind == "conv"
+    assert lens.layer_info("layer2.0").kind == "conv" and lens.layer_info("fc").kind == "fc"
     assert sequential_modules(lens.model) is None
     with pytest.raises(ValueError, match="valid layer names"):
         lens.resolve("layer9")
