@@ -23,14 +23,14 @@ from torch import nn
 
 from .core.capture import Capture, ModelGuard
 from .core.images import as_pil, check_input_tensor
-from .core.layers import LayerInfo, layer_table, resolve_layer
+from .core.graph import ACTIVATIONS, Trace
+from .core.layers import LayerInfo, _conv_fc_table, layer_table, resolve_layer
 from .core.rules import RectifierSwap, RuleState
 
 __all__ = ["Lens", "Forward"]
 
-_OTHER_ACTIVATION_MODULES = (nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU,
-                             nn.SiLU, nn.Mish, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Softplus,
-                             nn.Sigmoid, nn.Tanh, nn.GLU, nn.Softsign, nn.Tanhshrink)
+# activation modules the ReLU rules do not cover (the graph's table of activations, and GLU)
+_OTHER_ACTIVATION_MODULES = tuple(a for a in ACTIVATIONS if a is not nn.ReLU) + (nn.GLU,)
 
 
 @dataclass
@@ -94,11 +94,23 @@ class Lens:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.model = model
-        self.table: list[LayerInfo] = layer_table(model)
-        convs = [i for i in self.table if i.kind == "conv"]
+        attention = [p for p, m in model.named_modules()
+                     if isinstance(m, nn.MultiheadAttention) or "Attention" in type(m).__name__]
+        if attention:
+            raise ValueError(f"{type(model).__name__} is a vision transformer (attention in {attention[:3]}"
+                             f"{' ...' if len(attention) > 3 else ''}): zfwidgets visualises convolutional networks, "
+                             "whose units have a place in the image; a transformer's convolution is only its patch "
+                             "embedding")
+        convs = [i for i in _conv_fc_table(model) if i.kind == "conv"]
         if not convs:
             raise ValueError(f"{type(model).__name__} has no Conv2d layer: zfwidgets visualises convolutional "
                              "networks")
+        self._trace: dict = {}
+        self.table: list[LayerInfo] = layer_table(model, Trace.of(model, self._trace))
+        # a model with blocks keeps answering to the convK / fcK numbering of its convolutions
+        numbered = _conv_fc_table(model)
+        self._aliases = {i.name: i for i in numbered if i.name not in {t.name for t in self.table}} \
+            if [i.path for i in numbered] != [i.path for i in self.table] else {}
         if input_size is not None:
             input_size = tuple(int(s) for s in input_size)
             if len(input_size) != 3:
@@ -129,13 +141,16 @@ class Lens:
 
     def resolve(self, layer) -> tuple[str, str, nn.Module]:
         """``(name, path, module)`` of a layer given by friendly name, dotted path or module."""
-        return resolve_layer(self.model, layer, self.table)
+        return resolve_layer(self.model, layer, self.table, self._aliases)
 
     def layer_info(self, layer) -> LayerInfo:
         name, path, module = self.resolve(layer)
         for info in self.table:
             if info.path == path:
                 return info
+        for info in self._aliases.values():   # a convolution inside a block (ResNet's conv5, layer1.1.conv2)
+            if info.path == path:
+                return LayerInfo(name, path, module, info.kind)
         return LayerInfo(name, path, module, "other")
 
     # ----- device, classes ----------------------------------------------------------------------
@@ -223,6 +238,7 @@ class Lens:
             out = self.model(x)
             if logits:
                 out = self._check_logits(out)
+        self._check_channels_first(cap.outputs, resolved)
         return (out if logits else None), dict(cap.outputs)
 
     def predict(self, images) -> torch.Tensor:
@@ -261,6 +277,7 @@ class Lens:
                 Capture(self.model, modules, switches=True) as cap:
             self.forward_count += 1
             logits = self._check_logits(self.model(leaf))
+        self._check_channels_first(cap.outputs, modules, only=[self.resolve(l)[1] for l in extra_layers])
         changed = cap.modified_in_place()
         if changed:
             raise RuntimeError(f"the model overwrote the outputs of {changed} in place after they were "
@@ -271,6 +288,17 @@ class Lens:
         if state.others:
             self._other_activations = sorted(state.others)
         return fwd
+
+    def _check_channels_first(self, outputs: dict, modules: dict, only=None) -> None:
+        """Refuse a linear layer applied along the last axis of a map (N x H x W x C: ConvNeXt's, Swin's):
+        features that read channels would read its height as channels."""
+        for key, t in outputs.items():
+            m = modules.get(key)
+            if isinstance(m, nn.Linear) and isinstance(t, torch.Tensor) and t.dim() > 2 \
+                    and (only is None or key in only):
+                raise ValueError(f"layer {key!r} is a linear layer applied to a channels-last map (output "
+                                 f"{tuple(t.shape)}, N x H x W x C); channel-based features would read its height "
+                                 "as channels: choose the block it belongs to or a convolution")
 
     def clear_cache(self) -> None:
         """Forget the cached forward (frees its graph)."""
@@ -293,15 +321,22 @@ class Lens:
 
         ``weights`` as in torchvision: ``None`` (random initialisation), ``"DEFAULT"``, a weights name
         (``"IMAGENET1K_V1"``) or an enum. Preprocessing and the ImageNet class names come from the
-        weights' metadata, which torchvision has offline. If the weights file is not in ``TORCH_HOME``
-        and cannot be downloaded, the error says where to put it.
+        weights' metadata, which torchvision has offline (without weights: those of the default weights, so
+        ``"inception_v3"`` takes 299 x 299). Keyword arguments of :class:`Lens` (``transform``,
+        ``class_names``, ``input_size``, ``mean``, ``std``, ``name``) go to the lens, any other to torchvision's
+        builder (``aux_logits=False``). If the weights file is not in ``TORCH_HOME`` and cannot be downloaded,
+        the error says where to put it.
 
         Example:
             >>> lens = Lens.from_torchvision("alexnet")            # random weights, offline
             >>> lens = Lens.from_torchvision("vgg16", "DEFAULT")   # needs the file in TORCH_HOME
         """
         from .zoo.torchvision_models import build_torchvision
-        model, transform, classes, size, w = build_torchvision(arch, weights)
-        lens = cls(model, transform=transform, class_names=classes, input_size=size, name=arch, **kwargs)
+        own = {"transform", "class_names", "input_size", "mean", "std", "name"}
+        builder_kwargs = {k: v for k, v in kwargs.items() if k not in own}
+        kwargs = {k: v for k, v in kwargs.items() if k in own}
+        model, transform, classes, size, w = build_torchvision(arch, weights, **builder_kwargs)
+        lens = cls(model, **{"transform": transform, "class_names": classes, "input_size": size, "name": arch,
+                             **kwargs})
         lens.weights = w
         return lens

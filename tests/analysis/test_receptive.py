@@ -95,14 +95,15 @@ class Residual(nn.Module):
         return self.fc(h.flatten(1))
 
 
-def test_non_sequential_model_uses_the_gradient_support(support_box):
+def test_non_sequential_model_uses_its_graph_and_equals_the_gradient_support(support_box):
     lens = Lens(Residual(), input_size=(2, 13, 11))
     for layer in ["conv2", "pool", "conv3"]:
-        fields = FieldMap(lens, layer)
-        assert fields.method == "gradient"
-        positions = all_positions(fields.out_shape)
-        assert [fields.box(p).as_tuple() for p in positions] == \
-            support_box(lens.model, layer, positions, (2, 13, 11))
+        for method in ("auto", "gradient"):
+            fields = FieldMap(lens, layer, method=method)
+            assert fields.method == ("geometry" if method == "auto" else "gradient")
+            positions = all_positions(fields.out_shape)
+            assert [fields.box(p).as_tuple() for p in positions] == \
+                support_box(lens.model, layer, positions, (2, 13, 11))
     with pytest.raises(ValueError, match="gradient"):
         FieldMap(lens, "conv2", method="chain")
 
@@ -175,3 +176,24 @@ def test_bad_input(small_lens):
 
 def test_public_name():
     assert zfwidgets.receptive_field is receptive_field
+
+
+@pytest.mark.parametrize("arch,layers", [
+    ("resnet50", ["conv1", "layer1.0", "layer2.3.conv2", "layer3.5", "layer4.2"]),
+    ("densenet121", ["features.denseblock1", "features.transition2", "features.denseblock3.denselayer5.conv2",
+                     "features.denseblock4"]),
+])
+def test_dag_receptive_fields_equal_the_gradient_support(support_box, arch, layers):
+    """ResNet-50 and DenseNet-121 (adds, concatenations): the graph's geometry at the centre and the borders
+    equals the support of an independent float64 gradient."""
+    torch.manual_seed(0)
+    lens = Lens.from_torchvision(arch)
+    lens.input_size = (3, 112, 112)
+    for layer in layers:
+        fields = FieldMap(lens, layer)
+        assert fields.method == "geometry"
+        H, W = fields.out_shape[2:]
+        positions = [(H // 2, W // 2), (0, 0), (H - 1, W - 1), (0, W // 2), (H // 2, W - 1)]
+        got = [fields.box(p).as_tuple() for p in positions]
+        assert got == support_box(lens.model, lens.resolve(layer)[1], positions, (3, 112, 112)), layer
+    assert receptive_field(lens, lens.layers[-1]).as_tuple() == (0, 0, 112, 112)

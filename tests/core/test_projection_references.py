@@ -324,3 +324,41 @@ def test_other_activations_warn_naming_modules():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         zf.project(lens, torch.randn(1, 8, 8), "conv2", method="gradient")  # exact: no warning
+
+
+@pytest.mark.parametrize("arch,layers", [("resnet18", ["layer3.1", "fc"]),
+                                         ("densenet121", ["transition2", "classifier"])])
+def test_paper_form_walks_the_graph_of_resnet_and_densenet(arch, layers):
+    """deconvnet_steps on a DAG: both branches at an add, channels split at a concatenation, batch norm as its
+    per-channel scale; the pixels equal project(method="deconvnet") (itself checked against captum above)."""
+    from zfwidgets.core.graph import Graph
+    torch.manual_seed(0)
+    lens = zf.Lens.from_torchvision(arch)
+    lens.input_size = (3, 64, 64)
+    torch.manual_seed(1)
+    x = torch.randn(3, 64, 64)
+    graph = Graph.of(lens)
+    for layer in layers:
+        p = zf.project(lens, x, layer, method="deconvnet")
+        steps = deconvnet_steps(lens, x, layer, p.channel, position=p.position or "max", dtype=torch.float64)
+        assert rel_err(p.pixels, steps[-1][1][0]) < 1e-5
+        names = [n for n, _ in steps]
+        below = dict(steps)
+        target = graph.node_of(lens.resolve(layer)[1])
+        for node in graph.ancestors(target):
+            if node.kind == "merge":
+                srcs = [graph.nodes[i] for i in node.inputs]
+                label = {s.name: (node.name if len(srcs) == 1 else f"{node.name}:{s.name}") for s in srcs}
+                assert all(label[s.name] in below for s in srcs), node.name   # every branch
+                if "cat" in node.name:
+                    chans = [below[label[s.name]].shape[1] for s in srcs]
+                    assert chans == [s.out_shape[1] for s in srcs]
+            elif node.kind == "window" and node.module is not None:
+                assert node.name in names
+    # batch norm in eval mode is its per-channel scale
+    bn = lens.model.get_submodule("layer1.0.bn1" if arch == "resnet18" else "features.norm0")
+    steps = dict(deconvnet_steps(lens, x, layers[0], 0, position=(0, 0), dtype=torch.float64))
+    name = "layer1.0.bn1" if arch == "resnet18" else "features.norm0"
+    after = next(v for k, v in steps.items() if k == graph.nodes[graph.node_of(name).users[0]].name)
+    scale = (bn.weight / (bn.running_var + bn.eps).sqrt()).double().view(1, -1, 1, 1)
+    torch.testing.assert_close(steps[name], after * scale)

@@ -137,7 +137,10 @@ class FilterHealth:
 def _first_conv(lens):
     for info in lens.table:
         if info.kind == "conv":
-            return info.name
+            if isinstance(info.module, nn.Conv2d):
+                return info.name
+            # a block (conv-BN-activation, a ResNet stem...): its first convolution, by path
+            return next(f"{info.path}.{p}" for p, m in info.module.named_modules() if isinstance(m, nn.Conv2d))
     raise ValueError(f"{lens.name} has no conv layer")  # Lens refuses such models already
 
 

@@ -3,8 +3,8 @@
 An occluder changes only a rectangle of the input. Through each convolution or pooling the changed
 rectangle grows by the layer's kernel (its halo) and shrinks by its stride; pointwise layers (ReLU, batch
 norm in eval mode, local response normalisation, dropout in eval mode) keep it. For a sequential conv net
-(``nn.Sequential``, torchvision AlexNet / VGG, the bundled models) the engine keeps every layer's output
-for the unoccluded image and, for a batch of occluder boxes, computes per layer only the changed
+(its graph a chain: ``nn.Sequential``, torchvision AlexNet / VGG, the bundled models) the engine keeps every layer's
+output for the unoccluded image and, for a batch of occluder boxes, computes per layer only the changed
 rectangle: it takes the input patch it needs (the changed rectangle plus the halo, from the cached
 activations overlaid with the previous layer's recomputed patch), runs the layer on that patch without
 padding (the cached input is pre-padded with the layer's padding value) and carries the result on as a
@@ -41,7 +41,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.capture import ModelGuard
-from ..core.layers import pair as _pair, sequential_modules
+from ..core.graph import Trace, kind_of_module, macs, macs_per_position
+from ..core.layers import sequential_modules, window_params
 from ._common import fill_tensor
 from ._inputs import as_input
 
@@ -69,13 +70,6 @@ SMALL_BATCH_MACS = 1e8
 # most 1 - this of full forwards; small nets (the bundled 28x28 ones) save too little and run in full.
 DEFAULT_MIN_SAVING = 0.2
 
-# spatially pointwise in eval mode: a patch of the output depends only on the same patch of the input
-_POINTWISE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
-              nn.Sigmoid, nn.Tanh, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid, nn.Softplus, nn.Softsign,
-              nn.Tanhshrink, nn.Identity, nn.LocalResponseNorm, nn.CrossMapLRN2d,
-              nn.modules.dropout._DropoutNd)
-
-
 @dataclass(frozen=True)
 class _Geometry:
     """A spatial layer (conv / pool) along both axes, run on a pre-padded input with padding 0."""
@@ -91,11 +85,6 @@ class _Geometry:
     def extent(self, d: int) -> int:
         return self.dilation[d] * (self.kernel[d] - 1) + 1
 
-    def macs_per_position(self, m) -> int:
-        if isinstance(m, nn.Conv2d):
-            return m.out_channels * (m.in_channels // m.groups) * self.kernel[0] * self.kernel[1]
-        return 0
-
 
 def _geometry(m: nn.Module, in_shape, out_shape):
     """The :class:`_Geometry` of ``m`` if the engine can run it on patches, else ``None``."""
@@ -103,30 +92,23 @@ def _geometry(m: nn.Module, in_shape, out_shape):
         return None
     H, W = in_shape[2:]
     Ho, Wo = out_shape[2:]
+    if kind_of_module(m) != "window":
+        return None
+    # 'valid' / 'same' padding: torch puts the odd extra pixel of 'same' at the end
+    k, s, lo, d, mode = window_params(m)
     if isinstance(m, nn.Conv2d):
-        if m.padding_mode != "zeros":
+        if mode != "zeros":
             return None
-        k, s, d = _pair(m.kernel_size), _pair(m.stride), _pair(m.dilation)
-        if isinstance(m.padding, str):   # 'valid' or 'same' (torch puts the odd extra pixel at the end)
-            lo = (0, 0) if m.padding == "valid" else tuple(d[i] * (k[i] - 1) // 2 for i in range(2))
-        else:
-            lo = _pair(m.padding)
         value = 0.0
     elif isinstance(m, nn.MaxPool2d):
         if m.return_indices:
             return None
-        k, d = _pair(m.kernel_size), _pair(m.dilation)
-        s, lo = _pair(m.stride if m.stride is not None else m.kernel_size), _pair(m.padding)
         value = float("-inf")
-    elif isinstance(m, nn.AvgPool2d):
-        k, s, lo = _pair(m.kernel_size), _pair(m.stride if m.stride is not None else m.kernel_size), _pair(m.padding)
-        d = (1, 1)
+    else:
         # a pre-padded zero border reproduces count_include_pad=True; ceil mode's clipped windows do not
         if m.ceil_mode or m.divisor_override is not None or (any(lo) and not m.count_include_pad):
             return None
         value = 0.0
-    else:
-        return None
     padded = []
     for i, (n, no) in enumerate(((H, Ho), (W, Wo))):
         need = (no - 1) * s[i] + d[i] * (k[i] - 1) + 1   # the input extent the outputs read
@@ -170,20 +152,7 @@ def _is_pointwise(m: nn.Module, in_shape, out_shape) -> bool:
         return m.track_running_stats and m.running_mean is not None
     if isinstance(m, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
         return tuple(in_shape) == tuple(out_shape)   # AlexNet's 6x6 -> 6x6 at 224 input: the identity
-    return isinstance(m, _POINTWISE) and tuple(in_shape) == tuple(out_shape)
-
-
-def _full_cost(m: nn.Module, shape_in, shape_out) -> float:
-    """Multiply-adds (or comparisons) of one image through ``m``."""
-    if isinstance(m, nn.Conv2d):
-        kh, kw = _pair(m.kernel_size)
-        return float(m.out_channels * (m.in_channels // m.groups) * kh * kw * shape_out[2] * shape_out[3])
-    if isinstance(m, nn.Linear):
-        return float(m.in_features * m.out_features)
-    if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)) and len(shape_out) == 4:
-        kh, kw = _pair(m.kernel_size)
-        return float(shape_out[1] * shape_out[2] * shape_out[3] * kh * kw)
-    return 0.0
+    return kind_of_module(m) == "pointwise" and tuple(in_shape) == tuple(out_shape)
 
 
 def _ceil_div(a: torch.Tensor, b: int) -> torch.Tensor:
@@ -348,7 +317,7 @@ class IncrementalOcclusion:
         self.min_saving = float(min_saving)
         self.last_mode = None   # "incremental" or "full": how the last call ran
         self.image = as_input(lens, image).detach()
-        self.chain = sequential_modules(lens.model)
+        self.chain = sequential_modules(lens.model, Trace.of_lens(lens))
         self.incremental = self.chain is not None
         self._key = None
         self._prepare()
@@ -365,6 +334,13 @@ class IncrementalOcclusion:
         self.base_logits = None
         self._steps, self._base, self._padded, self._shapes, self._full_cost = [], [], {}, [], []
         if not self.incremental:
+            m = self.lens.model
+            if isinstance(m, nn.Sequential) or [n for n, _ in m.named_children()] == ["features", "avgpool",
+                                                                                       "classifier"]:
+                # built like a chain, but its graph branches (a skip in the forward)
+                self.lens.warn_once(("incremental", "chain"),
+                                    f"{type(m).__name__}'s forward is not the chain of its modules; occlusion falls "
+                                    "back to full forwards")
             return
         x = self.image
         try:
@@ -400,7 +376,7 @@ class IncrementalOcclusion:
                 self._steps.append(_Step(i, path, m, kind, geom))
                 self._base.append(out if kind != "full" else None)
                 self._shapes.append(shape_out)
-                self._full_cost.append(_full_cost(m, shape_in, shape_out))
+                self._full_cost.append(macs(m, shape_in, shape_out))
                 h = out
             if not isinstance(h, torch.Tensor) or h.dim() != 2:
                 return False
@@ -419,7 +395,7 @@ class IncrementalOcclusion:
 
     def _refresh(self) -> None:
         if self._key != self._model_key():   # weights changed since the cache was built
-            self.chain = sequential_modules(self.lens.model)
+            self.chain = sequential_modules(self.lens.model, Trace.of_lens(self.lens))
             self.incremental = self.chain is not None
             self._prepare()
 
@@ -452,11 +428,8 @@ class IncrementalOcclusion:
 
     def _step_weight(self, s: _Step) -> float:
         """Cost of one output position of a spatial step, in multiply-adds (pooling: one per window element)."""
-        m, g = s.module, s.geometry
         c_in = self._shapes[s.index - 1][1] if s.index else self.image.shape[1]
-        if isinstance(m, nn.Conv2d):
-            return float(m.out_channels * (m.in_channels // m.groups) * g.kernel[0] * g.kernel[1])
-        return float(c_in * g.kernel[0] * g.kernel[1])
+        return macs_per_position(s.module, c_in)
 
     def _groups(self, boxes: torch.Tensor) -> list:
         """Split the boxes into groups that share window sizes (see :class:`_Group`).
@@ -573,11 +546,10 @@ class IncrementalOcclusion:
         for s in self._steps:
             m = s.module
             if isinstance(m, nn.Linear):
-                fc += m.in_features * m.out_features
+                fc += macs_per_position(m)
             if not isinstance(m, nn.Conv2d):
                 continue
-            kh, kw = _pair(m.kernel_size)
-            per = m.out_channels * (m.in_channels // m.groups) * kh * kw
+            per = macs_per_position(m)
             area = self._shapes[s.index][2] * self._shapes[s.index][3]
             full += per * area
             if s.index in regions:

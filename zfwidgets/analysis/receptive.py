@@ -3,14 +3,16 @@
 :func:`receptive_field` gives the box of input pixels on which the activation at ``position`` of ``layer``
 depends, for any model, computed rather than hard-coded per architecture:
 
-- **chain** (models that :func:`~zfwidgets.core.layers.sequential_modules` can flatten: ``nn.Sequential``,
-  torchvision AlexNet/VGG): walk down the chain from the layer to the input. Per spatial axis, each
+- **geometry** (every model torch.fx traces, :class:`~zfwidgets.core.graph.Graph`; reported as ``"chain"``
+  where the graph is a chain): walk down the graph from the layer to the input. Per spatial axis, each
   convolution or pooling maps a set of output indices to the input indices its windows read (kernel, stride,
   padding, dilation; reflect/replicate/circular padding map to the pixels they copy; adaptive pooling uses
-  its own windows); element-wise modules (activations, batch norm, LRN, dropout) keep the set. The box is
-  the bounding box of the final set: exactly the support of the gradient, border effects included.
-- **gradient** (any other model): the support of the gradient of the unit with respect to the input,
-  computed on a float64 copy of the model in which every convolution and linear layer has positive
+  its own windows); pointwise nodes (activations, batch norm, LRN, dropout) keep the set; at an add or a
+  concatenation the sets of the branches are united; a broadcast gate (squeeze-and-excitation) reads its
+  whole map. The box is the bounding box of the final set: exactly the support of the gradient, border
+  effects included.
+- **gradient** (any other model, or ``method="gradient"``): the support of the gradient of the unit with respect to
+  the input, computed on a float64 copy of the model in which every convolution and linear layer has positive
   weights (``1 / fan_in``) and zero bias, max pooling sums its window, and activations and normalisation
   layers are the identity. With every weight and signal positive nothing can cancel, so the support is
   the structural one (functional ``F.max_pool2d`` calls inside ``forward`` are not replaced).
@@ -35,8 +37,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core.capture import ModelGuard, StopForward
-from ..core.layers import pair as _pair, sequential_modules, window_params as _window_params
+from ..core.capture import StopForward
+from ..core.graph import POINTWISE_MODULES, Graph, GraphError
+from ..core.layers import window_params as _window_params
 from ._common import check_lens
 
 __all__ = ["Box", "receptive_field"]
@@ -90,15 +93,7 @@ class Box:
         return np.asarray(image)[ys, xs]
 
 
-# ----- the chain walk --------------------------------------------------------------------------
-_ELEMENTWISE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU,
-                nn.Mish, nn.Sigmoid, nn.Tanh, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid, nn.Softplus,
-                nn.Dropout, nn.Dropout2d, nn.AlphaDropout, nn.Identity, nn.BatchNorm2d, nn.LocalResponseNorm,
-                nn.CrossMapLRN2d)
-_WINDOWED = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)
-_ADAPTIVE = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
-
-
+# ----- the geometry of the graph ---------------------------------------------------------------
 def _pad_index(idx: np.ndarray, n: int, mode: str) -> np.ndarray:
     """Input index read at (possibly padded) index ``idx``; -1 where zero padding is read."""
     if mode == "zeros":
@@ -132,32 +127,86 @@ def _adaptive_reads(n_out: int, n_in: int) -> np.ndarray:
     return reads
 
 
-class _ChainFields:
-    """Receptive fields of one layer of a sequential chain, per axis, for every position of its map."""
+def _first(shape):
+    """A node's output shape; the first part's for a chunk / split (its parts share the spatial size)."""
+    return shape[0] if isinstance(shape, list) else shape
 
-    def __init__(self, steps, shapes, out_shape, input_hw):
-        self.out_shape = out_shape
-        self.input_hw = input_hw
-        self.reads = []       # per axis: out_len x input_len boolean
-        self.affine = []      # per axis: list of (kind, params) to map unclipped intervals
+
+def _reads(node, src, axis):
+    """``(reads n_out x n_in, interval map)`` of ``node`` on its input ``src`` along one spatial axis."""
+    n_out = _first(node.out_shape)[node.axes[axis]]
+    n_in = _first(src.out_shape)[src.axes[axis]] if src.axes is not None else 1
+    if node.kind == "window":
+        w = node.window
+        k, s, p, d = w.kernel[axis], w.stride[axis], w.padding[axis], w.dilation[axis]
+        return _windowed_reads(n_out, n_in, k, s, p, d, w.mode), ("window", (k, s, p, d))
+    if node.adaptive:
+        return _adaptive_reads(n_out, n_in), ("adaptive", (n_out, n_in))
+    if node.kind == "global" or (n_in == 1 and n_out != 1):   # a mean kept as 1 x 1, a broadcast gate
+        return np.ones((n_out, n_in), dtype=bool), ("all", (n_in,))
+    if n_in != n_out:
+        raise GraphError(f"{node.name!r} changes the map's size from {n_in} to {n_out} without a known window")
+    return None, ("same", ())
+
+
+def _map_interval(kind, prm, lo, hi):
+    if kind == "window":
+        k, s, p, d = prm
+        return lo * s - p, hi * s - p + d * (k - 1)
+    if kind == "adaptive":
+        n_out, n_in = prm
+        lo, hi = np.clip(lo, 0, n_out - 1), np.clip(hi, 0, n_out - 1)
+        return (lo * n_in) // n_out, -(-((hi + 1) * n_in) // n_out) - 1
+    if kind == "all":
+        return np.zeros_like(lo), np.full_like(hi, prm[0] - 1)
+    return lo, hi
+
+
+class _GraphFields:
+    """Receptive fields of every position of one node's map, walking the graph down to the input.
+
+    Per spatial axis, each node's reads (a window's kernel, stride, padding and dilation; an adaptive
+    pooling's windows; everything for a global node; the same index for pointwise nodes and merges) are
+    composed from the node down to the input as boolean matrices, united where branches meet.
+    """
+
+    def __init__(self, graph, target, input_hw):
+        self.input_hw = tuple(input_hw)
+        self.out_shape = tuple(target.out_shape)
+        nodes = [n for n in graph.ancestors(target) if n.kind != "meta"]
+        graph.check_geometry(nodes, "the receptive field")
+        self.reads, self.unclipped = [], []
         for axis in range(2):
-            n_top = out_shape[2 + axis]
-            reach = np.eye(n_top, dtype=bool)
-            maps = []
-            for m, (in_shape, o_shape) in zip(reversed(steps), reversed(shapes)):
-                n_in, n_out = in_shape[2 + axis], o_shape[2 + axis]
-                if isinstance(m, _WINDOWED):
-                    k, s, p, d, mode = _window_params(m)
-                    r = _windowed_reads(n_out, n_in, k[axis], s[axis], p[axis], d[axis], mode)
-                    maps.append(("window", (k[axis], s[axis], p[axis], d[axis])))
-                elif isinstance(m, _ADAPTIVE):
-                    r = _adaptive_reads(n_out, n_in)
-                    maps.append(("adaptive", (n_out, n_in)))
-                else:  # element-wise
+            n_top = self.out_shape[target.axes[axis]]
+            reach = {target.index: np.eye(n_top, dtype=np.float32)}
+            lo = {target.index: np.arange(n_top)}
+            hi = {target.index: np.arange(n_top)}
+            for node in reversed(nodes):
+                if node.index not in reach or node.op == "placeholder":
                     continue
-                reach = (reach.astype(np.int64) @ r.astype(np.int64)) > 0
-            self.reads.append(reach)
-            self.affine.append(maps)
+                r, l, h = reach.pop(node.index), lo.pop(node.index), hi.pop(node.index)
+                for i in node.inputs:
+                    src = graph.nodes[i]
+                    if src.kind == "meta":
+                        continue
+                    if src.axes is None:
+                        raise GraphError(f"the receptive field: {node.name!r} reads {src.name!r}, which has no "
+                                         "spatial axes")
+                    m, (kind, prm) = _reads(node, src, axis)
+                    ri = r if m is None else ((r @ m.astype(np.float32)) > 0).astype(np.float32)
+                    li, hi_ = _map_interval(kind, prm, l, h)
+                    if i in reach:
+                        reach[i] = np.maximum(reach[i], ri)
+                        lo[i], hi[i] = np.minimum(lo[i], li), np.maximum(hi[i], hi_)
+                    else:
+                        reach[i], lo[i], hi[i] = ri, li, hi_
+            first = graph.nodes[0].index
+            if first in reach:
+                self.reads.append(reach[first] > 0)
+                self.unclipped.append((lo[first], hi[first]))
+            else:   # the unit does not depend on the input
+                self.reads.append(np.zeros((n_top, self.input_hw[axis]), dtype=bool))
+                self.unclipped.append((np.zeros(n_top, dtype=int), np.full(n_top, -1)))
 
     def box(self, position) -> Box:
         clipped, unclipped = [], []
@@ -165,45 +214,29 @@ class _ChainFields:
             o = position[axis]
             hit = np.flatnonzero(self.reads[axis][o])
             clipped.append((int(hit[0]), int(hit[-1]) + 1) if hit.size else (0, 0))
-            lo = hi = o
-            for kind, prm in self.affine[axis]:
-                if kind == "window":
-                    k, s, p, d = prm
-                    lo, hi = lo * s - p, hi * s - p + d * (k - 1)
-                else:
-                    n_out, n_in = prm
-                    lo, hi = min(max(lo, 0), n_out - 1), min(max(hi, 0), n_out - 1)
-                    lo, hi = (lo * n_in) // n_out, -(-((hi + 1) * n_in) // n_out) - 1
-            unclipped.append((lo, hi + 1))
+            lo, hi = self.unclipped[axis]
+            unclipped.append((int(lo[o]), int(hi[o]) + 1))
         (y0, y1), (x0, x1) = clipped
+        if y1 == y0 or x1 == x0:
+            return Box(0, 0, 0, 0)
         (uy0, uy1), (ux0, ux1) = unclipped
         return Box(y0, x0, y1, x1, (uy0, ux0, uy1, ux1))
 
 
-def _chain_fields(lens, module, input_size):
-    """A :class:`_ChainFields` for ``module``, or ``None`` if the model is not a chain this walk understands."""
-    chain = sequential_modules(lens.model)
-    if chain is None:
-        return None
-    idx = next((i for i, (_, m) in enumerate(chain) if m is module), None)
-    if idx is None:
-        return None
-    steps = [m for _, m in chain[: idx + 1]]
-    x = torch.zeros(1, *input_size, device=lens.device)
-    shapes = []
-    with torch.no_grad(), ModelGuard(lens.model):
-        h = x
-        for m in steps:
-            before = tuple(h.shape)
-            h = m(h)
-            shapes.append((before, tuple(h.shape)))
-    if h.dim() == 2:
-        return _FullImage(tuple(h.shape), input_size[1:])
-    for m, (before, after) in zip(steps, shapes):
-        if isinstance(m, _WINDOWED + _ADAPTIVE + _ELEMENTWISE) and len(before) == 4 and len(after) == 4:
-            continue
-        return None  # something the walk does not model (flatten, custom modules...): use the gradient
-    return _ChainFields(steps, shapes, tuple(h.shape), input_size[1:])
+def _graph_fields(lens, path, input_size):
+    """A :class:`_GraphFields` (or :class:`_FullImage`) for the module at ``path``; raises :class:`GraphError`
+    where the graph's geometry is unknown."""
+    graph = Graph.of(lens, input_size)
+    target = graph.node_of(path)
+    if not isinstance(target.out_shape, tuple):
+        raise GraphError(f"layer {path!r} does not produce one tensor")
+    if target.axes is None:
+        if len(target.out_shape) == 2:
+            return graph, _FullImage(tuple(target.out_shape), input_size[1:])
+        raise GraphError(f"layer {path!r}'s output {target.out_shape} has no spatial axes")
+    if target.axes != (2, 3):
+        raise GraphError(f"layer {path!r} works on channels-last maps {target.out_shape}")
+    return graph, _GraphFields(graph, target, input_size[1:])
 
 
 class _FullImage:
@@ -242,7 +275,7 @@ class _WindowSum(nn.Module):
         return y[..., : out_hw[0], : out_hw[1]]
 
 
-_IDENTITY_IN_COPY = _ELEMENTWISE + (nn.BatchNorm1d, nn.BatchNorm3d, nn.GroupNorm, nn.LayerNorm,
+_IDENTITY_IN_COPY = POINTWISE_MODULES + (nn.BatchNorm1d, nn.BatchNorm3d, nn.GroupNorm, nn.LayerNorm,
                                     nn.InstanceNorm2d, nn.Softmax2d)
 
 
@@ -315,8 +348,8 @@ class FieldMap:
     many boxes of one layer). ``FieldMap(lens, layer).box((y, x))``."""
 
     def __init__(self, lens, layer, *, method: str = "auto", input_size=None):
-        if method not in ("auto", "chain", "gradient"):
-            raise ValueError(f"method must be 'auto', 'chain' or 'gradient', got {method!r}")
+        if method not in ("auto", "chain", "geometry", "gradient"):
+            raise ValueError(f"method must be 'auto', 'geometry', 'chain' or 'gradient', got {method!r}")
         check_lens(lens)
         name, path, module = lens.resolve(layer)
         size = input_size if input_size is not None else lens.input_size
@@ -327,13 +360,21 @@ class FieldMap:
             raise ValueError(f"input_size must be (C, H, W), got {size}")
         self.layer, self.method = name, method
         impl = None
-        if method in ("auto", "chain"):
-            impl = _chain_fields(lens, module, size)
-            if impl is None and method == "chain":
-                raise ValueError(f"layer {name!r} of {type(lens.model).__name__} is not in a sequential chain of "
-                                 "convolutions, poolings and element-wise modules; use method='gradient'")
-            self.method = "chain" if impl is not None else "gradient"
+        if method != "gradient":
+            try:
+                graph, impl = _graph_fields(lens, path, size)
+            except GraphError as e:
+                if method != "auto":
+                    raise ValueError(f"layer {name!r} of {type(lens.model).__name__}: {e}; use method='gradient'") \
+                        from None
+                impl = None
+            else:
+                if method == "chain" and not graph.is_chain:
+                    raise ValueError(f"{type(lens.model).__name__} is not a sequential chain of modules; use "
+                                     "method='geometry' (its graph) or 'gradient'")
+                self.method = "chain" if graph.is_chain else "geometry"
         if impl is None:
+            self.method = "gradient"
             impl = _GradientFields(lens, path, size)
         self._impl = impl
         self.out_shape = impl.out_shape
@@ -372,8 +413,9 @@ def receptive_field(lens, layer, position=None, *, method: str = "auto", input_s
         lens: a :class:`zfwidgets.Lens` (its ``input_size`` gives the input; else pass ``input_size``).
         layer: friendly name (``"conv3"``), dotted path or module.
         position: ``(y, x)`` in the layer's feature map; ``None`` for a fully connected layer.
-        method: ``"auto"`` (compose the chain where the model is one, else the gradient support),
-            ``"chain"`` or ``"gradient"`` (see the module docstring).
+        method: ``"auto"`` (the geometry of the model's graph where it is known, else the gradient
+            support), ``"geometry"``, ``"chain"`` (the geometry, for chains only) or ``"gradient"`` (see the
+            module docstring).
 
     Returns a frozen :class:`Box` (``y0, x0, y1, x1`` half-open, clipped to the input, and ``unclipped``).
 

@@ -36,7 +36,10 @@ class Capture:
     ``switches=True`` also records, for every ``nn.MaxPool2d`` in the model, its switches and input
     shape (``cap.switches[path]``, ``cap.pool_inputs[path]``). ``stop=True`` ends the forward with
     :class:`StopForward` as soon as every requested output is in (swallowed by ``__exit__``).
-    ``detach=True`` stores detached copies (no graph; safe from later in-place operations).
+    ``detach=True`` stores detached copies (no graph; safe from later in-place operations). Without it,
+    the model's in-place modules (``ReLU(inplace=True)``, MobileNetV3's ``Hardswish``, EfficientNet's
+    ``SiLU``) run out of place for the duration of the capture, so that they cannot overwrite a recorded
+    output; their ``inplace`` flags are given back on leaving.
     An activation is the module's output as the module returned it (for a conv layer: before its ReLU).
     """
 
@@ -52,6 +55,7 @@ class Capture:
         self.switches: dict = {}
         self.pool_inputs: dict = {}
         self.handles: list = []
+        self.inplace: list = []
 
     def _hook_for(self, key):
         def hook(module, args, output):
@@ -78,6 +82,11 @@ class Capture:
 
     def __enter__(self):
         try:
+            if not self.detach:
+                for m in self.model.modules():
+                    if getattr(m, "inplace", None) is True:
+                        self.inplace.append(m)
+                        m.inplace = False
             for key, module in self.modules.items():
                 self.handles.append(module.register_forward_hook(self._hook_for(key)))
             if self.want_switches:
@@ -92,6 +101,8 @@ class Capture:
     def remove(self) -> None:
         while self.handles:
             self.handles.pop().remove()
+        while self.inplace:
+            self.inplace.pop().inplace = True
 
     def __exit__(self, exc_type, exc, tb):
         self.remove()

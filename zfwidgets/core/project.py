@@ -4,9 +4,9 @@
 the same image is a backward pass only, started at the chosen layer) and the ReLU rule of ``method``.
 On sequential conv nets (the bundled ones, AlexNet, VGG) that backward runs on the unit's receptive
 field only, layer by layer (:func:`_cropped_backward`); other models backpropagate through the graph.
-:func:`deconvnet_steps` is the explicit paper form for sequential nets: unpool with the recorded switches
-(accumulating where overlapping windows share a switch), rectify, filter with the transposed weights,
-keeping the reconstruction after every layer on the way down.
+:func:`deconvnet_steps` is the explicit paper form, on the model's graph (any network torch.fx traces):
+unpool with the recorded switches (accumulating where overlapping windows share a switch), rectify, filter
+with the transposed weights, keeping the reconstruction after every node on the way down.
 
 Example:
     >>> lens = zfwidgets.load("zfnet-fashion")
@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .graph import Trace, macs_per_position
 from .layers import sequential_modules, window_params
 from .rules import RULES
 
@@ -185,7 +186,7 @@ def _chain_plan(lens, fwd, path):
     None when the model is not a plain chain, or when a module below ``path`` is one the cropped
     backward does not handle (then :func:`project` backpropagates through the whole recorded graph).
     """
-    chain = sequential_modules(lens.model)
+    chain = sequential_modules(lens.model, Trace.of_lens(lens))
     if chain is None:
         return None
     idx = next((i for i, (p, _) in enumerate(chain) if p == path), None)
@@ -295,9 +296,9 @@ def _conv_work_fraction(plan, box) -> float:
             oy, ox = y1 - y0, x1 - x0
             _, y0, y1 = _span(y0, y1, H, s[0], p[0], d[0], k[0])
             _, x0, x1 = _span(x0, x1, W, s[1], p[1], d[1], k[1])
-            if isinstance(m, nn.Conv2d):  # a transposed conv's work: weights x output positions
-                done += m.weight.numel() * oy * ox
-                full += m.weight.numel() * H * W / (s[0] * s[1])
+            if isinstance(m, nn.Conv2d):  # a transposed conv's work: its multiply-adds per position x positions
+                done += macs_per_position(m) * oy * ox
+                full += macs_per_position(m) * H * W / (s[0] * s[1])
     return done / full if full else 1.0
 
 
@@ -324,86 +325,173 @@ def _filter(signal: torch.Tensor, conv: nn.Conv2d, in_shape) -> torch.Tensor:
                               tuple(out_pad), conv.groups, conv.dilation)
 
 
-_LINEAR_PASS = (nn.Dropout, nn.Identity, nn.LocalResponseNorm, nn.CrossMapLRN2d)
+_LINEAR_PASS = (nn.modules.dropout._DropoutNd, nn.Identity, nn.LocalResponseNorm, nn.CrossMapLRN2d)
 
 
 def deconvnet_steps(lens, image, layer, channel=None, *, position="max", dtype=torch.float32):
-    """The paper's deconvnet, step by step, for sequential conv nets (ZF §2.1, Fig. 1).
+    """The paper's deconvnet, step by step, on any network torch.fx traces (ZF §2.1, Fig. 1).
 
-    Runs its own forward through the model's modules, recording switches, then goes down from ``layer``:
-    unpool (scatter-add at the switches), rectify (``relu``), filter (transposed convolution, no bias);
-    contrast normalisation and dropout are skipped, a fully connected layer is inverted by its transposed
-    weight, other linear modules (average pooling, eval-mode batch norm) by their exact adjoint.
+    Runs its own forward through the model's graph (:class:`~zfwidgets.core.graph.Graph`), keeping every
+    node's output, then goes down from ``layer`` node by node: unpool (scatter-add at the switches), rectify
+    (``relu``), filter (transposed convolution, no bias); contrast normalisation and dropout are skipped, a
+    fully connected layer is inverted by its transposed weight, batch norm in eval mode by its per-channel
+    scale, every other node (average and adaptive pooling, flatten, channel slicing) by its exact adjoint.
+    At an add the signal goes down both branches; at a concatenation it is split by channels; where
+    branches meet again their signals are summed. The result equals ``project(..., method="deconvnet")``.
 
-    Returns a list of ``(path, reconstruction)``: the signal *below* each module on the way down, the
-    last entry being the projection in pixel space (1 x C x H x W). ``dtype=torch.float64`` computes in
-    double precision on a copy of the weights.
+    Returns a list of ``(path, reconstruction)``: the signal *below* each node on the way down (for a node
+    with several inputs one entry per input, ``"path:input"``), the last entry being the projection in pixel
+    space (1 x C x H x W). ``dtype=torch.float64`` computes in double precision on a copy of the weights.
 
     Example:
-        >>> steps = deconvnet_steps(lens, img, "conv3")
-        >>> [p for p, _ in steps]    # ['conv3', 'pool2', 'relu2', 'conv2', ...]
+        >>> lens = zfwidgets.load("zfnet-fashion")
+        >>> steps = deconvnet_steps(lens, zfwidgets.samples()[0].image, "conv3")
+        >>> [p for p, _ in steps][:3]
+        ['conv3', 'pool2', 'relu2']
     """
-    chain = sequential_modules(lens.model)
-    if chain is None:
-        raise ValueError(f"{type(lens.model).__name__} is not a sequential chain of modules; the paper-form "
-                         "deconvnet needs one (use project(..., method='deconvnet') for any model)")
+    import copy
+    import operator
+
+    from .capture import pool_switches
+    from .graph import Graph, is_relu
     name, path, module = lens.resolve(layer)
-    idx = next((i for i, (p, m) in enumerate(chain) if m is module), None)
-    if idx is None:
-        raise ValueError(f"layer {name!r} is not one of the top-level steps of the sequential chain")
     x = lens.to_input(image).detach().to(dtype)
-    shapes, switches, inputs = [], {}, []
-    from .capture import ModelGuard, pool_switches
-    with torch.no_grad(), ModelGuard(lens.model):
-        h = x
-        for i, (p, m) in enumerate(chain[: idx + 1]):
-            shapes.append(tuple(h.shape))
-            inputs.append(h)
-            if isinstance(m, nn.MaxPool2d):
-                switches[i] = pool_switches(m, h)
-            h = _run_module(m, h, dtype)
-    seed, channel, pos, value = select_activation(h.float(), name, channel, position)
-    signal = seed.to(dtype)
+    graph = Graph.of(lens, tuple(x.shape[1:]))
+    if not graph.traced and not graph.is_chain:
+        raise ValueError(f"{type(lens.model).__name__} cannot be traced by torch.fx ({graph.error}) and its modules "
+                         "do not run as a chain; the paper-form deconvnet needs the model's graph (use "
+                         "project(..., method='deconvnet') for any model)")
+    try:
+        target = graph.node_of(path)
+    except ValueError:
+        raise ValueError(f"layer {name!r} did not run during the forward; choose another layer") from None
+    nodes = graph.ancestors(target)
+    if dtype == torch.float32 or not graph.traced:
+        gm = graph.gm
+    else:   # the graph's targets are module paths of the model: a copy of it serves them in double precision
+        gm = copy.deepcopy(lens.model).to(dtype)
+
+    def module_of(node):
+        if node.module is None:
+            return None
+        if graph.traced:
+            return gm.get_submodule(node.target)
+        return node.module if dtype == torch.float32 else copy.deepcopy(node.module).to(dtype)
+
+    values = _forward_values(graph, gm, module_of, x, target)
+    seed, channel, pos, value = select_activation(values[target.index].float(), name, channel, position)
+    signals = {target.index: seed.to(dtype)}
+    fx_index = {n.fx_node: n.index for n in graph.nodes} if graph.traced else {}
     steps = []
-    for i in range(idx, -1, -1):
-        p, m = chain[i]
-        if isinstance(m, nn.MaxPool2d):
-            signal = _unpool(signal, switches[i], shapes[i])
-        elif isinstance(m, nn.ReLU):
-            signal = signal.clamp(min=0)
-        elif isinstance(m, nn.Conv2d) and _filter(signal, m, shapes[i]) is not None:
-            signal = _filter(signal, m, shapes[i])
-        elif isinstance(m, nn.Linear):
-            signal = signal @ m.weight.to(dtype)
-        elif isinstance(m, nn.Flatten):
-            signal = signal.reshape(shapes[i])
-        elif isinstance(m, _LINEAR_PASS):
-            pass
-        elif isinstance(m, (nn.AdaptiveAvgPool2d, nn.AvgPool2d, nn.BatchNorm2d, nn.Conv2d)):
-            signal = _adjoint(m, inputs[i], signal, dtype)
+
+    def send(i, g, part=None):
+        if part is not None:      # one part of a chunk / split
+            d = signals.setdefault(i, {})
+            d[part] = g if part not in d else d[part] + g
         else:
-            raise ValueError(f"the paper-form deconvnet cannot invert {p} ({type(m).__name__})")
-        steps.append((p, signal))
+            signals[i] = g if i not in signals else signals[i] + g
+
+    for node in reversed(nodes):
+        if node.index not in signals or node.op == "placeholder":
+            continue
+        sig = signals.pop(node.index)
+        srcs = [i for i in node.inputs if graph.nodes[i].kind != "meta"]
+        m = module_of(node)
+        ins = [values[i] for i in srcs]
+        if node.target is operator.getitem and isinstance(ins[0], (tuple, list)):
+            send(srcs[0], sig, node.fx_node.args[1])
+            steps.append((node.name, sig))
+            continue
+        if is_relu(node):
+            below = [sig.clamp(min=0)]
+        elif isinstance(m, nn.MaxPool2d) and type(m).forward is nn.MaxPool2d.forward:
+            below = [_unpool(sig, pool_switches(m, ins[0]), ins[0].shape)]
+        elif isinstance(m, nn.Conv2d) and type(m).forward is nn.Conv2d.forward \
+                and _filter(sig, m, ins[0].shape) is not None:
+            below = [_filter(sig, m, ins[0].shape)]
+        elif isinstance(m, nn.Linear) and type(m).forward is nn.Linear.forward:
+            below = [sig @ m.weight.to(dtype)]
+        elif isinstance(m, nn.BatchNorm2d) and m.running_var is not None:
+            scale = (m.running_var + m.eps).rsqrt()
+            if m.weight is not None:
+                scale = scale * m.weight
+            below = [sig * scale.to(dtype).view(1, -1, 1, 1)]
+        elif isinstance(m, _LINEAR_PASS):
+            below = [sig]
+        else:
+            below = _node_adjoint(graph, gm, node, m, values, fx_index, sig)
+        for k, (i, g) in enumerate(zip(srcs, below)):
+            if g is None:
+                continue
+            send(i, g)
+            label = node.name if len(srcs) == 1 else f"{node.name}:{graph.nodes[i].name}"
+            steps.append((label, g))
+    first = graph.nodes[0]
+    pixels = signals.get(first.index)
+    if pixels is None:
+        pixels = torch.zeros_like(x)
+    if not steps or steps[-1][1] is not pixels:
+        steps.append(("input", pixels))
     return steps
 
 
-def _run_module(m, h, dtype):
-    if dtype == torch.float32:
-        return m(h)
-    import copy
-    return copy.deepcopy(m).to(dtype)(h)
+def _forward_values(graph, gm, module_of, x, target):
+    """Every node's output up to ``target`` (in-place modules on copies, so every value stays as computed)."""
+    if graph.traced:
+        return graph.run(x, keep="values", gm=gm, stop=target.index)
+    from .capture import ModelGuard
+    values = {0: x}
+    with torch.no_grad(), ModelGuard(graph.model):
+        h = x
+        for node in graph.nodes[1: target.index + 1]:
+            m = module_of(node)
+            if m is None:     # a flatten the recorded order infers
+                h = torch.flatten(h, 1)
+            else:
+                h = m(h.clone() if getattr(m, "inplace", False) else h)
+            values[node.index] = h
+    return values
 
 
-def _adjoint(m, x, signal, dtype):
-    """The exact adjoint of a linear module (its vector-Jacobian product, bias excluded)."""
-    import copy
-    mm = copy.deepcopy(m).to(dtype)
-    if getattr(mm, "bias", None) is not None:
-        with torch.no_grad():
-            mm.bias.zero_()
-    if isinstance(mm, nn.BatchNorm2d):
-        mm.eval()
+def _node_adjoint(graph, gm, node, m, values, fx_index, sig):
+    """The vector-Jacobian product of one node with its recorded inputs: a list, one entry per tensor input."""
+    from torch import fx
+    if not graph.traced:   # a recorded chain: one module, one input
+        if m is None:      # an inferred flatten
+            return [sig.reshape(values[node.inputs[0]].shape)]
+        xi = values[node.inputs[0]].detach().clone().requires_grad_(True)
+        with torch.enable_grad():
+            out = m(xi.clone())
+        (g,) = torch.autograd.grad(out, xi, sig, allow_unused=True)
+        return [g]
+    n = node.fx_node
+    leaves = {}
+
+    def sub(a):
+        v = values[fx_index[a]]
+        if isinstance(v, torch.Tensor) and v.is_floating_point():
+            if a not in leaves:
+                leaves[a] = v.detach().clone().requires_grad_(True)
+            return leaves[a].clone()
+        return v
+
     with torch.enable_grad():
-        xi = x.detach().clone().requires_grad_(True)
-        (g,) = torch.autograd.grad(mm(xi), xi, signal)
-    return g
+        args, kwargs = fx.node.map_arg(n.args, sub), fx.node.map_arg(n.kwargs, sub)
+        if n.op == "call_module":
+            out = m(*args, **kwargs)
+        elif n.op == "call_function":
+            out = n.target(*args, **kwargs)
+        else:
+            out = getattr(args[0], n.target)(*args[1:], **kwargs)
+    if isinstance(out, (tuple, list)):
+        parts = sig if isinstance(sig, dict) else {0: sig}
+        outs = [out[k] for k in parts]
+        grads = list(parts.values())
+    else:
+        outs, grads = [out], [sig]
+    if not leaves:
+        return [None for _ in node.inputs]
+    got = torch.autograd.grad(outs, list(leaves.values()), grads, allow_unused=True)
+    by_node = dict(zip(leaves, got))
+    srcs = [i for i in node.inputs if graph.nodes[i].kind != "meta"]
+    return [by_node.get(graph.nodes[i].fx_node) for i in srcs]

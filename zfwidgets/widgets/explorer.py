@@ -39,6 +39,20 @@ def _load_upload(data: bytes, name: str):
     return load_image_bytes(data, name)
 
 
+def _one_or_many(images):
+    """``images`` as a sequence: one image (a C x H x W or 1 x C x H x W tensor, an H x W [x C] array, a PIL
+    image) becomes a list of one; a batch tensor N x C x H x W, a list of images."""
+    import torch
+    from PIL import Image
+    if isinstance(images, torch.Tensor) and (images.dim() == 3 or (images.dim() == 4 and images.shape[0] == 1)):
+        return [images]
+    if isinstance(images, np.ndarray) and images.ndim in (2, 3):
+        return [images]
+    if isinstance(images, Image.Image):
+        return [images]
+    return images
+
+
 def _default_images():
     from ..zoo import samples
     return samples()
@@ -179,7 +193,7 @@ class Explorer(Panel):
         self.children = [controls, controls2, controls3, row1, row2,
                          self.side_box, self.error_area]
 
-        items = _default_images() if images is None else list(images)
+        items = _default_images() if images is None else list(_one_or_many(images))
         with self.hold():
             for item in items:
                 self.add_image(item=item, select=False)

@@ -46,8 +46,19 @@ def _resolve_weights(arch: str, weights):
                     f"got {type(weights).__name__}")
 
 
-def build_torchvision(arch: str, weights=None):
-    """``(model in eval mode, transform, class names, input size, weights enum or None)``."""
+def _default_weights(arch: str):
+    try:
+        return get_model_weights(arch).DEFAULT
+    except (ValueError, AttributeError, KeyError):
+        return None
+
+
+def build_torchvision(arch: str, weights=None, **builder_kwargs):
+    """``(model in eval mode, transform, class names, input size, weights enum or None)``.
+
+    ``builder_kwargs`` go to torchvision's builder (``aux_logits=False``, ``num_classes=10``...). Without
+    weights the preprocessing and input size are still those of the architecture's default weights
+    (Inception-v3: 342 → 299), read from torchvision's metadata."""
     if not isinstance(arch, str):
         raise TypeError(f"arch must be a torchvision model name (str), got {type(arch).__name__}")
     classification = list_models(module=torchvision.models)
@@ -57,17 +68,22 @@ def build_torchvision(arch: str, weights=None):
     w = _resolve_weights(arch, weights)
     builder = get_model_builder(arch)
     if w is None:
-        model = builder(weights=None)
-        transform = ImageNetTransform()
+        model = builder(weights=None, **builder_kwargs)
+        default = _default_weights(arch)
+        if default is not None:
+            t = default.transforms()
+            crop = int(t.crop_size[0])
+            transform = ImageNetTransform(int(t.resize_size[0]), crop, t.mean, t.std)
+        else:
+            transform, crop = ImageNetTransform(), 224
         classes = imagenet_classes()
-        crop = 224
     else:
         fname = os.path.basename(w.url)
         target = Path(torch.hub.get_dir()) / "checkpoints" / fname
         old = socket.getdefaulttimeout()
         socket.setdefaulttimeout(20)
         try:
-            model = builder(weights=w)
+            model = builder(weights=w, **builder_kwargs)
         except Exception as e:  # noqa: BLE001 - any download failure becomes one clear message
             if target.exists():
                 raise

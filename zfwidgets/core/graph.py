@@ -1,0 +1,825 @@
+"""One graph of the model: every operation of its forward, in order, with its kind, window and shapes.
+
+:meth:`Graph.of` traces a lens's model once with ``torch.fx`` (torchvision's :class:`NodePathTracer`, which
+names every operation by the module path it came from) and records the input and output shape of every node
+with one forward of a zero image. Each node has a *kind*, from the one table of module and function kinds in
+this file:
+
+- ``window``: a spatial window (convolution, max / average pooling) with its :class:`Window` (kernel,
+  stride, padding, dilation per axis);
+- ``pointwise``: the same positions in and out (activations, batch norm and dropout in eval mode, channel
+  slicing, permutes, a fully connected layer applied to channels-last maps);
+- ``merge``: several tensors combined position by position (add, concatenation over channels, a multiply by
+  a broadcast gate);
+- ``global``: every position read (adaptive pooling, flatten, a fully connected layer, a mean over the map);
+- ``input``, ``output``, ``meta`` (sizes and other non-tensor values) and ``other`` (anything the table does
+  not know; the features that need geometry refuse it with a clear message).
+
+Each node also knows the axes of its output that hold the image's height and width (``axes``: ``(2, 3)`` for
+N x C x H x W, ``(1, 2)`` for the channels-last maps of ConvNeXt's linear layers, ``None`` once the map is
+flattened). A model that fx cannot trace is described by the recorded order of its modules instead
+(``traced`` is False); where that order is not a chain, :attr:`Graph.is_chain` is False and the features that
+need geometry say so.
+
+:func:`macs` is the one multiply-add count (convolutions, linear layers; pooling counts its window's reads).
+
+Example:
+    >>> lens = zfwidgets.load("zfnet-fashion")
+    >>> g = Graph.of(lens)
+    >>> g.is_chain, [n.kind for n in g.nodes][:4]
+    (True, ['input', 'window', 'pointwise', 'window'])
+    >>> g.node_of("conv1").window.kernel
+    (5, 5)
+"""
+from __future__ import annotations
+
+import math
+import operator
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from .capture import ModelGuard
+from .layers import pair, window_params
+
+__all__ = ["Graph", "Trace", "runs_as_chain", "Node", "Window", "GraphError", "macs", "macs_per_position",
+           "kind_of_module", "is_relu",
+           "POINTWISE_MODULES", "ACTIVATIONS"]
+
+
+class GraphError(ValueError):
+    """A feature that needs the model's geometry met a node it cannot describe."""
+
+
+@dataclass(frozen=True)
+class Window:
+    """A spatial window per axis ``(height, width)``: kernel, stride, padding before, dilation; padding mode."""
+    kernel: tuple
+    stride: tuple
+    padding: tuple
+    dilation: tuple
+    mode: str = "zeros"
+    ceil_mode: bool = False
+
+    def extent(self, axis: int) -> int:
+        return self.dilation[axis] * (self.kernel[axis] - 1) + 1
+
+
+@dataclass(eq=False)
+class Node:
+    """One operation of the forward (see the module docstring for ``kind`` and ``axes``).
+
+    ``name`` is the operation's path (``layer1.0.conv1``, ``layer1.0.add``); ``module`` the module a
+    ``call_module`` node runs; ``inputs`` the indices of the nodes whose tensors it reads.
+    """
+    index: int
+    name: str
+    op: str
+    target: object
+    module: nn.Module | None
+    inputs: tuple
+    kind: str = "other"
+    window: Window | None = None
+    in_shapes: tuple = ()
+    out_shape: tuple | None = None
+    axes: tuple | None = None
+    adaptive: bool = False       # an adaptive pooling (its windows follow from the two sizes)
+    channels_last: bool = False  # a linear layer applied along the last axis of a spatial map
+    fx_node: object = field(default=None, repr=False)
+
+    @property
+    def users(self) -> tuple:
+        return self._users
+
+    @property
+    def path(self) -> str:
+        """The module path of a module call; the operation's path otherwise (``layer1.0.add``)."""
+        return self.target if self.op == "call_module" and isinstance(self.target, str) else self.name
+
+    def __repr__(self):
+        return f"Node({self.index}, {self.name!r}, {self.kind}, {self.out_shape})"
+
+
+# ----- the one table of kinds ------------------------------------------------------------------------
+_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU,
+                nn.Mish, nn.Sigmoid, nn.Tanh, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid, nn.Softplus, nn.Softsign,
+                nn.Tanhshrink)
+ACTIVATIONS = _ACTIVATIONS
+_WINDOW_MODULES = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)
+# spatially pointwise in eval mode (channel-wise normalisations and LRN read one position's channels)
+_POINTWISE_MODULES = _ACTIVATIONS + (nn.BatchNorm2d, nn.modules.dropout._DropoutNd, nn.Identity,
+                                     nn.LocalResponseNorm, nn.CrossMapLRN2d, nn.Softmax2d)
+POINTWISE_MODULES = _POINTWISE_MODULES
+_ADAPTIVE_MODULES = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+_GLOBAL_MODULES = _ADAPTIVE_MODULES + (nn.Flatten, nn.Linear)
+
+_POINTWISE_FUNCS = {F.relu, F.relu_, torch.relu, torch.relu_, F.relu6, F.leaky_relu, F.elu, F.selu, F.celu,
+                    F.gelu, F.silu, F.mish, F.hardswish, F.hardsigmoid, F.hardtanh, F.softplus, torch.sigmoid,
+                    F.sigmoid, torch.tanh, F.tanh, F.dropout, F.dropout2d, F.batch_norm, F.local_response_norm,
+                    torch.clamp, torch.neg, torch.exp, torch.abs, torch.square}
+_POINTWISE_METHODS = {"relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "clamp", "clamp_", "contiguous",
+                      "clone", "float", "double", "to", "type_as", "neg", "exp", "abs", "square"}
+_BINARY_FUNCS = {operator.add, operator.iadd, operator.mul, operator.imul, operator.sub, operator.isub,
+                 operator.truediv, operator.itruediv, torch.add, torch.mul, torch.sub, torch.div}
+_BINARY_METHODS = {"add", "add_", "mul", "mul_", "sub", "sub_", "div", "div_"}
+_CAT_FUNCS = {torch.cat, torch.concat}
+_ADAPTIVE_FUNCS = {F.adaptive_avg_pool2d, F.adaptive_max_pool2d}
+_WINDOW_FUNCS = {F.max_pool2d, F.avg_pool2d, F.conv2d, torch.max_pool2d, torch.conv2d}
+_FLATTEN = {torch.flatten, "flatten"}
+_RESHAPE = {torch.reshape, "view", "reshape"}
+_REDUCE = {torch.mean, torch.sum, torch.amax, "mean", "sum", "amax"}
+_PERMUTE = {torch.permute, "permute"}
+_TRANSPOSE = {torch.transpose, "transpose"}
+_SPLIT = {torch.chunk, torch.split, "chunk", "split"}
+_RELU = {F.relu, F.relu_, torch.relu, torch.relu_, "relu", "relu_"}
+
+
+def kind_of_module(m: nn.Module) -> str:
+    """``window``, ``pointwise``, ``global`` or ``other`` for a module applied to an N x C x H x W map.
+
+    >>> kind_of_module(nn.Conv2d(3, 8, 3)), kind_of_module(nn.BatchNorm2d(8)), kind_of_module(nn.Linear(4, 2))
+    ('window', 'pointwise', 'global')
+    """
+    if isinstance(m, _WINDOW_MODULES):
+        return "window"
+    if isinstance(m, _POINTWISE_MODULES):
+        return "pointwise"
+    if isinstance(m, _GLOBAL_MODULES):
+        return "global"
+    return "other"
+
+
+def is_relu(node: Node) -> bool:
+    """A rectifier: an ``nn.ReLU`` module or ``F.relu`` / ``torch.relu`` / ``Tensor.relu``."""
+    if node.op == "call_module":
+        return isinstance(node.module, nn.ReLU)
+    return node.op in ("call_function", "call_method") and node.target in _RELU
+
+
+def macs_per_position(m: nn.Module, in_channels: int | None = None) -> float:
+    """Multiply-adds of one output position of a convolution (a pooling: its window's reads over
+    ``in_channels``; a linear layer: one output row)."""
+    if isinstance(m, nn.Conv2d):
+        kh, kw = pair(m.kernel_size)
+        return float(m.out_channels * (m.in_channels // m.groups) * kh * kw)
+    if isinstance(m, nn.Linear):
+        return float(m.in_features * m.out_features)
+    if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)) and in_channels is not None:
+        kh, kw = pair(m.kernel_size)
+        return float(in_channels * kh * kw)
+    return 0.0
+
+
+def macs(m: nn.Module, in_shape, out_shape) -> float:
+    """The one multiply-add count: one image through ``m`` (convolution, linear layer; pooling: its reads).
+
+    >>> macs(nn.Conv2d(3, 8, 3), (1, 3, 10, 10), (1, 8, 8, 8))     # 8 x 3 x 3 x 3 per position, 64 positions
+    13824.0
+    """
+    if isinstance(m, nn.Conv2d) and len(out_shape) == 4:
+        return macs_per_position(m) * out_shape[2] * out_shape[3]
+    if isinstance(m, nn.Linear):
+        rows = math.prod(out_shape[1:-1]) if len(out_shape) > 2 else 1
+        return macs_per_position(m) * rows
+    if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)) and len(out_shape) == 4:
+        return macs_per_position(m, out_shape[1]) * out_shape[2] * out_shape[3]
+    return 0.0
+
+
+# ----- tracing ---------------------------------------------------------------------------------------
+def _tracer_class():
+    try:
+        from torchvision.models.feature_extraction import NodePathTracer
+    except ImportError:  # pragma: no cover - torchvision is a dependency
+        NodePathTracer = None
+
+    base = NodePathTracer if NodePathTracer is not None else fx.Tracer
+
+    class _Tracer(base):
+        """NodePathTracer that also records, for every module called, the node its call returned."""
+
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            self.module_outputs: dict = {}
+            if not hasattr(self, "node_to_qualname"):
+                self.node_to_qualname = {}
+
+        def call_module(self, m, forward, args, kwargs):
+            out = super().call_module(m, forward, args, kwargs)
+            if isinstance(out, fx.Proxy):
+                self.module_outputs[self.path_of_module(m)] = out.node
+            return out
+
+    return _Tracer
+
+
+def _tensor_shapes(v):
+    if isinstance(v, torch.Tensor):
+        return tuple(v.shape)
+    if isinstance(v, (tuple, list)) and v and all(isinstance(t, torch.Tensor) for t in v):
+        return [tuple(t.shape) for t in v]
+    return None
+
+
+class Trace:
+    """The fx trace of a model in eval mode: the graph module, each node's path, each module's output node."""
+
+    def __init__(self, model: nn.Module):
+        Tracer = _tracer_class()
+        tracer = Tracer()
+        with ModelGuard(model):
+            graph = tracer.trace(model)
+            self.gm = fx.GraphModule(tracer.root, graph)
+        self.model = model
+        self.fx_nodes = list(graph.nodes)
+        self.qualname = {n: tracer.node_to_qualname.get(n, n.name) for n in self.fx_nodes}
+        self.module_outputs = dict(tracer.module_outputs)
+
+    @staticmethod
+    def of(model: nn.Module, cache: dict | None = None):
+        """The model's :class:`Trace`, or the error text where fx cannot trace it (cached in ``cache``)."""
+        if cache is not None and cache.get("model") is model:
+            return cache["trace"]
+        try:
+            t = Trace(model)
+        except Exception as e:  # noqa: BLE001 - any tracing failure: reported, the recorded order instead
+            t = f"{type(e).__name__}: {e}"
+        if cache is not None:
+            cache.update(model=model, trace=t)
+        return t
+
+    @staticmethod
+    def of_lens(lens):
+        """:meth:`of` the lens's model, cached on the lens."""
+        return Trace.of(lens.model, lens.__dict__.setdefault("_trace", {}))
+
+    def path_of(self, n) -> str:
+        """The module path a node belongs to (a module call: its module; a function: the module calling it)."""
+        if n.op == "call_module":
+            return n.target
+        q = self.qualname[n]
+        return q.rsplit(".", 1)[0] if "." in q else ""
+
+
+def _is_meta_fx(n) -> bool:
+    return (n.op == "call_method" and n.target in ("size", "dim")) or n.op == "get_attr" or \
+        (n.op == "call_function" and n.target is getattr)
+
+
+class FunctionStep(nn.Module):
+    """One functional operation of a chain's forward as a module: ``fn(x, *args, **kwargs)``."""
+
+    def __init__(self, fn, args=(), kwargs=None, name=None):
+        super().__init__()
+        self.fn, self.args, self.kwargs = fn, tuple(args), dict(kwargs or {})
+        self.name = name or (fn if isinstance(fn, str) else getattr(fn, "__name__", "function"))
+
+    def forward(self, x):
+        if isinstance(self.fn, str):
+            return getattr(x, self.fn)(*self.args, **self.kwargs)
+        return self.fn(x, *self.args, **self.kwargs)
+
+    def extra_repr(self):
+        return f"{self.name}, args={self.args}"
+
+
+def chain_steps(trace: Trace):
+    """``[(path, module)]`` of a traced forward in which every operation reads the one before, or ``None``.
+
+    Functional operations become :class:`FunctionStep` modules (``torch.flatten``: ``("<flatten>",
+    nn.Flatten(start, end))``, as the chain of torchvision's AlexNet / VGG has always been described).
+    """
+    steps = []
+    for n in trace.fx_nodes:
+        if n.op == "placeholder":
+            continue
+        if n.op == "output":
+            break
+        ins = n.all_input_nodes
+        if _is_meta_fx(n) or len(ins) != 1 or len(n.users) != 1 or ins[0].op == "get_attr":
+            return None
+        if n.args[:1] != (ins[0],):
+            return None
+        rest = n.args[1:]
+        found = []
+        fx.node.map_arg((rest, n.kwargs), found.append)
+        if found:   # the input read a second time (x * x): not a step of one input
+            return None
+        if n.op == "call_module":
+            steps.append((n.target, trace.model.get_submodule(n.target)))
+        elif n.target is torch.flatten or (n.op == "call_method" and n.target == "flatten"):
+            steps.append(("<flatten>", nn.Flatten(*(rest or (0,)), **n.kwargs)))
+        else:
+            steps.append((trace.qualname[n], FunctionStep(n.target, rest, n.kwargs)))
+    if not steps:
+        return None
+    return steps
+
+
+def runs_as_chain(trace: Trace, path: str) -> bool:
+    """Whether module ``path`` (``""``: the model) runs its children one after the other (each reading the one
+    before), judged from the trace with each child's operations taken as one."""
+    prefix = path + "." if path else ""
+    inside = [n for n in trace.fx_nodes if n.op not in ("placeholder", "output") and not _is_meta_fx(n)
+              and (trace.qualname[n] + ".").startswith(prefix)]
+    if not inside:
+        return True
+    own = set(inside)
+
+    def group(n):
+        if n not in own:
+            return "<in>"
+        rest = trace.qualname[n][len(prefix):]
+        return rest.split(".", 1)[0]
+
+    preds, succs = {}, {}
+    for n in inside:
+        g = group(n)
+        for a in n.all_input_nodes:
+            if _is_meta_fx(a):
+                continue
+            ga = group(a)
+            if ga != g:
+                preds.setdefault(g, set()).add(ga)
+                succs.setdefault(ga, set()).add(g)
+    return all(len(v) <= 1 for v in preds.values()) and all(len(v) <= 1 for v in succs.values())
+
+
+class Graph:
+    """The model's forward as a list of :class:`Node` in execution (topological) order.
+
+    Build it with :meth:`Graph.of` (cached on the lens). ``nodes[0]`` is the input; ``module_nodes[path]``
+    is the node whose output a module returns (its last call where a module runs several times).
+    """
+
+    def __init__(self, model: nn.Module, input_size: tuple, *, device=None, dtype=None, trace=None):
+        self.model = model
+        self.input_size = tuple(int(s) for s in input_size)
+        self.gm = None
+        trace = Trace.of(model) if trace is None else trace
+        self.traced = isinstance(trace, Trace)
+        self.error: str | None = None if self.traced else trace
+        if self.traced:
+            self._from_trace(trace)
+        else:
+            self._record_order(device, dtype)
+        self._finish()
+
+    # ----- construction -------------------------------------------------------------------------
+    @classmethod
+    def of(cls, lens, input_size=None) -> "Graph":
+        """The graph of ``lens``'s model for inputs of ``input_size`` (default the lens's; cached on the lens).
+
+        >>> g = Graph.of(zfwidgets.load("zfnet-fashion"))
+        >>> g.traced, g.is_chain
+        (True, True)
+        """
+        size = input_size if input_size is not None else lens.input_size
+        if size is None:
+            size = (lens.channels, 224, 224)
+        size = tuple(int(s) for s in size)
+        cache = lens.__dict__.setdefault("_graphs", {})
+        key = (size, id(lens.model))
+        g = cache.get(key)
+        if g is None:
+            p = next(lens.model.parameters(), None)
+            trace = Trace.of(lens.model, lens.__dict__.setdefault("_trace", {}))
+            g = cls(lens.model, size, device=None if p is None else p.device, dtype=None if p is None else p.dtype,
+                    trace=trace)
+            cache[key] = g
+        return g
+
+    def _from_trace(self, trace: Trace):
+        self.gm = trace.gm
+        qual = trace.qualname
+        fx_nodes = trace.fx_nodes
+        index = {n: i for i, n in enumerate(fx_nodes)}
+        modules = dict(self.model.named_modules())
+        self.nodes = []
+        for i, n in enumerate(fx_nodes):
+            module = modules.get(n.target) if n.op == "call_module" else None
+            name = qual.get(n, n.name) if n.op not in ("placeholder", "output") else n.op
+            inputs = tuple(index[a] for a in n.all_input_nodes)
+            self.nodes.append(Node(i, name, n.op, n.target, module, inputs, fx_node=n))
+        self.module_nodes = {p: index[n] for p, n in trace.module_outputs.items()}
+        values = self._shapes()
+        for node in self.nodes:
+            node.out_shape = values[node.index]
+
+    def _shapes(self) -> dict:
+        """Every node's output shape: a forward on the meta device (no arithmetic: the model's parameters and
+        buffers stand in as meta tensors for the call), or of a zero image where an operation has no meta
+        kernel."""
+        p = next(self.model.parameters(), None)
+        dtype = None if p is None else p.dtype
+        graph = self
+
+        class _Run(nn.Module):
+            def __init__(self, gm):
+                super().__init__()
+                self.gm = gm
+
+            def forward(self, x):
+                return graph.run(x, keep="shapes")
+
+        runner = _Run(self.gm)
+        try:
+            from torch.func import functional_call
+            state = {k: torch.empty_like(v, device="meta")
+                     for k, v in list(runner.named_parameters()) + list(runner.named_buffers())}
+            return functional_call(runner, state, (torch.zeros(1, *self.input_size, device="meta", dtype=dtype),))
+        except Exception:  # noqa: BLE001 - an op without a meta kernel: the real forward of a zero image
+            x = torch.zeros(1, *self.input_size, device=None if p is None else p.device, dtype=dtype)
+            return self.run(x, keep="shapes")
+
+    def run(self, x: torch.Tensor, keep="shapes", module_fn=None, gm=None, stop: int | None = None):
+        """Run the traced graph on ``x`` (eval mode, no gradients). ``keep="shapes"``: every node's output
+        shape(s); ``keep="values"``: every node's output (in-place modules run on a copy of their input, so
+        every kept value stays as computed). ``module_fn(node, module, args, kwargs)`` may replace a module call;
+        ``stop``: the index of the last node to run."""
+        gm = self.gm if gm is None else gm
+        nodes = self.nodes
+        env: dict = {}
+        out: dict = {}
+
+        def load(a):
+            return fx.node.map_arg(a, lambda n: env[n])
+
+        last = {}
+        if keep == "shapes":
+            for node in nodes:
+                for i in node.fx_node.all_input_nodes:
+                    last[i] = node.index
+        with torch.no_grad(), ModelGuard(gm):
+            for node in nodes:
+                n = node.fx_node
+                if n.op == "placeholder":
+                    v = x
+                elif n.op == "output":
+                    v = load(n.args[0])
+                else:
+                    args, kwargs = load(n.args), load(n.kwargs)
+                    if keep == "values" and _in_place(node, kwargs):
+                        args = tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in args)
+                    if n.op == "call_module":
+                        m = gm.get_submodule(n.target)
+                        v = module_fn(node, m, args, kwargs) if module_fn is not None else m(*args, **kwargs)
+                    elif n.op == "call_function":
+                        v = n.target(*args, **kwargs)
+                    elif n.op == "call_method":
+                        v = getattr(args[0], n.target)(*args[1:], **kwargs)
+                    else:  # get_attr
+                        v = _fetch_attr(gm, n.target)
+                env[n] = v
+                out[node.index] = _tensor_shapes(v) if keep == "shapes" else v
+                if stop is not None and node.index >= stop:
+                    break
+                if keep == "shapes":   # free what no later node reads
+                    for i in n.all_input_nodes:
+                        if last.get(i) == node.index:
+                            env.pop(i, None)
+        return out
+
+    def _record_order(self, device, dtype):
+        """The recorded order of the model's leaf modules (a model fx cannot trace)."""
+        leaves = [(p, m) for p, m in self.model.named_modules() if not list(m.children()) and p]
+        calls, outputs, produced = [], {}, {}
+        handles, alive = [], []   # outputs kept alive: their ids must not be reused within the forward
+
+        def hook_for(path, leaf):
+            def hook(m, args, out):
+                if leaf:
+                    ins = [a for a in args if isinstance(a, torch.Tensor)]
+                    calls.append((path, m, [produced.get(id(a)) for a in ins], [tuple(a.shape) for a in ins],
+                                  _tensor_shapes(out)))
+                    if isinstance(out, torch.Tensor):
+                        produced[id(out)] = len(calls)
+                        alive.append(out)
+                elif isinstance(out, torch.Tensor) and id(out) in produced:
+                    outputs[path] = produced[id(out)]
+            return hook
+
+        leaf_paths = {p for p, _ in leaves}
+        try:
+            for p, m in self.model.named_modules():
+                handles.append(m.register_forward_hook(hook_for(p, p in leaf_paths)))
+            x = torch.zeros(1, *self.input_size, device=device, dtype=dtype)
+            produced[id(x)] = 0
+            with torch.no_grad(), ModelGuard(self.model):
+                self.model(x)
+        finally:
+            for h in handles:
+                h.remove()
+        self.nodes = [Node(0, "input", "placeholder", None, None, (), out_shape=tuple(x.shape))]
+        chain = True
+        where = {0: 0}       # call number -> node index
+        for i, (path, m, srcs, in_shapes, out_shape) in enumerate(calls, start=1):
+            prev = self.nodes[-1]
+            if srcs == [None] and len(in_shapes[0]) == 2 and isinstance(prev.out_shape, tuple) \
+                    and math.prod(prev.out_shape) == math.prod(in_shapes[0]):
+                # the previous output flattened in the forward (torch.flatten): a node of its own
+                self.nodes.append(Node(len(self.nodes), "<flatten>", "call_function", torch.flatten, None,
+                                       (prev.index,), out_shape=in_shapes[0]))
+                srcs = [len(self.nodes) - 1]
+            else:
+                srcs = [where.get(s) for s in srcs]
+            if srcs != [len(self.nodes) - 1]:
+                chain = False
+            srcs = [s for s in srcs if s is not None]
+            self.nodes.append(Node(len(self.nodes), path, "call_module", path, m, tuple(srcs) or
+                                   (len(self.nodes) - 1,), out_shape=out_shape))
+            where[i] = len(self.nodes) - 1
+        self.nodes.append(Node(len(self.nodes), "output", "output", None, None, (len(self.nodes) - 1,)))
+        self.module_nodes = {}
+        for i, (path, *_rest) in enumerate(calls, start=1):
+            self.module_nodes[path] = where[i]
+        self.module_nodes.update({p: where[i] for p, i in outputs.items()})
+        self._recorded_chain = chain
+
+    def _finish(self):
+        users = {n.index: [] for n in self.nodes}
+        for n in self.nodes:
+            for i in n.inputs:
+                users[i].append(n.index)
+        for n in self.nodes:
+            n._users = tuple(users[n.index])
+            n.in_shapes = tuple(self.nodes[i].out_shape for i in n.inputs)
+            _classify(n, self.nodes)
+        tensors = [n for n in self.nodes if n.kind not in ("meta",)]
+        chain = all(len([i for i in n.inputs if self.nodes[i].kind != "meta"]) == 1
+                    for n in tensors if n.op != "placeholder")
+        chain = chain and all(len([u for u in n.users if self.nodes[u].kind != "meta"]) <= 1 for n in tensors)
+        if not self.traced:
+            chain = chain and self._recorded_chain
+        self.is_chain = chain
+
+    # ----- queries --------------------------------------------------------------------------------
+    def node_of(self, module_or_path) -> Node:
+        """The node whose output the module (a path or the module itself) returns."""
+        path = module_or_path
+        if isinstance(module_or_path, nn.Module):
+            path = next((p for p, m in self.model.named_modules() if m is module_or_path), None)
+        i = self.module_nodes.get(path)
+        if i is None:
+            for n in self.nodes:
+                if n.name == path:
+                    return n
+            raise GraphError(f"{path!r} does not run in {type(self.model).__name__}'s forward")
+        return self.nodes[i]
+
+    def ancestors(self, node: Node) -> list:
+        """The nodes ``node`` depends on (itself included), in order."""
+        seen = {node.index}
+        stack = [node.index]
+        while stack:
+            for i in self.nodes[stack.pop()].inputs:
+                if i not in seen:
+                    seen.add(i)
+                    stack.append(i)
+        return [self.nodes[i] for i in sorted(seen)]
+
+    def chain(self, upto: Node | None = None) -> list | None:
+        """The nodes from the first operation up to ``upto`` (default: the last), if the graph is a chain."""
+        if not self.is_chain:
+            return None
+        nodes = [n for n in self.nodes if n.op not in ("placeholder", "output") and n.kind != "meta"]
+        if upto is not None:
+            nodes = nodes[: next(k for k, n in enumerate(nodes) if n is upto) + 1]
+        return nodes
+
+    def check_geometry(self, nodes, what: str) -> None:
+        """Raise :class:`GraphError` naming the first node of ``nodes`` whose geometry is unknown."""
+        if not self.traced and not self.is_chain:
+            raise GraphError(f"{type(self.model).__name__} could not be traced with torch.fx ({self.error}) and "
+                             f"its modules do not run as a chain; {what} needs the model's geometry")
+        for n in nodes:
+            if n.kind == "other":
+                raise GraphError(f"{what}: the operation {n.name!r} ({_describe(n)}) has no known geometry")
+
+    def __repr__(self):
+        return (f"Graph({type(self.model).__name__}, {len(self.nodes)} nodes, "
+                f"{'traced' if self.traced else 'recorded order'}, {'chain' if self.is_chain else 'DAG'})")
+
+
+def _fetch_attr(gm, target: str):
+    obj = gm
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _in_place(node: Node, kwargs) -> bool:
+    if node.op == "call_module":
+        return bool(getattr(node.module, "inplace", False))
+    t = node.target
+    if kwargs.get("inplace"):
+        return True
+    if t in (operator.iadd, operator.imul, operator.isub, operator.itruediv):
+        return True
+    name = t if isinstance(t, str) else getattr(t, "__name__", "")
+    return name.endswith("_") and not name.startswith("_")
+
+
+def _describe(n: Node) -> str:
+    if n.module is not None:
+        return type(n.module).__name__
+    return n.target if isinstance(n.target, str) else getattr(n.target, "__name__", str(n.target))
+
+
+def _arg(n: Node, pos: int, name: str, default=None):
+    fxn = n.fx_node
+    if fxn is None:
+        return default
+    a = fxn.args[pos] if len(fxn.args) > pos else fxn.kwargs.get(name, default)
+    return a
+
+
+def _norm_dims(d, rank):
+    if isinstance(d, int):
+        d = [d]
+    return [int(v) % rank for v in d]
+
+
+def _classify(n: Node, nodes) -> None:
+    """Set ``kind``, ``axes``, ``window`` of ``n`` from the one table (its inputs are classified already)."""
+    shape = n.out_shape
+    if n.op == "placeholder":
+        n.kind, n.axes = "input", (2, 3) if shape is not None and len(shape) == 4 else None
+        return
+    if n.op == "output":
+        n.kind = "output"
+        return
+    if shape is None:
+        n.kind = "meta"
+        return
+    tin = [nodes[i] for i in n.inputs if nodes[i].kind != "meta" and nodes[i].out_shape is not None]
+    if not tin:
+        n.kind = "meta" if n.op == "get_attr" else "other"
+        return
+    a = tin[0]
+    ax = a.axes
+    in_shape = a.out_shape
+    if isinstance(in_shape, list):   # a tuple of tensors (chunk / split) read by getitem
+        if n.target is operator.getitem:
+            n.kind, n.axes = "pointwise", ax
+        else:
+            n.kind = "other"
+        return
+    rank_in = len(in_shape)
+    if isinstance(shape, list):      # chunk / split along a non-spatial axis
+        t = n.target
+        if t in _SPLIT:
+            dim = _arg(n, 2, "dim", 0)
+            if ax is not None and int(dim) % rank_in not in ax:
+                n.kind, n.axes = "pointwise", ax
+                return
+        n.kind = "other"
+        return
+    rank = len(shape)
+    nchw = ax == (2, 3) and rank_in == 4
+    t = n.target
+    if n.op == "call_module":
+        m = n.module
+        if isinstance(m, _WINDOW_MODULES) and nchw:
+            k, s, p, d, mode = window_params(m)
+            n.kind, n.axes, n.window = "window", ax, Window(k, s, p, d, mode, bool(getattr(m, "ceil_mode", False)))
+        elif isinstance(m, _ADAPTIVE_MODULES) and nchw:
+            n.kind, n.axes, n.adaptive = "global", ax, True
+        elif isinstance(m, (nn.BatchNorm2d, nn.LocalResponseNorm, nn.CrossMapLRN2d, nn.Softmax2d)):
+            n.kind, n.axes = ("pointwise", ax) if nchw else ("other", None)
+        elif isinstance(m, _POINTWISE_MODULES):
+            n.kind, n.axes = "pointwise", ax
+        elif isinstance(m, nn.Linear):
+            if ax is None:
+                n.kind = "global"
+            elif rank_in - 1 not in ax:
+                n.kind, n.axes, n.channels_last = "pointwise", ax, True
+        elif isinstance(m, nn.LayerNorm):
+            normed = set(range(rank_in - len(m.normalized_shape), rank_in))
+            if ax is None:
+                n.kind = "global"
+            elif not normed & set(ax):
+                n.kind, n.axes = "pointwise", ax
+        elif isinstance(m, nn.Flatten):
+            _flatten(n, ax, rank_in, m.start_dim, m.end_dim)
+        return
+    if t is F.layer_norm:
+        normed = _arg(n, 1, "normalized_shape")
+        k = len(normed) if isinstance(normed, (tuple, list)) else 1
+        if ax is not None and not set(range(rank_in - k, rank_in)) & set(ax):
+            n.kind, n.axes = "pointwise", ax
+        elif ax is None:
+            n.kind = "global"
+        return
+    if t in _POINTWISE_FUNCS or (n.op == "call_method" and t in _POINTWISE_METHODS) or t is _stochastic_depth():
+        n.kind, n.axes = "pointwise", ax
+        return
+    if t in _BINARY_FUNCS or (n.op == "call_method" and t in _BINARY_METHODS):
+        if len(tin) == 1:
+            n.kind, n.axes = "pointwise", ax
+            return
+        full = [x for x in tin if x.axes is not None and len(x.out_shape) == rank]
+        big = max(full, key=lambda x: math.prod(x.out_shape), default=None)
+        if big is not None and all(x.axes == big.axes or x.axes is None or math.prod(
+                x.out_shape[i] for i in x.axes) == 1 for x in tin):
+            n.kind, n.axes = "merge", big.axes
+        elif all(x.axes is None for x in tin):
+            n.kind = "global"
+        return
+    if t in _CAT_FUNCS:
+        dim = _arg(n, 1, "dim", 0)
+        if ax is not None and all(x.axes == ax for x in tin) and int(dim) % rank not in ax:
+            n.kind, n.axes = "merge", ax
+        elif ax is None:
+            n.kind = "global"
+        return
+    if t in _WINDOW_FUNCS and nchw:
+        if t in (F.conv2d, torch.conv2d):
+            w = nodes[n.inputs[1]].out_shape if len(n.inputs) > 1 else None
+            if w is None:
+                return
+            k = tuple(w[2:])
+            s, p, d = (pair(_arg(n, i, nm, 1 if nm != "padding" else 0)) for i, nm in
+                       ((3, "stride"), (4, "padding"), (5, "dilation")))
+            n.kind, n.axes, n.window = "window", ax, Window(k, s, p, d)
+            return
+        k = pair(_arg(n, 1, "kernel_size"))
+        st = _arg(n, 2, "stride", None)
+        s = pair(st) if st not in (None, [], ()) else k
+        p = pair(_arg(n, 3, "padding", 0))
+        ceil_pos = 4 if t is F.avg_pool2d else 5
+        d = (1, 1) if t is F.avg_pool2d else pair(_arg(n, 4, "dilation", 1))
+        ceil = bool(_arg(n, ceil_pos, "ceil_mode", False))
+        n.kind, n.axes, n.window = "window", ax, Window(k, s, p, d, "zeros", ceil)
+        return
+    if t in _ADAPTIVE_FUNCS and nchw:
+        n.kind, n.axes, n.adaptive = "global", ax, True
+        return
+    if t in _FLATTEN:
+        _flatten(n, ax, rank_in, _arg(n, 1, "start_dim", 0), _arg(n, 2, "end_dim", -1))
+        return
+    if t in _RESHAPE:
+        if ax is None:
+            n.kind = "global"
+        elif tuple(ax) == (rank_in - 2, rank_in - 1) and rank >= 3 and tuple(shape[-2:]) == tuple(in_shape[-2:]):
+            n.kind, n.axes = "pointwise", (rank - 2, rank - 1)
+        elif rank == 2 or all(in_shape[i] == 1 for i in ax):
+            n.kind = "global"
+        return
+    if t in _REDUCE:
+        dims = _arg(n, 1, "dim", None)
+        keep = bool(_arg(n, 2, "keepdim", False))
+        if ax is None:
+            n.kind = "global"
+            return
+        dims = list(range(rank_in)) if dims is None else _norm_dims(dims, rank_in)
+        if set(ax) & set(dims):
+            n.kind, n.axes = "global", (ax if keep else None)
+        else:
+            left = [i for i in range(rank_in) if keep or i not in dims]
+            n.kind, n.axes = "pointwise", tuple(left.index(i) for i in ax)
+        return
+    if t in _PERMUTE:
+        fxn = n.fx_node
+        dims = fxn.args[1:] if n.op == "call_method" else (fxn.args[1] if len(fxn.args) > 1 else fxn.kwargs["dims"])
+        if n.op == "call_method" and len(dims) == 1 and isinstance(dims[0], (tuple, list)):
+            dims = dims[0]
+        dims = _norm_dims(list(dims), rank_in)
+        if ax is not None:
+            n.kind, n.axes = "pointwise", tuple(dims.index(i) for i in ax)
+        return
+    if t in _TRANSPOSE:
+        d0, d1 = (int(v) % rank_in for v in (_arg(n, 1, "dim0"), _arg(n, 2, "dim1")))
+        if ax is not None:
+            swap = {d0: d1, d1: d0}
+            n.kind, n.axes = "pointwise", tuple(swap.get(i, i) for i in ax)
+        return
+    if t is operator.getitem and ax is not None and rank == rank_in:
+        idx = _arg(n, 1, "idx")
+        idx = idx if isinstance(idx, tuple) else (idx,)
+        if all(i >= len(idx) or idx[i] == slice(None) for i in ax) and Ellipsis not in idx:
+            n.kind, n.axes = "pointwise", ax
+        return
+    # anything else: "other" (and no spatial axes known)
+
+
+def _stochastic_depth():
+    """torchvision's ``stochastic_depth`` (wrapped as one fx call): the identity in eval mode."""
+    try:
+        from torchvision.ops import stochastic_depth
+    except ImportError:  # pragma: no cover
+        return None
+    return stochastic_depth
+
+
+def _flatten(n: Node, ax, rank_in, start, end):
+    start, end = int(start) % rank_in, int(end) % rank_in
+    if ax is None:
+        n.kind = "global"
+    elif any(start <= i <= end for i in ax):
+        n.kind = "global" if start < end or True else "other"
+    else:
+        shift = end - start
+        n.kind, n.axes = "pointwise", tuple(i - shift if i > end else i for i in ax)
