@@ -142,7 +142,8 @@ def as_labels(labels, n: int, *, what: str = "images") -> torch.Tensor:
     if t.dim() != 1:
         raise ValueError(f"labels must be one int per image (a 1-D sequence), got shape {tuple(t.shape)}")
     if t.shape[0] != n:
-        raise ValueError(f"got {n} {what} but {t.shape[0]} labels")
+        where = "" if what == "images" else f"{what}: "
+        raise ValueError(f"{where}got {n} images but {t.shape[0]} labels")
     if n and int(t.min()) < 0:
         raise ValueError(f"labels must be class indices >= 0, got {int(t.min())}")
     return t.long()
