@@ -91,7 +91,7 @@ def test_alexnet_against_resnet18_random_weights():
     panel = zfwidgets.FilterPanel(a, b, images=images, channels=2, k=4)
     try:
         assert panel.state["filters"] == [64, 64] and panel.error is None
-        assert panel.state["second_layers"] == ["conv2", "conv2"]
+        assert panel.state["second_layers"] == ["conv2", "layer1.0"]     # ResNet: its first block
         click_filter(panel, 1, 10)
         w = b.resolve("conv1")[2].weight.detach()[10].numpy()
         info = panel.info.value

@@ -25,8 +25,9 @@ METHODS = tuple(sorted(PROJECTION_METHODS, key=lambda m: (m != "deconvnet", m !=
 
 
 # ----- the plain API this panel calls (one place) ------------------------------------------------------
-def _forward(lens, image):
-    return lens.forward(image)
+def _forward(lens, image, layer=None):
+    extra = () if layer is None or layer in lens.layers else (layer,)   # a layer beyond the table: by its path
+    return lens.forward(image, extra_layers=extra)
 
 
 def _project(lens, image, layer, channel, position, method):
@@ -72,6 +73,13 @@ def _entry(item, k: int) -> tuple:
     return f"image {k}", item, None
 
 
+
+def _layer_name(lens, layer) -> str:
+    """The name the explorer shows and records ``layer`` under: its table name, else its dotted path (an alias
+    such as a branching model's ``conv2`` is recorded by the lens under the module's path)."""
+    name, path, _ = lens.resolve(layer)
+    return name if name in lens.layers else path
+
 class Explorer(Panel):
     """Layer / channel explorer with projections (deconvnet, guided backprop, gradient).
 
@@ -115,7 +123,7 @@ class Explorer(Panel):
             raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
         self.display_size = display_size
         self.entries: list = []            # (name, image, label)
-        self.layer = lens.resolve(layer)[0] if layer is not None else lens.layers[0]
+        self.layer = _layer_name(lens, layer) if layer is not None else lens.layers[0]
         self.channel = int(channel)
         self.method = method
         self.position = "max"
@@ -135,7 +143,8 @@ class Explorer(Panel):
         self.image_picker.add_class("zf-image")
         self.upload = self._own(W.FileUpload(accept="image/*", multiple=False, description="upload"))
         self.upload.add_class("zf-upload")
-        self.layer_dropdown = self._own(W.Dropdown(options=lens.layers, value=self.layer, description="layer"))
+        layers = lens.layers if self.layer in lens.layers else [*lens.layers, self.layer]  # an alias: offered too
+        self.layer_dropdown = self._own(W.Dropdown(options=layers, value=self.layer, description="layer"))
         self.layer_dropdown.add_class("zf-layer")
         self.channel_slider = self._own(W.IntSlider(value=0, min=0, max=0, description="channel",
                                                     continuous_update=False))
@@ -233,7 +242,7 @@ class Explorer(Panel):
         self._refresh("image")
 
     def _set_layer(self, layer) -> None:
-        self.layer = self.lens.resolve(layer)[0]
+        self.layer = _layer_name(self.lens, layer)
         self.position = "max"
         self._refresh("layer")
 
@@ -287,7 +296,7 @@ class Explorer(Panel):
         elif image is not None:
             self.lens.to_input(image)
         if layer is not None:
-            layer = self.lens.resolve(layer)[0]
+            layer = _layer_name(self.lens, layer)
         if channel is not None and (isinstance(channel, bool) or not isinstance(channel, (int, np.integer))):
             raise TypeError(f"channel must be an int, got {type(channel).__name__}")
         if method is not None and method not in METHODS:
@@ -307,6 +316,8 @@ class Explorer(Panel):
                 else:
                     self.add_image(image)
             if layer is not None:
+                if layer not in self.layer_dropdown.options:   # an alias or a dotted path beyond the table
+                    self.layer_dropdown.options = [*self.layer_dropdown.options, layer]
                 self.layer_dropdown.value = layer
             if method is not None:
                 self.method_toggle.value = method
@@ -380,7 +391,7 @@ class Explorer(Panel):
         return display_factor(int(h), int(w), self.display_size)
 
     def _render_layer(self, image) -> None:
-        fwd = _forward(self.lens, image)
+        fwd = _forward(self.lens, image, self.layer)
         path = self.lens.resolve(self.layer)[1]
         act = fwd.activations.get(path)
         if act is None:

@@ -41,6 +41,16 @@ def _top(lens, images, layer, channels, k):
     return top_activations(lens, images, layer, channels=channels, k=k, progress=False)
 
 
+def _width(lens, name: str) -> int:
+    """How many maps layer ``name`` puts out (a block, such as a ResNet's, from the model's graph)."""
+    module = lens.resolve(name)[2]
+    for attr in ("out_channels", "out_features"):
+        if hasattr(module, attr):
+            return int(getattr(module, attr))
+    from ..core.graph import Graph
+    return int(Graph.of(lens).node_of(module).out_shape[1])
+
+
 def _second_conv(lens, first: str):
     convs = [i.name for i in lens.table if i.kind == "conv"]
     k = convs.index(first) if first in convs else 0
@@ -129,7 +139,7 @@ class FilterPanel(Panel):
                 self.second_layers.append(name)
                 if name is None:
                     continue
-                n = min(int(channels), int(lens.resolve(name)[2].out_channels))
+                n = min(int(channels), _width(lens, name))
                 top = _top(lens, images, name, list(range(n)), 1)
                 view = self._own(image_widget())
                 view.value = figure_png(top.plot(cols=4), dpi=60)

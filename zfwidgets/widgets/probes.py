@@ -152,7 +152,7 @@ class ProbePanel(Panel):
                 self.explorer = self._own(_explorer(self.lens, images, name))
                 self.explorer_box.children = [self.explorer]
             elif self.explorer.layer != name:
-                self.explorer.layer_dropdown.value = name
+                self.explorer.show(layer=name)
 
     # ----- state ---------------------------------------------------------------------------------
     def _state(self) -> dict:
