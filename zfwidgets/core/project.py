@@ -12,7 +12,10 @@ Example:
     >>> lens = zfwidgets.load("zfnet-fashion")
     >>> p = zfwidgets.project(lens, zfwidgets.samples()[0].image, "conv5")
     >>> p.channel, p.position, p.pixels.shape
-    >>> p.to_image()        # H x W x 3 uint8, zero at mid grey
+    (27, (4, 3), torch.Size([1, 28, 28]))
+    >>> img = p.to_image()        # H x W x 3 uint8, zero at mid grey
+    >>> img.shape, img.dtype, img[0, 0]
+    ((28, 28, 3), dtype('uint8'), array([128, 128, 128], dtype=uint8))
 """
 from __future__ import annotations
 
@@ -150,6 +153,7 @@ def project(lens, image, layer, channel=None, *, position="max", method: str = "
     Example:
         >>> p = project(lens, img, "conv3", 5, method="guided")
         >>> p.activation, p.position
+        (1.680, (3, 1))
     """
     _check_method(method)
     name, path, _ = lens.resolve(layer)
@@ -341,7 +345,8 @@ def deconvnet_steps(lens, image, layer, channel=None, *, position="max", dtype=t
 
     Example:
         >>> steps = deconvnet_steps(lens, img, "conv3")
-        >>> [p for p, _ in steps]    # ['conv3', 'pool2', 'relu2', 'conv2', ...]
+        >>> [p for p, _ in steps]
+        ['conv3', 'pool2', 'relu2', 'conv2', 'pool1', 'relu1', 'conv1']
     """
     chain = sequential_modules(lens.model)
     if chain is None:

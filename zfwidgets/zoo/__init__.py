@@ -4,6 +4,7 @@ Example:
     >>> lens = zfwidgets.load("zfnet-fashion")            # trained weights, eval mode, transform, classes
     >>> early = zfwidgets.load("zfnet-fashion", epoch=1)  # a training snapshot
     >>> s = zfwidgets.samples()[0]; s.image, s.label, lens.class_name(s.label)
+    (<PIL.Image.Image image mode=L size=28x28 at 0x...>, 0, 'T-shirt/top')
 """
 from __future__ import annotations
 
