@@ -22,7 +22,9 @@ def _doctest_names(request):
     samples = zfwidgets.samples()
     ns.update(zf=zfwidgets, zfwidgets=zfwidgets, np=np, torch=torch, torchvision=torchvision, lens=lens,
               samples=samples, images=[s.image for s in samples], labels=[s.label for s in samples],
-              image=samples[36].image, img=samples[36].image, model=lens.model)
+              image=samples[36].image, img=samples[36].image, model=lens.model,
+              x=lens.to_input(samples[36].image), x_test=[s.image for s in samples],
+              y_test=[s.label for s in samples], fill=lens.fill_value)
     yield
     import matplotlib.pyplot as plt
     plt.close("all")

@@ -106,7 +106,7 @@ def assigned_names(source: str) -> set:
     return names
 
 
-def run_notebook(path: Path, arch: str, values: dict, work: Path, timeout: int) -> tuple:
+def run_notebook(path: Path, arch: str, values: dict, work: Path, timeout: int, verbose: bool = False) -> tuple:
     import nbformat
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
@@ -119,8 +119,16 @@ def run_notebook(path: Path, arch: str, values: dict, work: Path, timeout: int) 
     nb.cells.insert(k + 1, injected)
     cwd = work / f"run-{path.stem}-{arch}"
     cwd.mkdir(exist_ok=True)
-    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(cwd)}})
     t = time.perf_counter()
+    last = [t]
+
+    def log(cell, cell_index, **_):
+        if verbose:
+            now = time.perf_counter()
+            print(f"user_models:   {path.stem} {arch} cell {cell_index}: {now - last[0]:.1f} s", flush=True)
+            last[0] = now
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(cwd)}},
+                            on_cell_executed=log)
     try:
         client.execute()
         return path.stem, arch, True, time.perf_counter() - t, ""
@@ -169,6 +177,7 @@ def main(argv=None) -> int:
     ap.add_argument("--notebooks", default="", help="comma-separated prefixes (default: all)")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--timeout", type=int, default=600, help="per cell, seconds")
+    ap.add_argument("--verbose", action="store_true", help="print each cell's time")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="zfwidgets-user-") as tmp:
@@ -196,7 +205,8 @@ def main(argv=None) -> int:
         jobs = [(nb, arch) for arch in models for nb in notebooks]
         results = []
         with cf.ThreadPoolExecutor(args.jobs) as pool:
-            futs = [pool.submit(run_notebook, nb, arch, overrides(arch, images, work), work, args.timeout)
+            futs = [pool.submit(run_notebook, nb, arch, overrides(arch, images, work), work, args.timeout,
+                                args.verbose)
                     for nb, arch in jobs]
             for f in cf.as_completed(futs):
                 r = f.result()

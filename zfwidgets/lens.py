@@ -42,6 +42,11 @@ class Forward:
 
     ``activations`` map a layer's *path* to its output with the autograd graph back to ``input``;
     ``switches`` map a max-pooling path to its argmax indices. ``state`` selects the ReLU backward rule.
+
+    Example:
+        >>> fwd = lens.forward(zfwidgets.samples()[36].image)
+        >>> fwd.probs.argmax(), fwd.input.shape, sorted(fwd.switches)[:2]
+        (tensor(9), torch.Size([1, 1, 28, 28]), ['pool1', 'pool2'])
     """
     input: torch.Tensor
     logits: torch.Tensor

@@ -6,11 +6,15 @@ Everything here is private to ``zfwidgets.analysis``; other analysis modules may
 Example:
     >>> for start, x in image_batches(lens, zfwidgets.samples(), batch_size=16):
     ...     x.shape                      # 16 x C x H x W model input; start = index of x[0]
+    torch.Size([16, 1, 28, 28])
+    torch.Size([16, 1, 28, 28])
+    torch.Size([8, 1, 28, 28])
 """
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from numbers import Integral, Real
+from pathlib import PurePath
 
 import numpy as np
 import torch
@@ -52,7 +56,7 @@ def _is_label(v) -> bool:
 
 
 def _is_image(v) -> bool:
-    return isinstance(v, (Image.Image, np.ndarray, torch.Tensor, str)) or hasattr(v, "image")
+    return isinstance(v, (Image.Image, np.ndarray, torch.Tensor, str, PurePath, bytes, bytearray)) or hasattr(v, "image")
 
 
 def image_of(item):
@@ -112,8 +116,8 @@ def image_batches(lens, images, batch_size: int = 64):
     """
     from torch.utils.data import DataLoader, Dataset, IterableDataset
     batch_size = check_int("batch_size", batch_size, minimum=1)
-    if isinstance(images, (Image.Image, np.ndarray, str)) or (isinstance(images, torch.Tensor)
-                                                             and images.dim() != 4):
+    if isinstance(images, (Image.Image, np.ndarray, str, PurePath, bytes, bytearray)) or (
+            isinstance(images, torch.Tensor) and images.dim() != 4):
         raise TypeError(f"expected a collection of images (list, Dataset, DataLoader or an N x C x H x W "
                         f"tensor), got a single image ({type(images).__name__}); wrap it in a list")
     if isinstance(images, torch.Tensor):

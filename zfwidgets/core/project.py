@@ -39,6 +39,11 @@ def render(pixels: torch.Tensor, mode: str = "signed", scale: float | None = Non
 
     ``"signed"``: ``0.5 + x / (2 max|x|)`` (zero is mid grey), per image unless ``scale`` (a shared
     max|x|) is given; ``"abs"``: ``|x|`` summed over channels, scaled to [0, 1] (a heat map in grey).
+
+    Example:
+        >>> img = render(torch.tensor([[[-1.0, 0.0, 2.0]]]))
+        >>> img[0, :, 0]                  # -1 -> dark, 0 -> mid grey, the maximum -> white
+        array([ 64, 128, 255], dtype=uint8)
     """
     x = pixels.detach().float().cpu()
     if x.dim() == 4:
@@ -68,6 +73,11 @@ class Projection:
     (``None`` for a fully connected unit or for ``position="map"``); ``activation`` the value projected
     (for ``"map"``, the sum of the rectified map). The top signal is a unit at the chosen activation
     (the rectified map itself for ``"map"``), so ``pixels`` is the gradient-like projection of that unit.
+
+    Example:
+        >>> p = zfwidgets.project(lens, zfwidgets.samples()[36].image, "conv3", 5)
+        >>> p.layer, p.channel, p.pixels.shape, p.method
+        ('conv3', 5, torch.Size([1, 28, 28]), 'deconvnet')
     """
     pixels: torch.Tensor
     layer: str
