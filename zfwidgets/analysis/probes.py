@@ -24,8 +24,8 @@ Example:
     >>> x_train, y_train = load_fashion_mnist("train")        # the notebooks use 2,000 and 1,000 images
     >>> p = zfwidgets.layer_probes(lens, x_train[:200], y_train[:200], images, labels, ["conv1", "fc7"],
     ...                            progress=False)
-    >>> p.test_accuracy                                        # accuracy per layer, like ZF Table 7
-    array([0.8, 0.9])
+    >>> p.test_accuracy.tolist()                               # accuracy per layer, like ZF Table 7
+    [0.8, 0.9]
     >>> g = zfwidgets.feature_generalisation(lens, n_per_class=(5,), scratch_steps=20, progress=False)
     >>> g.frozen_accuracy > g.scratch_accuracy                  # ZF Tables 4-6 at small scale
     array([[ True]])
