@@ -11,12 +11,32 @@ import argparse
 import ast
 import concurrent.futures as cf
 import os
+import re
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# (notebook, model): why it does not run yet. Reported as "xfail"; a run that passes anyway is reported as
+# "XPASS" and fails the step (strict), so that this list shrinks when the cause is fixed.
+EXPECTED_FAILURES = {
+    ("01_deconvnet", "resnet18"): "zf.deconvnet_steps (the paper form) needs a sequential chain; ResNet is not one "
+                                  "(graph support: issue #14)",
+    **{("06_occlusion", arch): "the checked cell's summary indexes rows[:, k] of an empty array when no image has both "
+                               "occluder positions on the object and off it (object = pixels > 0.1 max: all of a "
+                               "typical photo)" for arch in ("alexnet", "resnet18")},
+}
+# (notebook, model): why it is not run: work the notebook's parameters cannot make small enough for CI.
+NOT_RUN = {
+    (nb, arch): why for arch in ("alexnet", "resnet18") for nb, why in [
+        ("00_tour", "its last checked cell maps the occluder at stride 1 over every position (about 37,000 occluded "
+                    "forwards of a 224x224 image); the stride is not a parameter"),
+        ("09_probes_generalisation", "feature_generalisation trains the ImageNet architecture from scratch 3 times "
+                                     "(repeats=3, up to 300 steps at 224x224); neither is a parameter"),
+    ]
+}
 
 
 def write_weights(torch_home: Path, arch: str, seed: int = 0) -> Path:
@@ -78,10 +98,10 @@ def overrides(arch: str, images: list, work: Path) -> dict:
         "IMAGE": repr(paths[0]), "IMAGE_INDEX": "1",
         "N_IMAGES": "8", "N_MAPS": "2", "DATA_FOLDER": repr(str(images[0].parent / "classes")),
         # a folder written by SnapshotSaver for a torchvision architecture needs the model to rebuild it
-        "SNAPSHOTS": (f"__import__('zfwidgets').analysis.evolution.load_snapshots({str(snaps)!r}, "
+        "SNAPSHOTS": (f"__import__('zfwidgets.analysis.evolution', fromlist=['x']).load_snapshots({str(snaps)!r}, "
                       f"model=lambda: __import__('torchvision').models.get_model({arch!r}))"),
         "OTHER": repr(arch),
-        "SIZE, STRIDE": "64, 32", "SHOW": "[0, 1]",
+        "SIZE, STRIDE": "64, 32", "SHOW": "[0, 1, 2]",
         "N": "3", "PART": "32",
         "PARTS": repr({"centre": [(80, 80, 144, 144)] * 3, "corner": [(0, 0, 64, 64)] * 3}),
         "N_TEST": "6", "FRACTION": "0.5",
@@ -133,10 +153,10 @@ def run_notebook(path: Path, arch: str, values: dict, work: Path, timeout: int, 
         client.execute()
         return path.stem, arch, True, time.perf_counter() - t, ""
     except CellExecutionError as e:
-        lines = [l for l in str(e).splitlines() if l.strip()]
+        lines = [re.sub(r"\x1b\[[0-9;]*m", "", l) for l in str(e).splitlines() if l.strip()]
         return path.stem, arch, False, time.perf_counter() - t, (lines[-1] if lines else repr(e))[:300]
     except Exception as e:  # noqa: BLE001 - a dead kernel or a timeout is a failure of this notebook
-        return path.stem, arch, False, time.perf_counter() - t, f"{type(e).__name__}: {e}"[:300]
+        return path.stem, arch, False, time.perf_counter() - t, f"{type(e).__name__}: {e}".splitlines()[0][:300]
 
 
 def check_from_torchvision(torch_home: Path, written: dict) -> list:
@@ -202,7 +222,9 @@ def main(argv=None) -> int:
         prefixes = [p for p in args.notebooks.split(",") if p]
         notebooks = [p for p in sorted((ROOT / "notebooks").glob("*.ipynb"))
                      if not prefixes or any(p.name.startswith(x) for x in prefixes)]
-        jobs = [(nb, arch) for arch in models for nb in notebooks]
+        jobs = [(nb, arch) for arch in models for nb in notebooks if (nb.stem, arch) not in NOT_RUN]
+        for nb, arch in [(nb, arch) for arch in models for nb in notebooks if (nb.stem, arch) in NOT_RUN]:
+            print(f"user_models: {nb.stem:<26} {arch:<9} {'not run':<6}          {NOT_RUN[nb.stem, arch]}")
         results = []
         with cf.ThreadPoolExecutor(args.jobs) as pool:
             futs = [pool.submit(run_notebook, nb, arch, overrides(arch, images, work), work, args.timeout,
@@ -211,13 +233,20 @@ def main(argv=None) -> int:
             for f in cf.as_completed(futs):
                 r = f.result()
                 results.append(r)
-                print(f"user_models: {r[0]:<26} {r[1]:<9} {'ok' if r[2] else 'FAILED':<6} {r[3]:6.1f} s  {r[4]}",
+                why = EXPECTED_FAILURES.get((r[0], r[1]))
+                status = ("ok" if why is None else "XPASS") if r[2] else ("FAILED" if why is None else "xfail")
+                print(f"user_models: {r[0]:<26} {r[1]:<9} {status:<6} {r[3]:6.1f} s  {r[4] or why or ''}",
                       flush=True)
-    failed = [r for r in results if not r[2]]
-    print(f"user_models: {len(results) - len(failed)} of {len(results)} notebook runs passed "
-          f"({', '.join(models)}), from_torchvision checks {'passed' if not bad else 'failed'}, "
+    failed = [r for r in results if not r[2] and (r[0], r[1]) not in EXPECTED_FAILURES]
+    xfail = [r for r in results if not r[2] and (r[0], r[1]) in EXPECTED_FAILURES]
+    xpass = [r for r in results if r[2] and (r[0], r[1]) in EXPECTED_FAILURES]
+    not_run = len(models) * len(notebooks) - len(results)
+    print(f"user_models: {len(results) - len(failed) - len(xfail)} of {len(results)} notebook runs passed "
+          f"({not_run} not run), "
+          f"{len(xfail)} expected failures, {len(failed)} failed, {len(xpass)} passed unexpectedly "
+          f"({', '.join(models)}); from_torchvision checks {'passed' if not bad else 'failed'}; "
           f"{time.perf_counter() - t0:.0f} s")
-    return 1 if failed or bad else 0
+    return 1 if failed or xpass or bad else 0
 
 
 if __name__ == "__main__":
