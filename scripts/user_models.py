@@ -27,6 +27,8 @@ EXPECTED_FAILURES = {
     **{("06_occlusion", arch): "the checked cell's summary indexes rows[:, k] of an empty array when no image has both "
                                "occluder positions on the object and off it (object = pixels > 0.1 max: all of a "
                                "typical photo)" for arch in ("alexnet", "resnet18")},
+    **{("03_evolution", arch): "zf.feature_evolution over snapshots of a 224x224 torchvision model asks the "
+                               "allocator for 240 GB (6 images, 4 maps per layer)" for arch in ("alexnet", "resnet18")},
 }
 # (notebook, model): why it is not run: work the notebook's parameters cannot make small enough for CI.
 NOT_RUN = {
