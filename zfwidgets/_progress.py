@@ -22,8 +22,9 @@ def progress(iterable=None, *, total=None, desc=None, enabled=True):
     ``f(done, total)`` that receives updates (panels pass their own bar's setter).
 
     Example:
-        >>> for batch in progress(batches, total=len(batches), desc="mining"):
-        ...     ...
+        >>> batches = [list(range(8))] * 3
+        >>> for batch in progress(batches, total=len(batches), desc="mining", enabled=False):
+        ...     pass
     """
     if callable(enabled):
         return _Callback(iterable, total, enabled)

@@ -6,10 +6,13 @@ that repeated projections of the same image run backward passes only. Every anal
 takes a lens.
 
 Example:
-    >>> lens = zfwidgets.Lens(model, transform=my_transform, class_names=names)
+    >>> model = zfwidgets.load("zfnet-fashion").model                 # any nn.Module classifier
+    >>> lens = zfwidgets.Lens(model, input_size=(1, 28, 28), class_names=[f"c{k}" for k in range(10)])
     >>> lens.layers[:3]
     ['conv1', 'conv2', 'conv3']
-    >>> lens.predict(image)          # class probabilities, shape (num_classes,)
+    >>> probs = lens.predict(zfwidgets.samples()[36].image)   # class probabilities, shape (num_classes,)
+    >>> probs.shape, lens.class_name(int(probs.argmax()))
+    (torch.Size([10]), 'c9')
 """
 from __future__ import annotations
 
@@ -39,6 +42,11 @@ class Forward:
 
     ``activations`` map a layer's *path* to its output with the autograd graph back to ``input``;
     ``switches`` map a max-pooling path to its argmax indices. ``state`` selects the ReLU backward rule.
+
+    Example:
+        >>> fwd = lens.forward(zfwidgets.samples()[36].image)
+        >>> fwd.probs.argmax(), fwd.input.shape, sorted(fwd.switches)[:2]
+        (tensor(9), torch.Size([1, 1, 28, 28]), ['pool1', 'pool2'])
     """
     input: torch.Tensor
     logits: torch.Tensor
@@ -329,7 +337,10 @@ class Lens:
 
         Example:
             >>> lens = Lens.from_torchvision("alexnet")            # random weights, offline
-            >>> lens = Lens.from_torchvision("vgg16", "DEFAULT")   # needs the file in TORCH_HOME
+            >>> lens.layers[:2], lens.input_size
+            (['conv1', 'conv2'], (3, 224, 224))
+            >>> from torchvision.models import VGG16_Weights
+            >>> lens = Lens.from_torchvision("vgg16", VGG16_Weights.IMAGENET1K_V1)  # offline only with the file in TORCH_HOME  # doctest: +SKIP
         """
         from .zoo.torchvision_models import build_torchvision
         own = {"transform", "class_names", "input_size", "mean", "std", "name"}

@@ -4,7 +4,7 @@ batches, with the labels taken from the data where the data has them.
 Accepted collections (:func:`gather`):
 
 - a list (or any iterable) of images: PIL images, uint8 arrays H x W [x C], uint8 tensors, float tensors
-  C x H x W (already preprocessed model input), file paths, ``zfwidgets.samples()`` items, ``(image, label)``
+  C x H x W (already preprocessed model input), file paths, the bytes of an image file, ``zfwidgets.samples()`` items, ``(image, label)``
   pairs or ``{"image": ..., "label": ...}`` dicts;
 - a uint8 array (or tensor) N x H x W or N x H x W x C of pixels;
 - a float tensor N x C x H x W of preprocessed model input;
@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from numbers import Integral
-from pathlib import Path
+from pathlib import PurePath
 
 import numpy as np
 import torch
@@ -56,7 +56,7 @@ def _is_label(v) -> bool:
 
 
 def _is_image(v) -> bool:
-    return isinstance(v, (Image.Image, np.ndarray, torch.Tensor, str, Path)) or hasattr(v, "image")
+    return isinstance(v, (Image.Image, np.ndarray, torch.Tensor, str, PurePath, bytes, bytearray)) or hasattr(v, "image")
 
 
 def _is_sample(item) -> bool:
@@ -112,7 +112,7 @@ def as_input(lens, image) -> torch.Tensor:
 
 def is_single_image(images) -> bool:
     """True when ``images`` is one image rather than a collection of them."""
-    if isinstance(images, (Image.Image, str, Path, bytes)):
+    if isinstance(images, (Image.Image, str, PurePath, bytes, bytearray)):
         return True
     if isinstance(images, np.ndarray):  # H x W, or H x W x 3/4 (a stack N x H x W of width 3 or 4 is no image)
         return images.ndim == 2 or (images.ndim == 3 and images.shape[2] in (3, 4))
@@ -328,7 +328,7 @@ def gather(lens, images, labels=None, *, what: str = "images", min_images: int =
         def carried():
             found = [label_of(images[i]) for i in range(n)]
             return found if found and all(v is not None for v in found) else None
-    elif isinstance(images, (dict, str, bytes)) or not isinstance(images, Iterable):
+    elif isinstance(images, dict) or not isinstance(images, Iterable):
         raise TypeError(f"{what}: expected {_EXPECTED}; got {type(images).__name__}")
     else:
         source = list(images)

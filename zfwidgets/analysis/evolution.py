@@ -18,10 +18,11 @@ Snapshots come from the bundled models (``feature_evolution("zfnet-fashion", ...
 lenses, or from a folder written by :class:`SnapshotSaver` during your own training.
 
 Example:
-    >>> ev = zfwidgets.feature_evolution("zfnet-fashion", [s.image for s in zfwidgets.samples()],
-    ...                                  ["conv1", "conv3", "conv5"], channels=4)
-    >>> ev.stability()          # {'conv1': array([...]), ...}: mean similarity to the final projection
-    >>> ev.plot()               # one column per snapshot, like Fig. 4
+    >>> ev = zfwidgets.feature_evolution("zfnet-fashion", [s.image for s in zfwidgets.samples()][::4],
+    ...                                  ["conv1", "conv5"], channels=2, progress=False)
+    >>> ev.epochs, sorted(ev.stability())   # per layer: mean similarity to the final projection, per epoch
+    ([1, 2, 4, 8, 17], ['conv1', 'conv5'])
+    >>> fig = ev.plot()                     # one column per snapshot, like Fig. 4
 """
 from __future__ import annotations
 
@@ -74,12 +75,16 @@ class SnapshotSaver:
         input_size, mean, std, class_names: stored for the lenses :func:`load_snapshots` makes.
 
     Example:
-        >>> saver = SnapshotSaver(model, "runs/snaps", epochs=(1, 2, 5, 10), input_size=(1, 28, 28))
-        >>> for epoch in range(1, 11):
-        ...     train_one_epoch(model)
-        ...     saver(epoch)
-        >>> lenses = SnapshotSaver.load("runs/snaps", model=build_my_model)
-        >>> ev = zfwidgets.feature_evolution(lenses, images, ["conv1", "conv5"])
+        >>> import tempfile; folder = tempfile.mkdtemp()
+        >>> model = zfwidgets.zoo.models.build("zfnet-fashion")     # your model, being trained
+        >>> saver = SnapshotSaver(model, folder, epochs=(1, 2), arch="zfnet-fashion", input_size=(1, 28, 28))
+        >>> for epoch in range(1, 4):
+        ...     # train_one_epoch(model)
+        ...     path = saver(epoch)                       # the file written, or None
+        >>> lenses = SnapshotSaver.load(folder)          # or model=a module / a function building one
+        >>> [lens.epoch for lens in lenses]
+        [1, 2]
+        >>> ev = zfwidgets.feature_evolution(lenses, images[:4], ["conv1", "conv5"], channels=1, progress=False)
     """
 
     def __init__(self, model: nn.Module, folder, epochs=ZF_EPOCHS, *, name: str = "model", arch: str | None = None,
@@ -160,8 +165,13 @@ def load_snapshots(folder, model=None, **lens_kwargs) -> list:
     with ``torch.load(weights_only=True)``.
 
     Example:
-        >>> lenses = load_snapshots("runs/snaps", model=lambda: MyNet())
-        >>> [l.epoch for l in lenses]
+        >>> import tempfile; folder = tempfile.mkdtemp()
+        >>> saver = SnapshotSaver(lens.model, folder, epochs=None, name="mine", input_size=(1, 28, 28))
+        >>> [p.name for p in (saver(1), saver(2))]
+        ['mine.epoch1.pt', 'mine.epoch2.pt']
+        >>> lenses = load_snapshots(folder, model=lambda: zfwidgets.zoo.models.build("zfnet-fashion"))
+        >>> [l.epoch for l in lenses], lenses[0].name
+        ([1, 2], 'mine@1')
     """
     from ..lens import Lens
     from ..zoo import load_weights
@@ -313,6 +323,7 @@ def shift_cosine(a, b) -> float:
     Example:
         >>> a = np.zeros((1, 5, 5)); a[0, 1, 1] = 1; b = np.roll(a, 2, axis=2)
         >>> shift_cosine(a, b)       # 1.0
+        1.0
     """
     ta = torch.as_tensor(np.asarray(a), dtype=torch.float64)
     tb = torch.as_tensor(np.asarray(b), dtype=torch.float64)
@@ -359,8 +370,10 @@ def feature_evolution(lens_or_name, images, layers, channels=None, *, epochs=Non
         batch_size: images per forward when searching for the strongest activations.
 
     Example:
-        >>> ev = feature_evolution("zfnet-fashion", [s.image for s in zfwidgets.samples()], ["conv1", "conv5"])
-        >>> ev.stability()["conv1"][0] > ev.stability()["conv5"][0]     # ZF: lower layers settle earlier
+        >>> ev = feature_evolution("zfnet-fashion", [s.image for s in zfwidgets.samples()][::4], ["conv1", "conv5"],
+        ...                        channels=2, progress=False)
+        >>> bool(ev.stability()["conv1"][0] > ev.stability()["conv5"][0])     # ZF: lower layers settle earlier
+        True
     """
     show_progress = progress_flag(progress, show_progress)
     from ..core.project import METHODS, project

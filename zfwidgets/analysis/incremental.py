@@ -23,9 +23,13 @@ Example:
     >>> engine = IncrementalOcclusion(lens, image)
     >>> logits, acts = engine.run(torch.tensor([[0, 0, 32, 32], [8, 0, 40, 32]]), ["conv5"])
     >>> logits.shape, acts["conv5"].shape          # same as lens.run on the two occluded images
-    >>> out = engine.evaluate_box((40, 40, 72, 72), ["conv5"])   # the live occluder: one position
+    (torch.Size([2, 10]), torch.Size([2, 64, 7, 7]))
+    >>> out = engine.evaluate_box((10, 10, 18, 18), ["conv5"])   # the live occluder: one position
     >>> out.probs.argmax(), out.activations["conv5"].shape
+    (tensor(9), torch.Size([64, 7, 7]))
+    >>> boxes = torch.tensor([[0, 0, 8, 8], [10, 10, 18, 18]])
     >>> engine.mac_fraction(boxes)                 # share of conv multiply-adds recomputed
+    {'tight': 0.698, 'batched': 0.808, 'with_fc': 0.813, 'groups': 1}
 
     A drop-in for ``lens.run(<the occluded batch>, layers)`` that keeps one engine per lens:
     >>> logits, acts = occluded_run(lens, x, boxes, fill, ["conv5"])
@@ -300,7 +304,9 @@ class IncrementalOcclusion:
         >>> engine = IncrementalOcclusion(lens, image)
         >>> out = engine.evaluate([(0, 0, 32, 32), (0, 8, 32, 40)], ["conv5"])
         >>> out.probs.shape, out.activations["conv5"].shape
-        >>> engine.logits_for_box((100, 100, 132, 132))    # the live occluder, K logits
+        (torch.Size([2, 10]), torch.Size([2, 64, 7, 7]))
+        >>> engine.logits_for_box((10, 10, 18, 18)).shape    # the live occluder, K logits
+        torch.Size([10])
     """
 
     def __init__(self, lens, image, *, threshold: float = DEFAULT_THRESHOLD,
@@ -719,6 +725,9 @@ def occluded_run(lens, x, boxes, fill, layers=(), *, logits: bool = True):
     Non-sequential models run batched full forwards.
 
     Example:
+        >>> boxes = torch.tensor([[0, 0, 8, 8], [10, 10, 18, 18]])
         >>> logits, acts = occluded_run(lens, x, boxes, lens.fill_value, ["conv5"])
+        >>> logits.shape, acts["conv5"].shape
+        (torch.Size([2, 10]), torch.Size([2, 64, 7, 7]))
     """
     return occlusion_engine(lens, x).run(boxes, layers, fill=fill, logits=logits)

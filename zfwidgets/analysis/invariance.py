@@ -19,8 +19,11 @@ the bundled model the default layers are ``conv1`` and ``fc7``.
 Example:
     >>> inv = invariance(lens, zfwidgets.samples()[:5], transform="translate")
     >>> inv.relative["conv1"].shape               # images x values
-    >>> inv.probability                            # p(true class) per image and value
+    torch.Size([5, 17])
+    >>> inv.probability[:, 8]                      # p(true class) per image and value; here unshifted
+    tensor([0.999, 0.315, 1.000, 0.999, 1.000], dtype=torch.float64)
     >>> inv.plot()                                 # one row of Fig. 5
+    <Figure size 1320x280 with 4 Axes>
 """
 from __future__ import annotations
 
@@ -64,7 +67,9 @@ class Invariance:
         """Mean relative distance over images and values (the identity value left out by default).
 
         Example:
-            >>> inv.mean_relative()          # {'conv1': 0.83, 'fc7': 0.45}
+            >>> inv = invariance(lens, zfwidgets.samples()[::8], transform="translate", progress=False)
+            >>> sorted(inv.mean_relative())
+            ['conv1', 'fc7']
         """
         keep = np.ones(len(self.values), dtype=bool)
         if exclude_identity:
@@ -87,6 +92,8 @@ def default_values(transform: str, height: int) -> np.ndarray:
 
     Example:
         >>> default_values("translate", 28)       # -8, -7, ..., 8 pixels
+        array([-8., -7., -6., -5., -4., -3., -2., -1.,  0.,  1.,  2.,  3.,  4.,
+                5.,  6.,  7.,  8.])
     """
     if transform == "translate":
         r = max(1, round(0.3 * height))
@@ -103,7 +110,9 @@ def transform_input(x: torch.Tensor, transform: str, value: float, fill: torch.T
     """``x`` (N x C x H x W model input) translated vertically / scaled / rotated by ``value``, padded with ``fill``.
 
     Example:
-        >>> transform_input(x, "rotate", 90.0, lens.fill_value)
+        >>> y = transform_input(x, "rotate", 90.0, lens.fill_value)
+        >>> y.shape, torch.allclose(y, torch.rot90(x, 1, dims=(2, 3)), atol=1e-5)
+        (torch.Size([1, 1, 28, 28]), True)
     """
     from torchvision.transforms import InterpolationMode
     from torchvision.transforms import functional as TF
@@ -159,6 +168,7 @@ def invariance(lens, images, *, transform: str, values=None, layers=None, labels
     Example:
         >>> inv = invariance(lens, zfwidgets.samples()[::8], transform="scale")
         >>> inv.mean_relative()                   # {'conv1': ..., 'fc7': ...}
+        {'conv1': 1.021, 'fc7': 0.679}
     """
     check_lens(lens)
     if not isinstance(transform, str):

@@ -17,7 +17,9 @@ may stick out past the border; it is clipped (``boxes`` holds the clipped ``(y0,
 Example:
     >>> occ = occlusion(lens, image, size=8, stride=2)
     >>> occ.probability.shape, occ.channel, occ.target
+    (torch.Size([11, 11]), 36, 9)
     >>> occ.plot()                          # Fig. 7's panels
+    <Figure size 1500x340 with 7 Axes>
     >>> x = occlude(lens, image, (4, 4, 12, 12))   # one occluded input, 1 x C x H x W
 """
 from __future__ import annotations
@@ -176,7 +178,8 @@ def occlude(lens, image, box, fill="mean") -> torch.Tensor:
 
     Example:
         >>> x = occlude(lens, zfwidgets.samples()[0], (10, 10, 18, 18))
-        >>> lens.predict(x[0])
+        >>> int(lens.predict(x[0]).argmax()), lens.class_name(0)
+        (0, 'T-shirt/top')
     """
     check_lens(lens)
     x = as_input(lens, image)
@@ -262,6 +265,7 @@ def occlusion(lens, image, *, size, stride, fill="mean", target=None, layer=None
         >>> s = zfwidgets.samples()[0]
         >>> occ = occlusion(lens, s.image, size=8, stride=2, target=s.label)
         >>> occ.probability.min(), occ.base_probability
+        (tensor(0.860), 0.999)
     """
     check_lens(lens)
     if batch_size is not None:

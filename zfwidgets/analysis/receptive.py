@@ -23,7 +23,9 @@ receptive-field calculators do. A fully connected layer sees the whole image.
 Example:
     >>> box = receptive_field(lens, "conv3", (3, 4))
     >>> box.y0, box.x0, box.y1, box.x1      # half-open, clipped to the input
+    (1, 5, 24, 28)
     >>> box.unclipped                       # the same box before clipping (may extend past the borders)
+    (1, 5, 24, 28)
     >>> patch = box.crop(lens.to_display(x))
 """
 from __future__ import annotations

@@ -6,9 +6,11 @@ body raises). :class:`ModelGuard` puts a model in eval mode for the call and giv
 ``training`` flag it had.
 
 Example:
+    >>> model = zfwidgets.load("zfnet-fashion").model
     >>> with ModelGuard(model), Capture(model, {"conv1": model.conv1}) as cap:
-    ...     model(x)
+    ...     logits = model(torch.zeros(1, 1, 28, 28))
     >>> cap.outputs["conv1"].shape
+    torch.Size([1, 32, 28, 28])
 """
 from __future__ import annotations
 

@@ -39,11 +39,13 @@ def load_image_bytes(data: bytes, name: str = "upload") -> Image.Image:
 def as_pil(image, channels: int | None) -> Image.Image:
     """A PIL image in the colour mode the model wants (1 channel: 'L', 3: 'RGB').
 
-    Accepts a PIL image, a path, or a uint8 array HxW / HxWx1 / HxWx3 / HxWx4. Grayscale given to an RGB
-    model (and RGB to a grayscale one) is converted, with a warning that says so.
+    Accepts a PIL image, a path, an image file's bytes, or a uint8 array HxW / HxWx1 / HxWx3 / HxWx4.
+    Grayscale given to an RGB model (and RGB to a grayscale one) is converted, with a warning that says so.
     """
     if isinstance(image, (str, Path)):
         image = load_image_bytes(Path(image).read_bytes(), str(image))
+    elif isinstance(image, (bytes, bytearray, memoryview)):
+        image = load_image_bytes(image, "the image bytes")
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8:
             raise TypeError(f"an image array must be uint8 (HxW or HxWxC); got dtype {image.dtype}. "
@@ -56,7 +58,8 @@ def as_pil(image, channels: int | None) -> Image.Image:
             raise ValueError(f"an image array must be HxW, HxWx1, HxWx3 or HxWx4; got shape {image.shape}")
         image = Image.fromarray(image)
     if not isinstance(image, Image.Image):
-        raise TypeError("expected a PIL image, a uint8 array (HxW or HxWxC), a file path or a float tensor "
+        raise TypeError("expected a PIL image, a uint8 array (HxW or HxWxC), a file path, an image file's bytes "
+                        "or a float tensor "
                         f"(CxHxW or 1xCxHxW); got {type(image).__name__}")
     if image.width == 0 or image.height == 0:
         raise ValueError(f"the image is empty ({image.width}x{image.height})")

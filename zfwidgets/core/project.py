@@ -12,7 +12,10 @@ Example:
     >>> lens = zfwidgets.load("zfnet-fashion")
     >>> p = zfwidgets.project(lens, zfwidgets.samples()[0].image, "conv5")
     >>> p.channel, p.position, p.pixels.shape
-    >>> p.to_image()        # H x W x 3 uint8, zero at mid grey
+    (27, (4, 3), torch.Size([1, 28, 28]))
+    >>> img = p.to_image()        # H x W x 3 uint8, zero at mid grey
+    >>> img.shape, img.dtype, img[0, 0]
+    ((28, 28, 3), dtype('uint8'), array([128, 128, 128], dtype=uint8))
 """
 from __future__ import annotations
 
@@ -37,6 +40,11 @@ def render(pixels: torch.Tensor, mode: str = "signed", scale: float | None = Non
 
     ``"signed"``: ``0.5 + x / (2 max|x|)`` (zero is mid grey), per image unless ``scale`` (a shared
     max|x|) is given; ``"abs"``: ``|x|`` summed over channels, scaled to [0, 1] (a heat map in grey).
+
+    Example:
+        >>> img = render(torch.tensor([[[-1.0, 0.0, 2.0]]]))
+        >>> img[0, :, 0]                  # -1 -> dark, 0 -> mid grey, the maximum -> white
+        array([ 64, 128, 255], dtype=uint8)
     """
     x = pixels.detach().float().cpu()
     if x.dim() == 4:
@@ -66,6 +74,11 @@ class Projection:
     (``None`` for a fully connected unit or for ``position="map"``); ``activation`` the value projected
     (for ``"map"``, the sum of the rectified map). The top signal is a unit at the chosen activation
     (the rectified map itself for ``"map"``), so ``pixels`` is the gradient-like projection of that unit.
+
+    Example:
+        >>> p = zfwidgets.project(lens, zfwidgets.samples()[36].image, "conv3", 5)
+        >>> p.layer, p.channel, p.pixels.shape, p.method
+        ('conv3', 5, torch.Size([1, 28, 28]), 'deconvnet')
     """
     pixels: torch.Tensor
     layer: str
@@ -151,6 +164,7 @@ def project(lens, image, layer, channel=None, *, position="max", method: str = "
     Example:
         >>> p = project(lens, img, "conv3", 5, method="guided")
         >>> p.activation, p.position
+        (1.680, (3, 1))
     """
     _check_method(method)
     name, path, _ = lens.resolve(layer)

@@ -19,10 +19,14 @@ It never touches module hooks, so nothing can be left behind on the model. Becau
 backward time, one recorded forward serves all three rules.
 
 Example:
+    >>> model = zfwidgets.load("zfnet-fashion").model
+    >>> x = torch.rand(1, 1, 28, 28, requires_grad=True)
     >>> state = RuleState("deconvnet")
     >>> with RectifierSwap(state):
     ...     y = model(x)
     >>> state.rule = "guided"   # the same graph now backpropagates with guided backprop
+    >>> y[0, 3].backward(); x.grad.shape
+    torch.Size([1, 1, 28, 28])
 """
 from __future__ import annotations
 

@@ -1,7 +1,9 @@
 """Figure for correspondence analysis (ZF Fig. 8 and Table 1): the masked parts, and Delta per layer.
 
 Example:
-    >>> fig = plot_correspondence(zfwidgets.correspondence(lens, images, boxes))
+    >>> boots = [s.image for s in zfwidgets.samples(label=9)]
+    >>> boxes = {"toe": [(14, 0, 22, 8)] * 4, "heel": [(14, 20, 22, 28)] * 4}   # per part, one box per image
+    >>> fig = plot_correspondence(zfwidgets.correspondence(lens, boots, boxes, progress=False))
 """
 from __future__ import annotations
 

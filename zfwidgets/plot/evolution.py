@@ -1,8 +1,9 @@
 """Figures for feature evolution (ZF Fig. 4): one column per training snapshot, and the stabilisation curves.
 
 Example:
-    >>> ev = zfwidgets.feature_evolution("zfnet-fashion", images, ["conv1", "conv5"])
-    >>> plot_feature_evolution(ev); plot_stability(ev)
+    >>> ev = zfwidgets.feature_evolution("zfnet-fashion", images[::8], ["conv1", "conv5"], channels=2,
+    ...                                  progress=False)
+    >>> fig = plot_feature_evolution(ev); fig2 = plot_stability(ev)
 """
 from __future__ import annotations
 

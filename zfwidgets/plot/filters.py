@@ -1,7 +1,7 @@
 """Figures for filter diagnosis (ZF Fig. 6): a filter grid and per-filter health, two models side by side.
 
 Example:
-    >>> fig = plot_filter_health(zfwidgets.filter_health(lens, images, other=lens2))
+    >>> fig = plot_filter_health(zfwidgets.filter_health(lens, images, other=zfwidgets.load("allconv-fashion")))
 """
 from __future__ import annotations
 

@@ -3,7 +3,8 @@ first image transformed at a few values, the distance between original and trans
 measured layer (absolute, or relative to the original's feature norm), and p(true class). One line per image.
 
 Example:
-    >>> rows = [zfwidgets.invariance(lens, imgs, transform=t) for t in ("translate", "scale", "rotate")]
+    >>> imgs = images[::10]
+    >>> rows = [zfwidgets.invariance(lens, imgs, transform=t, progress=False) for t in ("translate", "scale", "rotate")]
     >>> fig = plot_invariance(rows, relative=True)
 """
 from __future__ import annotations
@@ -28,7 +29,7 @@ def plot_invariance(results, *, relative: bool = False, figsize=None):
         relative: plot the distance divided by the norm of the original's feature vector.
 
     Example:
-        >>> invariance(lens, imgs, transform="rotate").plot(relative=True)
+        >>> fig = zfwidgets.invariance(lens, images[::10], transform="rotate", progress=False).plot(relative=True)
     """
     rows = list(results) if isinstance(results, (list, tuple)) else [results]
     if not rows:

@@ -1,7 +1,8 @@
 """Figures for lesions (no retraining) beside ZF Table 3's retrained ablations.
 
 Example:
-    >>> fig = plot_lesions(lesion_sweep(lens, x, y), ablation=ablation_table("zfnet-fashion"))
+    >>> sweep = zfwidgets.lesion_sweep(lens, images, labels, progress=False)
+    >>> fig = plot_lesions(sweep, ablation=zfwidgets.ablation_table("zfnet-fashion"))
 """
 from __future__ import annotations
 

@@ -36,7 +36,7 @@ def plot_occlusion(occ, *, figsize=None):
     """Draw an :class:`~zfwidgets.analysis.occlusion.OcclusionMaps` like ZF Fig. 7; returns the Figure.
 
     Example:
-        >>> occlusion(lens, img, size=8, stride=2).plot()
+        >>> fig = zfwidgets.occlusion(lens, img, size=8, stride=2, progress=False).plot()
     """
     from matplotlib.patches import Patch, Rectangle
 

@@ -1,7 +1,11 @@
 """Figures for linear probes per layer (ZF Table 7) and feature generalisation (ZF Tables 4-6).
 
 Example:
-    >>> fig = plot_layer_probes(zfwidgets.layer_probes(lens, xtr, ytr, xte, yte))
+    >>> probes = zfwidgets.layer_probes(lens, images[::2], labels[::2], images[1::2], labels[1::2],
+    ...                                 ["conv1", "fc7"], progress=False)
+    >>> fig = plot_layer_probes(probes)
+    >>> len(fig.axes)
+    1
 """
 from __future__ import annotations
 

@@ -5,8 +5,9 @@ scale shared by all k projections of a map. Crops cut by the image border are pl
 the unclipped receptive field; the part outside the image is left blank (white).
 
 Example:
+    >>> top = zfwidgets.top_activations(lens, images, "conv2", channels=range(4), progress=False)
     >>> fig = plot_top_activations(top, channels=[0, 3])
-    >>> fig.savefig("top9.png")
+    >>> import io; fig.savefig(io.BytesIO(), format="png")   # or fig.savefig("top9.png")
 """
 from __future__ import annotations
 
@@ -63,7 +64,7 @@ def plot_top_activations(top, channels=None, *, mode: str = "signed", cols: int 
         cols: maps per figure row (default up to 4).
 
     Example:
-        >>> top_activations(lens, images, "conv2", channels=range(4)).plot()
+        >>> fig = zfwidgets.top_activations(lens, images, "conv2", channels=range(4), progress=False).plot()
     """
     if mode not in ("signed", "abs"):
         raise ValueError(f"mode must be 'signed' or 'abs', got {mode!r}")

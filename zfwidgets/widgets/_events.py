@@ -26,8 +26,12 @@ once: there is no queue to coalesce. Tests simulate the kernel by running pushes
 per iteration, exactly as queued comm messages arrive.
 
 Example:
-    >>> moves = Coalescer(lambda xy: panel.move_to(*xy))
-    >>> canvas.on_mouse_move(lambda x, y: moves.push((x, y)))
+    >>> seen = []
+    >>> moves = Coalescer(seen.append)               # e.g. lambda xy: panel.move_to(*xy)
+    >>> for xy in [(1, 1), (2, 2), (3, 3)]:           # e.g. canvas.on_mouse_move(lambda x, y: moves.push((x, y)))
+    ...     moves.push(xy)
+    >>> seen
+    [(1, 1), (2, 2), (3, 3)]
 """
 from __future__ import annotations
 

@@ -2,9 +2,11 @@
 (ZF §4, Fig. 4), with a slider (and a play button) over the training epochs.
 
 Example:
-    >>> panel = zfwidgets.EvolutionPanel("zfnet-fashion", zfwidgets.samples(), ["conv1", "conv5"], channels=4)
-    >>> panel                        # computed once displayed (or call panel.compute())
+    >>> panel = zfwidgets.EvolutionPanel("zfnet-fashion", zfwidgets.samples()[::8], ["conv1", "conv5"],
+    ...                                  channels=2, autostart=False)
+    >>> ev = panel.compute()         # a displayed panel computes by itself (autostart)
     >>> panel.state["epoch"]
+    17
 """
 from __future__ import annotations
 
@@ -53,6 +55,13 @@ class EvolutionPanel(Panel):
 
     ``state``: ``epoch``, ``snapshot`` (index), ``epochs``, ``layers``, ``channels``, ``similarity``
     (per layer, at this snapshot), ``computed``, ``error``.
+
+    Example:
+        >>> panel = zfwidgets.EvolutionPanel("zfnet-fashion", zfwidgets.samples()[::10], ["conv1"], channels=1,
+        ...                                  autostart=False)
+        >>> ev = panel.compute()
+        >>> panel.state["epoch"]
+        17
     """
 
     def __init__(self, name_or_lenses, images, layers, channels=None, *, epochs=None, method: str = "deconvnet",

@@ -5,7 +5,8 @@ Example:
     >>> lens = zfwidgets.load("zfnet-fashion")
     >>> ex = zfwidgets.Explorer(lens)                   # the bundled samples
     >>> ex.show(image=3, layer="conv3", channel=12, method="guided")
-    >>> ex.state["top5"], ex.projection.activation
+    >>> ex.state["top5"][0], ex.projection.activation
+    (('T-shirt/top', 0.999), 2.127)
 """
 from __future__ import annotations
 
@@ -105,6 +106,11 @@ class Explorer(Panel):
     ``state``: ``image`` (index), ``image_name``, ``layer``, ``channel``, ``channels`` (of the layer),
     ``position`` (``"max"`` or ``(y, x)`` asked for), ``projected`` (``(y, x)`` projected), ``activation``,
     ``method``, ``side_by_side``, ``top5`` ``[(class, p)]``, ``top1``, ``images`` (count), ``renders``, ``error``.
+
+    Example:
+        >>> ex = zfwidgets.Explorer(lens, zfwidgets.samples()[:4], layer="conv2", channel=3)
+        >>> ex.state["layer"], ex.state["channel"]
+        ('conv2', 3)
     """
 
     def __init__(self, lens, images=None, *, layer=None, channel: int = 0, method: str = "deconvnet",

@@ -5,7 +5,8 @@ marked on the curves.
 Example:
     >>> lens = zfwidgets.load("zfnet-fashion")
     >>> panel = zfwidgets.InvariancePanel(lens, zfwidgets.samples()[7], transform="rotate")
-    >>> panel.state["value"], panel.state["distance"], panel.state["p_true"]
+    >>> panel.state["value"], sorted(panel.state["distance"]), panel.state["p_true"]
+    (0.0, ['conv1', 'fc7'], 1.000)
 """
 from __future__ import annotations
 
@@ -53,6 +54,11 @@ class InvariancePanel(Panel):
 
     ``state``: ``transform``, ``value``, ``values``, ``layers``, ``distance`` / ``relative`` (per layer, at the
     value), ``p_true``, ``label``, ``predicted``, ``error``.
+
+    Example:
+        >>> panel = zfwidgets.InvariancePanel(lens, zfwidgets.samples()[36], "rotate")
+        >>> panel.state["transform"], panel.state["value"]
+        ('rotate', 0.0)
     """
 
     def __init__(self, lens, image, transform: str = "translate", *, values=None, layers=None, label=None,

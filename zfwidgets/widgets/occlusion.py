@@ -4,8 +4,9 @@ maps of a layer change (ZF §4.2, Fig. 7), then compute the full occlusion maps.
 Example:
     >>> lens = zfwidgets.load("zfnet-fashion")
     >>> panel = zfwidgets.OcclusionPanel(lens, zfwidgets.samples()[0], size=8)
-    >>> panel                                   # drag the square; "compute occlusion maps" for Fig. 7
-    >>> panel.state["box"], panel.state["top5"]
+    >>> panel        # displays the live panel, needs a notebook: drag the square  # doctest: +SKIP
+    >>> panel.state["box"], panel.state["top5"][0]
+    ((10, 10, 18, 18), ('T-shirt/top', 1.000))
 """
 from __future__ import annotations
 
@@ -102,6 +103,11 @@ class OcclusionPanel(Panel):
     ``state``: ``box``, ``center``, ``size``, ``layer``, ``top5`` ``[(class, p)]``, ``top1`` ``(index, class, p)``,
     ``target`` ``(index, p)``, ``dragging``, ``renders``, ``pending``, ``maps`` (size/stride/layer/channel of
     the computed maps or ``None``), ``error``.
+
+    Example:
+        >>> panel = zfwidgets.OcclusionPanel(lens, zfwidgets.samples()[36].image, size=8, stride=4)
+        >>> panel.state["box"]
+        (10, 10, 18, 18)
     """
 
     def __init__(self, lens, image, *, size: int | None = None, stride: int | None = None, layer=None,

@@ -4,8 +4,10 @@ them, projections beside image patches; click a tile to open that image, layer, 
 
 Example:
     >>> lens = zfwidgets.load("zfnet-fashion")
-    >>> gallery = zfwidgets.TopGallery(lens, zfwidgets.samples(), "conv3", channels=range(16))
-    >>> gallery                     # mining starts once it is displayed (or call gallery.mine())
+    >>> gallery = zfwidgets.TopGallery(lens, zfwidgets.samples(), "conv3", channels=range(4), autostart=False)
+    >>> tops = gallery.mine()       # a displayed gallery starts mining by itself (autostart)
+    >>> sorted(gallery.state)
+    ['channel', 'channels', 'error', 'hits', 'layer', 'mined', 'opened']
 """
 from __future__ import annotations
 
@@ -61,6 +63,12 @@ class TopGallery(Panel):
 
     ``state``: ``layer``, ``channel``, ``channels`` (mined), ``mined`` (bool), ``hits`` (the channel's
     ``[(image index, position, activation)]``), ``opened`` (the last tile opened), ``error``.
+
+    Example:
+        >>> gallery = zfwidgets.TopGallery(lens, zfwidgets.samples(), "conv2", channels=[0, 1], autostart=False)
+        >>> tops = gallery.mine()
+        >>> gallery.state["channels"], gallery.state["mined"]
+        ([0, 1], True)
     """
 
     def __init__(self, lens, images, layer, *, channels=None, k: int = 9, method: str = "deconvnet",

@@ -4,6 +4,7 @@ Example:
     >>> lens = zfwidgets.load("zfnet-fashion")            # trained weights, eval mode, transform, classes
     >>> early = zfwidgets.load("zfnet-fashion", epoch=1)  # a training snapshot
     >>> s = zfwidgets.samples()[0]; s.image, s.label, lens.class_name(s.label)
+    (<PIL.Image.Image image mode=L size=28x28 at 0x...>, 0, 'T-shirt/top')
 """
 from __future__ import annotations
 
@@ -28,7 +29,12 @@ SAMPLES_FILE = Path(__file__).resolve().parent / "samples" / "fashion_samples.np
 
 
 def available() -> list:
-    """Names accepted by :func:`load`."""
+    """Names accepted by :func:`load`.
+
+    Example:
+        >>> zfwidgets.available()
+        ['zfnet-fashion', 'allconv-fashion']
+    """
     return list(ARCHITECTURES)
 
 
@@ -40,7 +46,13 @@ def _check_name(name):
 
 
 def model_card(name: str) -> dict:
-    """The model card written by the training script (seed, epochs, per-epoch accuracy, commit)."""
+    """The model card written by the training script (seed, epochs, per-epoch accuracy, commit).
+
+    Example:
+        >>> card = zfwidgets.model_card("zfnet-fashion")
+        >>> card["name"], card["seed"], card["test_accuracy"]
+        ('zfnet-fashion', 0, 0.932)
+    """
     _check_name(name)
     path = WEIGHTS_DIR / f"{name}.json"
     if not path.exists():
@@ -49,7 +61,12 @@ def model_card(name: str) -> dict:
 
 
 def snapshot_epochs(name: str) -> list:
-    """Epochs for which a snapshot ships (the last one is the final model)."""
+    """Epochs for which a snapshot ships (the last one is the final model).
+
+    Example:
+        >>> zfwidgets.snapshot_epochs("zfnet-fashion")
+        [1, 2, 4, 8, 17]
+    """
     _check_name(name)
     found = sorted(int(m.group(1)) for p in WEIGHTS_DIR.glob(f"{name}.epoch*.pt")
                    if (m := re.fullmatch(re.escape(name) + r"\.epoch(\d+)\.pt", p.name)))
@@ -72,6 +89,13 @@ def load(name: str = "zfnet-fashion", epoch: int | None = None):
     """A ready :class:`~zfwidgets.Lens` on a bundled model (eval mode, transform, Fashion-MNIST classes).
 
     ``epoch=k`` gives the training snapshot after epoch k (see :func:`snapshot_epochs`).
+
+    Example:
+        >>> lens = zfwidgets.load("zfnet-fashion")
+        >>> lens.input_size, lens.layers[:3]
+        ((1, 28, 28), ['conv1', 'conv2', 'conv3'])
+        >>> zfwidgets.load("zfnet-fashion", epoch=1).epoch
+        1
     """
     from ..lens import Lens, _DefaultTransform
     _check_name(name)
@@ -132,6 +156,13 @@ def samples(label: int | None = None) -> list:
     """The bundled sample images: the first 4 test images of each Fashion-MNIST class (40 in all).
 
     ``label=k`` keeps one class. Fashion-MNIST is © Zalando SE, MIT licence.
+
+    Example:
+        >>> s = zfwidgets.samples()[36]
+        >>> s.label, s.class_name, s.image.size
+        (9, 'Ankle boot', (28, 28))
+        >>> len(zfwidgets.samples(label=9))
+        4
     """
     images, labels, indices = _samples_arrays()
     out = [Sample(Image.fromarray(im), int(l), FASHION_CLASSES[int(l)], int(i))

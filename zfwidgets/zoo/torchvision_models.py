@@ -35,6 +35,7 @@ def _resolve_weights(arch: str, weights):
         return None
     enum = get_model_weights(arch)
     if isinstance(weights, str):
+        weights = weights.removeprefix(f"{enum.__name__}.")   # "AlexNet_Weights.IMAGENET1K_V1" as printed
         try:
             return enum[weights] if weights != "DEFAULT" else enum.DEFAULT
         except KeyError:
