@@ -33,6 +33,7 @@ __all__ = ["Gallery", "GALLERY_FORMAT"]
 
 GALLERY_FORMAT = "zfwidgets-gallery"
 GALLERY_VERSION = 1
+HEADER_KEY = "zfwidgets"
 
 _SMALL = {"values": ("F32", torch.float32, lambda C, k, L: (C, k)),
           "indices": ("I64", torch.int64, lambda C, k, L: (C, k)),
@@ -212,7 +213,10 @@ class Gallery:
                 if t is None:
                     t = self._big_slice(L, key, 0, int(L.offsets[0 if key == "projections" else 1][-1]))
                 tensors[f"{name}/{key}"] = t.contiguous()
-        header = {"format": GALLERY_FORMAT, "version": str(GALLERY_VERSION), "meta": json.dumps(self.meta, sort_keys=True)}
+        # one header entry: safetensors writes its metadata map in no fixed order, and equal galleries must
+        # give equal files
+        header = {HEADER_KEY: json.dumps({"format": GALLERY_FORMAT, "version": GALLERY_VERSION, "meta": self.meta},
+                                         sort_keys=True)}
         atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
         return Path(path)
 
@@ -229,17 +233,19 @@ class Gallery:
             _refuse(path, f"not a safetensors gallery file ({type(e).__name__}: {e}); galleries hold tensors and "
                           "JSON only, never pickled objects")
         with f:
-            header = f.metadata() or {}
-            if header.get("format") != GALLERY_FORMAT:
-                _refuse(path, f"its header does not say format={GALLERY_FORMAT!r} (a safetensors file, but not a gallery)")
-            if header.get("version") != str(GALLERY_VERSION):
-                _refuse(path, f"gallery format version {header.get('version')!r}; this zfwidgets reads version "
-                              f"{GALLERY_VERSION}")
+            raw = (f.metadata() or {}).get(HEADER_KEY)
+            if raw is None:
+                _refuse(path, f"its header has no {HEADER_KEY!r} entry (a safetensors file, but not a gallery)")
             try:
-                meta = json.loads(header.get("meta", ""))
+                header = json.loads(raw)
             except json.JSONDecodeError as e:
                 _refuse(path, f"its metadata is not valid JSON ({e})")
-            meta = _check_meta(path, meta)
+            if not isinstance(header, dict) or header.get("format") != GALLERY_FORMAT:
+                _refuse(path, f"its header does not say format={GALLERY_FORMAT!r}")
+            if header.get("version") != GALLERY_VERSION:
+                _refuse(path, f"gallery format version {header.get('version')!r}; this zfwidgets reads version "
+                              f"{GALLERY_VERSION}")
+            meta = _check_meta(path, header.get("meta"))
             keys = set(f.keys())
             expected = {f"{l['name']}/{key}" for l in meta["layers"] for key in (*_SMALL, *_BIG)}
             if keys != expected:
