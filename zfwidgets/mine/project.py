@@ -57,7 +57,12 @@ def project_winners(lens, source, specs, states, widths, rule, chunk, rank, worl
     """``{(layer, channel, rank in the map): (box (y0, x0, y1, x1, uy0, ux0, uy1, ux1), projection over the
     clipped box C x h x w, patch h x w x 3 uint8)}`` for this rank's chunks."""
     hits = _hits(specs, states, widths)
-    images = sorted({h[0] for h in hits})
+    # images ordered by the deepest layer they won in, then by index: a chunk's forward stops at its deepest layer
+    order = {s[0]: n for n, s in enumerate(specs)}
+    depth = {}
+    for h in hits:
+        depth[h[0]] = max(depth.get(h[0], -1), order[h[1]])
+    images = sorted(depth, key=lambda i: (depth[i], i))
     chunks = [images[a:a + chunk] for a in range(0, len(images), chunk)]
     mine = [q for q in range(len(chunks)) if q % world == rank]
     conv_paths = [s[1] for s in specs if s[2] == "conv"]
@@ -82,7 +87,8 @@ def project_winners(lens, source, specs, states, widths, rule, chunk, rank, worl
             row_of = {i: r for r, i in enumerate(ims)}
             chunk_hits = [h for i in ims for h in by_image[i]]
             if plan is not None and any(h[2] in walked for h in chunk_hits):
-                rec = record(plan, xs, rule)
+                deepest = max(plan[1][h[2]] for h in chunk_hits if h[2] in walked)
+                rec = record((plan[0][: deepest + 1], plan[1]), xs, rule)
                 for name, path, kind, C, cin in specs:
                     seeds = [h for h in chunk_hits if h[1] == name and path in walked]
                     for a in range(0, len(seeds), SEEDS_PER_WALK):

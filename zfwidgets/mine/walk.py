@@ -31,6 +31,9 @@ __all__ = ["chain_plan", "record", "walk"]
 
 _PASS = (nn.Dropout, nn.Dropout2d, nn.Identity)
 
+# multiply-adds of the walks' transposed convolutions so far (benchmarks read it: the projection work's bound)
+MACS = [0]
+
 
 def chain_plan(lens, paths):
     """``(modules up to the deepest of paths, {path: index})`` when the walk applies to every layer, else None."""
@@ -135,12 +138,14 @@ def walk(plan, rec: dict, path: str, rows, channels, ys, xs, method: str):
                         oh, ow = g.shape[2:]
                         op = (H - ((oh - 1) * s[0] - 2 * p[0] + d[0] * (k[0] - 1) + 1),
                               W - ((ow - 1) * s[1] - 2 * p[1] + d[1] * (k[1] - 1) + 1))
+                        MACS[0] += m.weight.numel() * g.shape[0] * g.shape[2] * g.shape[3]
                         g = F.conv_transpose2d(g, m.weight, None, s, p, op, m.groups, d)
                     else:
                         out = g.new_zeros(n, g.shape[1], H * W)
                         out.scatter_add_(2, rec["switches"][i][rows].flatten(2), g.flatten(2))
                         g = out.view(n, g.shape[1], H, W)
                 elif isinstance(m, nn.Conv2d):
+                    MACS[0] += m.weight.numel() * g.shape[0] * g.shape[2] * g.shape[3]
                     g = F.conv_transpose2d(g, m.weight, None, s, 0, 0, m.groups, d)
                 else:
                     idx, inside = _window(rec["switches"][i], rows, y0, x0, h, w)
