@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="go on from the checkpoint in --checkpoint")
     p.add_argument("--strict", action="store_true", help="stop at an image that cannot be decoded (default: skip it)")
     p.add_argument("--threads", type=int, default=None, help="torch threads per process")
+    p.add_argument("--device", default=None, help="cpu or cuda (under torchrun: the GPU of each rank's LOCAL_RANK)")
     p.add_argument("--chunk", type=int, default=32, help="images per recorded forward in the projection phase")
     p.add_argument("--no-projections", action="store_true", help="values, images and positions only")
     p.add_argument("--html", default=None, help="also write a static site to this folder")
@@ -46,7 +47,7 @@ def main(argv=None) -> int:
                  batch_size=args.batch_size, workers=args.workers, limit=args.limit, checkpoint=args.checkpoint,
                  checkpoint_every=args.every, resume=args.resume, strict=args.strict,
                  progress=not args.no_progress, projections=not args.no_projections, chunk=args.chunk,
-                 threads=args.threads)
+                 threads=args.threads, device=args.device)
     except (ValueError, TypeError, FileNotFoundError, RuntimeError) as e:
         print(f"zfwidgets-mine: error: {e}", file=sys.stderr)
         return 2

@@ -100,6 +100,8 @@ class _Dist:
         self.dist, self.own = dist, False
         if dist.is_available() and not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
             backend = "nccl" if device.type == "cuda" else "gloo"
+            if backend == "nccl":
+                torch.cuda.set_device(device)
             dist.init_process_group(backend)
             self.own = True
         self.on = dist.is_available() and dist.is_initialized()
@@ -157,7 +159,7 @@ def _progress_bar(total, desc, enabled, rank):
 def mine(model, data, layers=None, *, k: int = 9, rule: str = "deconvnet", weights=None, out=None,
          batch_size: int = 64, workers: int = 0, limit: int | None = None, checkpoint=None,
          checkpoint_every: int = 4096, resume: bool = False, strict: bool = False, progress=True,
-         projections: bool = True, chunk: int = 32, threads: int | None = None, _stop_after=None):
+         projections: bool = True, chunk: int = 32, threads: int | None = None, device=None, _stop_after=None):
     """Mine ``data`` for the top-``k`` images of every map of ``layers`` (ZF Fig. 2 at data-set scale).
 
     Args:
@@ -175,7 +177,9 @@ def mine(model, data, layers=None, *, k: int = 9, rule: str = "deconvnet", weigh
             ``resume``: go on from the checkpoint there (its job must match).
         strict: stop at the first image that cannot be decoded, naming its file (default: skip, count and list it).
         progress: a progress bar with images/s. projections: compute projections and patches (else values only).
-        chunk: images per recorded forward in the projection phase. threads: ``torch.set_num_threads``.
+        chunk: images per recorded forward in the projection phase. threads: ``torch.set_num_threads`` for
+            the call. device: for a model given by name, where to run it (``"cuda"``: under torchrun each rank
+            takes the GPU of its ``LOCAL_RANK``); a lens runs where its model is.
 
     Returns a :class:`~zfwidgets.mine.gallery.Gallery` (on rank 0 under ``torchrun``; ``None`` on the others).
 
@@ -194,9 +198,14 @@ def mine(model, data, layers=None, *, k: int = 9, rule: str = "deconvnet", weigh
         raise ValueError(f"workers must be an int >= 0, got {workers!r}")
     if resume and checkpoint is None:
         raise ValueError("resume=True needs checkpoint= (the folder the interrupted run wrote to)")
-    if threads is not None:
-        torch.set_num_threads(int(threads))
     lens = make_lens(model, weights)
+    if device is not None:
+        if lens is model:
+            raise ValueError("device= applies to a model given by name; move the lens's model yourself")
+        device = torch.device(device)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        lens.model.to(device)
     specs = _layer_list(lens, layers)
     source, opts = open_data(data, lens, limit=limit)
     if batch_size == 64 and "batch_size" in opts:
@@ -204,11 +213,15 @@ def mine(model, data, layers=None, *, k: int = 9, rule: str = "deconvnet", weigh
     if workers == 0 and opts.get("workers"):
         workers = opts["workers"]
     dist = _Dist(lens.device)
+    n_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(int(threads))
     try:
         return _run(lens, specs, source, dist, k=k, rule=rule, weights=weights, out=out, batch_size=batch_size,
                     workers=workers, checkpoint=checkpoint, every=checkpoint_every, resume=resume, strict=strict,
                     progress=progress, projections=projections, chunk=chunk, stop_after=_stop_after)
     finally:
+        torch.set_num_threads(n_threads)
         dist.close()
 
 

@@ -76,7 +76,7 @@ def project_winners(lens, source, specs, states, widths, rule, chunk, rank, worl
         from tqdm.auto import tqdm
         bar = tqdm(total=sum(len(by_image[i]) for q in mine for i in chunks[q]), desc="projections", unit="hit",
                    dynamic_ncols=True, leave=True)
-    out, fields = {}, {}
+    out, fields, probe = {}, {}, None
     dev = lens.device
     try:
         for q in mine:
@@ -88,7 +88,9 @@ def project_winners(lens, source, specs, states, widths, rule, chunk, rank, worl
             chunk_hits = [h for i in ims for h in by_image[i]]
             if plan is not None and any(h[2] in walked for h in chunk_hits):
                 deepest = max(plan[1][h[2]] for h in chunk_hits if h[2] in walked)
-                rec = record((plan[0][: deepest + 1], plan[1]), xs, rule)
+                if probe is None:   # the chain's shapes for one image
+                    probe = record(plan, torch.zeros_like(xs[:1]), "gradient")["shapes"]
+                rec = record(plan, xs, rule, upto=deepest, shapes_of=probe)
                 for name, path, kind, C, cin in specs:
                     seeds = [h for h in chunk_hits if h[1] == name and path in walked]
                     for a in range(0, len(seeds), SEEDS_PER_WALK):

@@ -59,14 +59,24 @@ def chain_plan(lens, paths):
     return mods, {p: where[p] for p in paths}
 
 
-def record(plan, x: torch.Tensor, method: str) -> dict:
-    """One forward of the batch ``x`` through the chain: input shapes, max-pool switches, ReLU masks."""
+def record(plan, x: torch.Tensor, method: str, upto: int | None = None, shapes_of=None) -> dict:
+    """One forward of the batch ``x`` through the chain (modules ``0..upto``): input shapes, max-pool switches,
+    ReLU masks.
+
+    The deconvnet rule reads no ReLU mask, so for it the forward stops at the last max pooling at or below
+    ``upto``; the input shapes of the modules above come from ``shapes_of`` (the chain's shapes for one image,
+    which do not depend on the image).
+    """
     mods, _ = plan
+    upto = len(mods) - 1 if upto is None else upto
+    stop = upto
+    if method == "deconvnet" and shapes_of is not None:
+        stop = max((i for i in range(upto + 1) if isinstance(mods[i], nn.MaxPool2d)), default=-1)
     shapes, switches, masks = [], {}, {}
     model_like = nn.ModuleList(mods)
     with torch.inference_mode(), ModelGuard(model_like):
         h = x
-        for i, m in enumerate(mods):
+        for i, m in enumerate(mods[: stop + 1]):
             shapes.append(tuple(h.shape))
             if isinstance(m, nn.MaxPool2d):
                 h, switches[i] = F.max_pool2d(h, m.kernel_size, m.stride, m.padding, m.dilation,
@@ -79,6 +89,8 @@ def record(plan, x: torch.Tensor, method: str) -> dict:
                 h = m(h)
             if h.dim() != 4:
                 raise ValueError(f"module {i} of the chain returned shape {tuple(h.shape)}; expected N x C x H x W")
+    for i in range(stop + 1, upto + 1):
+        shapes.append((x.shape[0], *shapes_of[i][1:]))
     return {"shapes": shapes, "switches": switches, "masks": masks}
 
 
