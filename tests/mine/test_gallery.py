@@ -93,6 +93,7 @@ def test_tampered_files_are_refused(mined, tmp_path):
         "not a gallery": (dict(header=lambda m: {"other": "1"}), "not a gallery"),
         "bad k": (dict(header=_with_meta(lambda h: h["meta"].__setitem__("k", "9"))), "'k' is missing or not a int"),
         "version": (dict(header=_with_meta(lambda h: h.__setitem__("version", 99))), "version 99"),
+        "layer name": (dict(header=_with_meta(lambda h: h["meta"]["layers"][0].__setitem__("name", "../x"))), "plain name"),
         "box outside": (dict(tensors={"conv1/boxes": torch.full((32, 4, 8), 40, dtype=torch.long)}), "outside"),
     }
     for name, (kw, match) in cases.items():

@@ -21,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +35,7 @@ __all__ = ["Gallery", "GALLERY_FORMAT"]
 GALLERY_FORMAT = "zfwidgets-gallery"
 GALLERY_VERSION = 1
 HEADER_KEY = "zfwidgets"
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")   # layer names become file names in to_html
 
 _SMALL = {"values": ("F32", torch.float32, lambda C, k, L: (C, k)),
           "indices": ("I64", torch.int64, lambda C, k, L: (C, k)),
@@ -184,8 +186,14 @@ class Gallery:
         return TopActivations(layer, channels, self.k, s["values"][rows], s["indices"][rows], s["positions"][rows],
                               [self.hits(layer, c) for c in channels], self.count, self.rule, self.meta["model"])
 
+    def _need_projections(self):
+        if not self.meta.get("projections", True):
+            raise ValueError("this gallery was mined without projections (projections=False / --no-projections): "
+                             "it holds values, images and positions only")
+
     def plot(self, layer, channels=None, **kwargs):
         """ZF Fig. 2 for ``channels`` of ``layer`` (default the first 16 maps): projections beside patches."""
+        self._need_projections()
         if channels is None:
             channels = list(range(min(16, self.channels(layer))))
         top = self.top(layer, channels)
@@ -195,6 +203,7 @@ class Gallery:
         """A static site in ``folder``: ``index.html`` and one page per layer with every map's top-k projections
         beside their patches (PNG files); opens in a browser without a kernel. Returns the index's path."""
         from .site import write_site
+        self._need_projections()
         return write_site(self, folder, layers=layers, zoom=zoom)
 
     # ----- file --------------------------------------------------------------------------------------
@@ -293,8 +302,8 @@ def _check_meta(path, meta) -> dict:
                 and isinstance(l.get("channels"), int) and l["channels"] > 0
                 and isinstance(l.get("in_channels"), int) and l["in_channels"] > 0):
             _refuse(path, f"metadata layer entry {l!r} needs name, channels and in_channels")
-        if l["name"] in names or "/" in l["name"]:
-            _refuse(path, f"layer name {l['name']!r} repeats or contains '/'")
+        if l["name"] in names or not _SAFE_NAME.fullmatch(l["name"]):
+            _refuse(path, f"layer name {l['name']!r} repeats or is not a plain name (letters, digits, '_', '.', '-')")
         names.add(l["name"])
     return meta
 
