@@ -68,6 +68,7 @@ def test_pass_matches_brute_force(lens):
     g = mine(lens, "fashion-mnist:test", layers, k=k, limit=n, batch_size=B, progress=False, projections=False)
     assert g.count == n and g.layers == layers
     check_against(g, brute_force(lens, fashion_batches(lens, n, B), layers, k), layers, k)
+    assert all(not m._forward_hooks for m in lens.model.modules())   # nothing left on the model
 
 
 def test_default_layers_are_every_conv_layer(lens):
@@ -128,6 +129,7 @@ def test_folder_recursive_with_undecodable_files(lens, tmp_path):
     assert winners <= set(files) - {"shoes/broken.png"}
     with pytest.raises(ValueError, match="broken.png"):
         mine(lens, str(root), ["conv5"], k=3, batch_size=5, progress=False, projections=False, strict=True)
+    assert all(not m._forward_hooks for m in lens.model.modules()) and not lens.model.training
 
 
 def test_clear_errors(lens, tmp_path):

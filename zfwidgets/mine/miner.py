@@ -135,14 +135,58 @@ class _Dist:
 def _reduce(a: torch.Tensor, name: str):
     """Each image's maximum per map and its flat position (first in row-major order): ``B x C`` each."""
     if a.dim() == 4:
-        flat = a.flatten(2)
-        pos = flat.argmax(2)
-        val = flat.gather(2, pos.unsqueeze(2)).squeeze(2)
+        val, pos = a.flatten(2).max(2)       # the first maximum in row-major order
     elif a.dim() == 2:
         val, pos = a, torch.full(a.shape, -1, dtype=torch.long, device=a.device)
     else:
         raise ValueError(f"layer {name!r} has output shape {tuple(a.shape)}; expected N x C x H x W or N x K")
     return val.float().cpu(), pos.cpu()
+
+
+class _MaxHooks:
+    """Forward hooks that reduce each mined layer's output to its per-map maximum and position as it is made
+    (no copy of the maps is kept), the forward stopped once every layer is in. Removed on leaving."""
+
+    def __init__(self, lens, names):
+        from ..core.capture import StopForward
+        self.lens, self.names, self.stop = lens, list(names), StopForward
+        self.out, self.handles = {}, []
+
+    def _hook(self, name):
+        def hook(module, args, output):
+            if not isinstance(output, torch.Tensor):
+                raise TypeError(f"layer {name!r} returns {type(output).__name__}, not a tensor")
+            self.out[name] = _reduce(output, name)
+            if len(self.out) == len(self.names):
+                raise self.stop
+        return hook
+
+    def __enter__(self):
+        try:
+            for n in self.names:
+                self.handles.append(self.lens.resolve(n)[2].register_forward_hook(self._hook(n)))
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        while self.handles:
+            self.handles.pop().remove()
+        return False
+
+    def run(self, x):
+        from ..core.capture import ModelGuard
+        self.out = {}
+        with torch.inference_mode(), ModelGuard(self.lens.model):
+            try:
+                self.lens.model(x)
+            except self.stop:
+                pass
+        missing = [n for n in self.names if n not in self.out]
+        if missing:
+            raise ValueError(f"layer {missing[0]!r} did not run during the forward; choose another layer")
+        return self.out
 
 
 def _progress_bar(total, desc, enabled, rank):
@@ -258,7 +302,9 @@ def _run(lens, specs, source, dist, *, k, rule, weights, out, batch_size, worker
     loader = DataLoader(source, batch_sampler=todo, num_workers=workers) if todo else []
     b_next, since = start, 0
     t0 = time.perf_counter()
+    hooks = _MaxHooks(lens, names)
     try:
+        hooks.__enter__()
         for (x, ok), ids in zip(loader, todo):
             idx = torch.tensor(ids, dtype=torch.long)
             if not bool(ok.all()):
@@ -272,12 +318,9 @@ def _run(lens, specs, source, dist, *, k, rule, weights, out, batch_size, worker
                                for i in bad)
                 x, idx = x[ok], idx[ok]
             if x.shape[0]:
-                _, acts = lens.run(x.to(lens.device), names, logits=False)
+                got = hooks.run(x.to(lens.device))
                 for name in names:
-                    a = acts.get(name)
-                    if a is None:
-                        raise ValueError(f"layer {name!r} did not run during the forward; choose another layer")
-                    val, pos = _reduce(a, name)
+                    val, pos = got[name]
                     if bool(torch.isnan(val).any()):
                         row = int(torch.isnan(val).any(1).nonzero()[0])
                         raise ValueError(f"layer {name!r} gives NaN for image {source.name_of(int(idx[row]))}")
@@ -293,6 +336,7 @@ def _run(lens, specs, source, dist, *, k, rule, weights, out, batch_size, worker
                 if stop_after is not None and b_next * B >= stop_after:   # tests: a run that ends early
                     return None
     finally:
+        hooks.__exit__()
         if bar is not None:
             bar.close()
     b_next = end
