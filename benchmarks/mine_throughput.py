@@ -125,6 +125,13 @@ def fig2(lens, data, plain_ds, layers, n, what, goal, workers=1):
         t_job = time.perf_counter() - t
         size = (Path(d) / "g.safetensors").stat().st_size
     hits = sum(int((g.tensors(l)["indices"] >= 0).sum()) for l in g.layers)
+    # check: a few hits of the deepest layer against zfwidgets.project (per hit, the graph's backward)
+    diff = 0.0
+    for c in (0, 1):
+        for h in g.hits(g.layers[-1], c)[:2]:
+            x = plain_ds[h.index]
+            ref = h.box.crop(zf.project(lens, x, g.layers[-1], c, position=h.position).pixels)
+            diff = max(diff, C.rel_diff(h.projection, ref))
     unique = len(g.meta["ids"])
     proj = walk.MACS[0] + unique * pass_macs
     bound = n * full / (n * pass_macs + proj)
@@ -132,6 +139,7 @@ def fig2(lens, data, plain_ds, layers, n, what, goal, workers=1):
     print(f"== Fig. 2, {what}: {n} images, layers {', '.join(g.layers)}, {hits} hits of {unique} images")
     print(f"   plain forward {C.fmt_s(t_plain)} ({n / t_plain:.0f} img/s); whole job {C.fmt_s(t_job)} "
           f"(pass {C.fmt_s(g.pass_seconds)}, projections+file {C.fmt_s(t_job - g.pass_seconds)}; file {size / 1e6:.1f} MB)")
+    print(f"   check: 4 projections vs zfwidgets.project: max relative diff {diff:.1e} (float16 storage)")
     print(f"   ratio {ratio:.2f}x (goal {goal}x) {'met' if ratio >= goal else 'NOT met'}; multiply-add bound "
           f"{bound:.2f}x (forward {n * full / 1e9:.2f} G, pass {n * pass_macs / 1e9:.2f} G, walks "
           f"{walk.MACS[0] / 1e9:.2f} G, winners' re-forward {unique * pass_macs / 1e9:.2f} G)")
@@ -186,6 +194,8 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="a quarter of the images")
     p.add_argument("--only", nargs="*", default=["maps", "bundled", "alexnet", "torchrun"])
+    p.add_argument("--alexnet-images", type=int, default=None, help="AlexNet images (default 2048, --quick 512)")
+    p.add_argument("--torchrun-images", type=int, default=None, help="torchrun job images (default 10000)")
     a = p.parse_args()
     q = 4 if a.quick else 1
     print(C.machine())
@@ -199,11 +209,11 @@ def main():
              None, n, "bundled zfnet-fashion (trained)", 0.5)
     if "alexnet" in a.only:
         lens = C.seeded_torchvision("alexnet")
-        n = 2048 // q
+        n = a.alexnet_images or 2048 // q
         fig2(lens, Noise(n, (3, 224, 224)), Noise(n, (3, 224, 224)), ["conv5"], n, "AlexNet conv5 (random weights, 224)",
              0.4)
     if "torchrun" in a.only:
-        torchrun(10000 // q)
+        torchrun(a.torchrun_images or 10000 // q)
 
 
 def _Limited(lens, n):

@@ -31,6 +31,7 @@ def atomic_write(path, write) -> None:
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())      # mkstemp's file is private; the result gets the usual mode
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -46,6 +47,12 @@ def atomic_write(path, write) -> None:
             os.close(dfd)
     except OSError:
         pass
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def tensor_digest(tensors: dict) -> str:
