@@ -118,7 +118,7 @@ def fig2(lens, data, plain_ds, layers, n, what, goal, workers=1):
     deepest = lens.layer_info(layers[-1] if layers else [i.name for i in lens.table if i.kind == "conv"][-1]).path
     pass_macs = forward_macs(lens, deepest)
     t_plain = plain(lens.model, plain_ds, workers)
-    walk.MACS[0] = 0
+    walk.MACS[:] = [0, 0]
     with tempfile.TemporaryDirectory() as d:
         t = time.perf_counter()
         g = zf.mine(lens, data, layers, k=9, workers=workers, progress=False, out=Path(d) / "g.safetensors")
@@ -133,7 +133,7 @@ def fig2(lens, data, plain_ds, layers, n, what, goal, workers=1):
             ref = h.box.crop(zf.project(lens, x, g.layers[-1], c, position=h.position).pixels)
             diff = max(diff, C.rel_diff(h.projection, ref))
     unique = len(g.meta["ids"])
-    proj = walk.MACS[0] + unique * pass_macs
+    proj = walk.MACS[0] + walk.MACS[1]
     bound = n * full / (n * pass_macs + proj)
     ratio = t_plain / t_job
     print(f"== Fig. 2, {what}: {n} images, layers {', '.join(g.layers)}, {hits} hits of {unique} images")
@@ -142,7 +142,7 @@ def fig2(lens, data, plain_ds, layers, n, what, goal, workers=1):
     print(f"   check: 4 projections vs zfwidgets.project: max relative diff {diff:.1e} (float16 storage)")
     print(f"   ratio {ratio:.2f}x (goal {goal}x) {'met' if ratio >= goal else 'NOT met'}; multiply-add bound "
           f"{bound:.2f}x (forward {n * full / 1e9:.2f} G, pass {n * pass_macs / 1e9:.2f} G, walks "
-          f"{walk.MACS[0] / 1e9:.2f} G, winners' re-forward {unique * pass_macs / 1e9:.2f} G)")
+          f"{walk.MACS[0] / 1e9:.2f} G, winners' re-forward {walk.MACS[1] / 1e9:.2f} G)")
     return ratio
 
 

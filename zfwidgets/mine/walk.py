@@ -31,8 +31,9 @@ __all__ = ["chain_plan", "record", "walk"]
 
 _PASS = (nn.Dropout, nn.Dropout2d, nn.Identity)
 
-# multiply-adds of the walks' transposed convolutions so far (benchmarks read it: the projection work's bound)
-MACS = [0]
+# multiply-adds so far of the walks' transposed convolutions and of the recorded forwards' convolutions
+# (benchmarks read them: the projection work's bound)
+MACS = [0, 0]
 
 
 def chain_plan(lens, paths):
@@ -87,6 +88,8 @@ def record(plan, x: torch.Tensor, method: str, upto: int | None = None, shapes_o
                 h = F.relu(h)
             else:
                 h = m(h)
+                if isinstance(m, nn.Conv2d):
+                    MACS[1] += m.weight.numel() * h.shape[0] * h.shape[2] * h.shape[3]
             if h.dim() != 4:
                 raise ValueError(f"module {i} of the chain returned shape {tuple(h.shape)}; expected N x C x H x W")
     for i in range(stop + 1, upto + 1):
