@@ -35,6 +35,9 @@ _LAZY = {
     "ablation_table": "zfwidgets.analysis.lesion",
     "layer_probes": "zfwidgets.analysis.probes",
     "feature_generalisation": "zfwidgets.analysis.probes",
+    # the data-set miner and its gallery file
+    "mine": "zfwidgets.mine.miner",
+    "Gallery": "zfwidgets.mine.gallery",
     # widgets
     "Explorer": "zfwidgets.widgets.explorer",
     "OcclusionPanel": "zfwidgets.widgets.occlusion",
@@ -54,6 +57,10 @@ __all__ = ["Lens", "Forward", "Projection", "project", "deconvnet_steps", "rende
 def __getattr__(name):
     if name in _LAZY:
         value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    if name == "mine":  # the function, not the subpackage of the same name
+        value = importlib.import_module("zfwidgets.mine.miner").mine
         globals()[name] = value
         return value
     if name == "plot":

@@ -58,6 +58,9 @@ class TopGallery(Panel):
         explorer: an :class:`Explorer` to open tiles in (default: one made on the first click, shown below).
         autostart: mine as soon as the panel is displayed in a kernel (else press "mine" or call :meth:`mine`).
 
+    ``TopGallery(gallery, layer)`` browses a gallery mined by :func:`zfwidgets.mine` (``zfwidgets.Gallery.load``)
+    without the model or the data set; "mine" then reads the layer's maps from the file.
+
     CSS classes: ``zf-topk``, ``zf-mine`` (button), ``zf-progress``, ``zf-channel`` (slider over the mined maps),
     ``zf-top-projections`` / ``zf-top-patches`` (clickable canvases, k tiles each), ``zf-top-info``, ``zf-error``.
 
@@ -71,8 +74,15 @@ class TopGallery(Panel):
         ([0, 1], True)
     """
 
-    def __init__(self, lens, images, layer, *, channels=None, k: int = 9, method: str = "deconvnet",
+    def __init__(self, lens, images=None, layer=None, *, channels=None, k: int = 9, method: str = "deconvnet",
                  batch_size: int = 64, explorer=None, autostart: bool = True, tile_size: int = 72):
+        # a mined gallery file (zfwidgets.Gallery) in place of the lens: browse it without the data set
+        self.gallery = lens if type(lens).__name__ == "Gallery" and hasattr(lens, "top") else None
+        if self.gallery is not None:
+            layer = self.gallery.layers[-1] if layer is None else layer
+            method, k, lens = self.gallery.rule, self.gallery.k, None
+        elif images is None or layer is None:
+            raise TypeError("TopGallery needs (lens, images, layer), or a zfwidgets.Gallery")
         super().__init__(lens)
         self.add_class("zf-topk")
         try:
@@ -83,7 +93,7 @@ class TopGallery(Panel):
 
     def _build(self, images, layer, channels, k, method, batch_size, explorer, autostart, tile_size):
         self.images = images
-        self.layer = self.lens.resolve(layer)[0]
+        self.layer = self.lens.resolve(layer)[0] if self.gallery is None else self.gallery.top(layer, []).layer
         self.channels_asked = channels
         self.k, self.method, self.batch_size = k, method, batch_size
         self.tile_size = tile_size
@@ -139,8 +149,11 @@ class TopGallery(Panel):
             self.progress.value = min(1.0, 0.5 * stage["n"] + 0.5 * frac)
 
         try:
-            result = _mine(self.lens, self.images, self.layer, self.channels_asked, self.k, self.batch_size,
-                           step, self.method)
+            if self.gallery is not None:
+                result = self.gallery.top(self.layer, self.channels_asked)
+            else:
+                result = _mine(self.lens, self.images, self.layer, self.channels_asked, self.k, self.batch_size,
+                               step, self.method)
         except Exception:
             self.progress.bar_style = "danger"
             raise
@@ -239,6 +252,9 @@ class TopGallery(Panel):
         if not 0 <= rank < len(hits):
             raise ValueError(f"map {channel} has {len(hits)} hits; rank {rank} is out of range")
         hit = hits[rank]
+        if self.lens is None or self.images is None:
+            raise RuntimeError("this gallery was opened from a file without the data set: tiles open in the explorer "
+                               "only in a TopGallery(lens, images, layer)")
         item = _image_at(self.images, hit.index)
         if self.explorer is None:
             from .explorer import Explorer

@@ -1,0 +1,225 @@
+"""The data-set miner (``zfwidgets.mine``) against a plain batched forward over the same images.
+
+Four figures, each a ratio of the plain forward's time to the miner's (>= 1 would be as fast as the forward):
+
+- **maps only**: the pass alone (every conv layer's top-9 values, images, positions; no projections) over a
+  folder of PNG files, decoded in one DataLoader worker on both sides (the plain side: a PIL dataset with
+  the lens's transform and ``model(x)`` under ``inference_mode``). Goal 0.95.
+- **Fig. 2, bundled**: the whole job (all conv layers, top-9, deconvnet projections and patches, the gallery
+  file written) over the 10,000 Fashion-MNIST test images, against the plain forward of those images.
+  Goal 0.5.
+- **Fig. 2, AlexNet conv5**: the same over 2,048 seeded random 224x224 inputs (random weights). Goal 0.4.
+- **torchrun**: the bundled Fig. 2 job by the CLI, ``torchrun --nproc_per_node=2`` (one thread each) against
+  one process with one thread (wall time of the commands). Goal 1.8.
+
+With each Fig. 2 figure the projection work's multiply-add bound: the walks' transposed convolutions
+(counted) and the winners' re-forward, against the plain forward's multiply-adds: the ratio the job would
+reach if every multiply-add ran at the forward's rate.
+
+Run: ``nice .venv/bin/python benchmarks/mine_throughput.py [--quick] [--only maps bundled alexnet torchrun]``
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
+
+import zfwidgets as zf  # noqa: E402
+from zfwidgets.mine import walk  # noqa: E402
+from zfwidgets.zoo.data import load_fashion_mnist  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class Pngs(Dataset):
+    """The plain side's folder reader: sorted PNG paths, PIL decode, the lens's transform."""
+
+    def __init__(self, root, transform):
+        self.files = sorted(Path(root).rglob("*.png"))
+        self.transform = transform
+
+    def __len__(self):
+        return len(self.files)
+
+    def __getitem__(self, i):
+        with Image.open(self.files[i]) as im:
+            return self.transform(im.convert("L"))
+
+
+class Arrays(Dataset):
+    def __init__(self, x, transform):
+        self.x, self.transform = x, transform
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return self.transform(Image.fromarray(self.x[i]))
+
+
+class Noise(Dataset):
+    """Seeded random model input (image i from generator seed i), made on both sides alike."""
+
+    def __init__(self, n, shape):
+        self.n, self.shape = n, shape
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        return torch.randn(self.shape, generator=torch.Generator().manual_seed(i))
+
+
+def plain(model, ds, workers=1, batch=64):
+    t = time.perf_counter()
+    with torch.inference_mode():
+        for x in DataLoader(ds, batch_size=batch, num_workers=workers):
+            model(x)
+    return time.perf_counter() - t
+
+
+def forward_macs(lens, upto=None) -> int:
+    """Multiply-adds of one image's forward (conv and linear layers; up to the module ``upto`` if given)."""
+    total, stop = [0], {}
+    hs = []
+    for name, m in lens.model.named_modules():
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+            def hook(mod, a, out, name=name):
+                if "done" in stop:
+                    return
+                pos = out.shape[2] * out.shape[3] if out.dim() == 4 else 1
+                total[0] += mod.weight.numel() * pos
+                if name == upto:
+                    stop["done"] = True
+            hs.append(m.register_forward_hook(hook))
+    try:
+        with torch.inference_mode():
+            lens.model.eval()(torch.zeros(1, *lens.input_size))
+    finally:
+        for h in hs:
+            h.remove()
+    return total[0]
+
+
+def fig2(lens, data, plain_ds, layers, n, what, goal, workers=1):
+    full = forward_macs(lens)
+    deepest = lens.layer_info(layers[-1] if layers else [i.name for i in lens.table if i.kind == "conv"][-1]).path
+    pass_macs = forward_macs(lens, deepest)
+    t_plain = plain(lens.model, plain_ds, workers)
+    walk.MACS[:] = [0, 0]
+    with tempfile.TemporaryDirectory() as d:
+        t = time.perf_counter()
+        g = zf.mine(lens, data, layers, k=9, workers=workers, progress=False, out=Path(d) / "g.safetensors")
+        t_job = time.perf_counter() - t
+        size = (Path(d) / "g.safetensors").stat().st_size
+    hits = sum(int((g.tensors(l)["indices"] >= 0).sum()) for l in g.layers)
+    # check: a few hits of the deepest layer against zfwidgets.project (per hit, the graph's backward)
+    diff = 0.0
+    for c in (0, 1):
+        for h in g.hits(g.layers[-1], c)[:2]:
+            x = plain_ds[h.index]
+            ref = h.box.crop(zf.project(lens, x, g.layers[-1], c, position=h.position).pixels)
+            diff = max(diff, C.rel_diff(h.projection, ref))
+    unique = len(g.meta["ids"])
+    proj = walk.MACS[0] + walk.MACS[1]
+    bound = n * full / (n * pass_macs + proj)
+    ratio = t_plain / t_job
+    print(f"== Fig. 2, {what}: {n} images, layers {', '.join(g.layers)}, {hits} hits of {unique} images")
+    print(f"   plain forward {C.fmt_s(t_plain)} ({n / t_plain:.0f} img/s); whole job {C.fmt_s(t_job)} "
+          f"(pass {C.fmt_s(g.pass_seconds)}, projections+file {C.fmt_s(t_job - g.pass_seconds)}; file {size / 1e6:.1f} MB)")
+    print(f"   check: 4 projections vs zfwidgets.project: max relative diff {diff:.1e} (float16 storage)")
+    print(f"   ratio {ratio:.2f}x (goal {goal}x) {'met' if ratio >= goal else 'NOT met'}; multiply-add bound "
+          f"{bound:.2f}x (forward {n * full / 1e9:.2f} G, pass {n * pass_macs / 1e9:.2f} G, walks "
+          f"{walk.MACS[0] / 1e9:.2f} G, winners' re-forward {walk.MACS[1] / 1e9:.2f} G)")
+    return ratio
+
+
+def maps_only(n):
+    lens = zf.load("zfnet-fashion")
+    x, _ = load_fashion_mnist("test")
+    with tempfile.TemporaryDirectory() as d:
+        for i in range(n):
+            sub = Path(d) / f"{i // 1000:02d}"
+            sub.mkdir(exist_ok=True)
+            Image.fromarray(x[i]).save(sub / f"{i:05d}.png")
+        ds = Pngs(d, lens.transform)
+        times = C.interleaved({"plain": lambda: plain(lens.model, ds),
+                               "mine": lambda: zf.mine(lens, d, workers=1, progress=False, projections=False)},
+                              runs=3, warmup=0)
+    r = C.median(times["plain"]) / C.median(times["mine"])
+    print(f"== maps only, bundled, {n} PNG files, every conv layer, 1 decoding worker each: plain "
+          f"{C.fmt_s(C.median(times['plain']))}, miner {C.fmt_s(C.median(times['mine']))}: ratio {r:.2f}x (goal 0.95x) "
+          f"{'met' if r >= 0.95 else 'NOT met'}")
+    return r
+
+
+def torchrun(n):
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo")
+    job = ["zfnet-fashion", "fashion-mnist:test", "--limit", str(n), "--threads", "1", "--no-progress"]
+    with tempfile.TemporaryDirectory() as d:
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        s.close()
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "zfwidgets.mine", *job, "-o", f"{d}/one.safetensors"], env=env,
+                       check=True, capture_output=True)
+        t1 = time.perf_counter() - t
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
+                        "--master_addr=127.0.0.1", f"--master_port={port}", "-m", "zfwidgets.mine", *job,
+                        "-o", f"{d}/two.safetensors"], env=env, check=True, capture_output=True)
+        t2 = time.perf_counter() - t
+        same = Path(f"{d}/one.safetensors").read_bytes() == Path(f"{d}/two.safetensors").read_bytes()
+    r = t1 / t2
+    print(f"== torchrun, bundled Fig. 2 job over {n} images (CLI wall time, start-up included): 1 process x 1 thread "
+          f"{C.fmt_s(t1)}, 2 processes x 1 thread {C.fmt_s(t2)}: {r:.2f}x (goal 1.8x) {'met' if r >= 1.8 else 'NOT met'};"
+          f" same file: {same}")
+    return r
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="a quarter of the images")
+    p.add_argument("--only", nargs="*", default=["maps", "bundled", "alexnet", "torchrun"])
+    p.add_argument("--alexnet-images", type=int, default=None, help="AlexNet images (default 2048, --quick 512)")
+    p.add_argument("--torchrun-images", type=int, default=None, help="torchrun job images (default 10000)")
+    a = p.parse_args()
+    q = 4 if a.quick else 1
+    print(C.machine())
+    if "maps" in a.only:
+        maps_only(4096 // q)
+    if "bundled" in a.only:
+        lens = zf.load("zfnet-fashion")
+        x, _ = load_fashion_mnist("test")
+        n = 10000 // q
+        fig2(lens, "fashion-mnist:test" if q == 1 else _Limited(lens, n), Arrays(x[:n], lens.transform),
+             None, n, "bundled zfnet-fashion (trained)", 0.5)
+    if "alexnet" in a.only:
+        lens = C.seeded_torchvision("alexnet")
+        n = a.alexnet_images or 2048 // q
+        fig2(lens, Noise(n, (3, 224, 224)), Noise(n, (3, 224, 224)), ["conv5"], n, "AlexNet conv5 (random weights, 224)",
+             0.4)
+    if "torchrun" in a.only:
+        torchrun(a.torchrun_images or 10000 // q)
+
+
+def _Limited(lens, n):
+    x, _ = load_fashion_mnist("test")
+    return [Image.fromarray(x[i]) for i in range(n)]
+
+
+if __name__ == "__main__":
+    main()

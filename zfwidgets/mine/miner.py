@@ -1,0 +1,433 @@
+"""Mine a whole data set for ZF's Fig. 2: every chosen map's top-k images, with projections and patches.
+
+One pass over the data in fixed batches (image ``i`` is in batch ``i // batch_size`` whatever the number of
+processes), decoding in ``DataLoader`` workers, forwards in ``inference_mode`` that stop at the deepest
+mined layer; per map a :class:`~zfwidgets.mine.state.TopK` (ties broken by the global image index).
+Every ``checkpoint_every`` images the state goes to a checkpoint (atomic write); ``resume=True`` goes on
+from it. Under ``torchrun`` each rank mines a shard (a range of whole batches), the states are gathered
+and merged (the same selection over the union), the winners' projections are shared out by fixed chunks
+of images, and rank 0 writes the gallery: the same file, bit for bit, for any number of ranks.
+
+After the pass the projections are computed in bulk (:mod:`zfwidgets.mine.walk`): the winners of a chunk
+of images share one recorded forward, and the seeds of a layer walk down their receptive fields together.
+
+Example:
+    >>> g = zfwidgets.mine("zfnet-fashion", "fashion-mnist:test", k=9, out="top9.safetensors")
+    >>> g.plot("conv5", channels=range(4))
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from .data import open_data
+from .gallery import GALLERY_FORMAT, Gallery, _LayerData
+from .state import TopK
+
+__all__ = ["mine", "make_lens"]
+
+RULES = ("deconvnet", "guided", "gradient")
+
+
+# ----- inputs ---------------------------------------------------------------------------------------
+def make_lens(model, weights=None):
+    """A lens from a bundled model name, a torchvision model name (with ``weights``) or a lens."""
+    from ..lens import Lens
+    from ..zoo import available, load
+    if isinstance(model, Lens):
+        if weights is not None:
+            raise ValueError("weights= applies to a model given by name, not to a lens")
+        return model
+    if not isinstance(model, str):
+        raise TypeError(f"model must be a bundled model name, a torchvision model name or a zfwidgets.Lens; got "
+                        f"{type(model).__name__}")
+    if model in available():
+        if weights is not None:
+            raise ValueError(f"{model} is a bundled model with its own weights; weights= is for torchvision models")
+        return load(model)
+    return Lens.from_torchvision(model, weights)
+
+
+def _layer_list(lens, layers):
+    if layers is None:
+        names = [i.name for i in lens.table if i.kind == "conv"]
+    else:
+        if isinstance(layers, str):
+            layers = [s for s in layers.split(",") if s]
+        if not layers:
+            raise ValueError("layers must name at least one layer")
+        names = [lens.resolve(l)[0] for l in layers]
+    if len(set(names)) != len(names):
+        raise ValueError(f"layers contains duplicates: {names}")
+    out = []
+    for n in names:
+        info = lens.layer_info(n)
+        m = info.module
+        if isinstance(m, torch.nn.Conv2d):
+            out.append((n, info.path, "conv", m.out_channels, m.in_channels))
+        elif isinstance(m, torch.nn.Linear):
+            out.append((n, info.path, "fc", m.out_features, m.in_features))
+        else:
+            raise ValueError(f"layer {n!r} is a {type(m).__name__}; the miner takes conv (Conv2d) and fully connected "
+                             "(Linear) layers")
+    return out
+
+
+def _commit():
+    try:
+        root = Path(__file__).resolve().parents[2]
+        if not (root / ".git").exists():
+            return None
+        r = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        return r.stdout.strip() or None
+    except Exception:  # noqa: BLE001 - no git: no commit in the metadata
+        return None
+
+
+# ----- torch.distributed ----------------------------------------------------------------------------
+class _Dist:
+    """Rank and world size; joins the process group torchrun describes (gloo on CPU, nccl on GPUs)."""
+
+    def __init__(self, device):
+        import torch.distributed as dist
+        self.dist, self.own = dist, False
+        if dist.is_available() and not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            backend = "nccl" if device.type == "cuda" else "gloo"
+            if backend == "nccl":
+                torch.cuda.set_device(device)
+            dist.init_process_group(backend)
+            self.own = True
+        self.on = dist.is_available() and dist.is_initialized()
+        self.rank = dist.get_rank() if self.on else 0
+        self.world = dist.get_world_size() if self.on else 1
+
+    def all_gather(self, obj):
+        if not self.on:
+            return [obj]
+        out = [None] * self.world
+        self.dist.all_gather_object(out, obj)
+        return out
+
+    def gather(self, obj):
+        if not self.on:
+            return [obj]
+        out = [None] * self.world if self.rank == 0 else None
+        self.dist.gather_object(obj, out, dst=0)
+        return out
+
+    def barrier(self):
+        if self.on:
+            self.dist.barrier()
+
+    def close(self):
+        if self.own:
+            self.dist.destroy_process_group()
+
+
+# ----- the pass ---------------------------------------------------------------------------------------
+def _reduce(a: torch.Tensor, name: str):
+    """Each image's maximum per map and its flat position (first in row-major order): ``B x C`` each."""
+    if a.dim() == 4:
+        val, pos = a.flatten(2).max(2)       # the first maximum in row-major order
+    elif a.dim() == 2:
+        val, pos = a, torch.full(a.shape, -1, dtype=torch.long, device=a.device)
+    else:
+        raise ValueError(f"layer {name!r} has output shape {tuple(a.shape)}; expected N x C x H x W or N x K")
+    return val.float().cpu(), pos.cpu()
+
+
+class _MaxHooks:
+    """Forward hooks that reduce each mined layer's output to its per-map maximum and position as it is made
+    (no copy of the maps is kept), the forward stopped once every layer is in. Removed on leaving."""
+
+    def __init__(self, lens, names):
+        from ..core.capture import StopForward
+        self.lens, self.names, self.stop = lens, list(names), StopForward
+        self.out, self.handles = {}, []
+
+    def _hook(self, name):
+        def hook(module, args, output):
+            if not isinstance(output, torch.Tensor):
+                raise TypeError(f"layer {name!r} returns {type(output).__name__}, not a tensor")
+            self.out[name] = _reduce(output, name)
+            if len(self.out) == len(self.names):
+                raise self.stop
+        return hook
+
+    def __enter__(self):
+        try:
+            for n in self.names:
+                self.handles.append(self.lens.resolve(n)[2].register_forward_hook(self._hook(n)))
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        while self.handles:
+            self.handles.pop().remove()
+        return False
+
+    def run(self, x):
+        from ..core.capture import ModelGuard
+        self.out = {}
+        with torch.inference_mode(), ModelGuard(self.lens.model):
+            try:
+                self.lens.model(x)
+            except self.stop:
+                pass
+        missing = [n for n in self.names if n not in self.out]
+        if missing:
+            raise ValueError(f"layer {missing[0]!r} did not run during the forward; choose another layer")
+        return self.out
+
+
+def _progress_bar(total, desc, enabled, rank):
+    if not enabled or rank != 0:
+        return None
+    from .._progress import _in_notebook
+    if _in_notebook():
+        from tqdm.auto import tqdm
+    else:
+        from tqdm import tqdm
+    return tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True, leave=True, smoothing=0.1)
+
+
+def mine(model, data, layers=None, *, k: int = 9, rule: str = "deconvnet", weights=None, out=None,
+         batch_size: int = 64, workers: int = 0, limit: int | None = None, checkpoint=None,
+         checkpoint_every: int = 4096, resume: bool = False, strict: bool = False, progress=True,
+         projections: bool = True, chunk: int = 32, threads: int | None = None, device=None, _stop_after=None):
+    """Mine ``data`` for the top-``k`` images of every map of ``layers`` (ZF Fig. 2 at data-set scale).
+
+    Args:
+        model: a bundled model name (``"zfnet-fashion"``), a torchvision model name (``"alexnet"``, with
+            ``weights``), or a :class:`zfwidgets.Lens`.
+        data: a folder of images (a torchvision ``ImageFolder`` or flat, read recursively), ``"fashion-mnist:train"``
+            / ``"fashion-mnist:test"`` (the bundled splits), a map-style ``Dataset`` or a ``DataLoader`` over one.
+        layers: layer names (a list or ``"conv1,conv5"``); default every conv layer.
+        k: images per map. rule: the projection rule (``"deconvnet"``, ``"guided"``, ``"gradient"``).
+        weights: torchvision weights for a model given by name (``None``: random initialisation).
+        out: write the gallery file here (atomically).
+        batch_size, workers: images per forward and ``DataLoader`` decoding workers.
+        limit: mine only the first ``limit`` images.
+        checkpoint: a folder for checkpoints (one file per rank); ``checkpoint_every``: images between them;
+            ``resume``: go on from the checkpoint there (its job must match).
+        strict: stop at the first image that cannot be decoded, naming its file (default: skip, count and list it).
+        progress: a progress bar with images/s. projections: compute projections and patches (else values only).
+        chunk: images per recorded forward in the projection phase. threads: ``torch.set_num_threads`` for
+            the call. device: for a model given by name, where to run it (``"cuda"``: under torchrun each rank
+            takes the GPU of its ``LOCAL_RANK``); a lens runs where its model is.
+
+    Returns a :class:`~zfwidgets.mine.gallery.Gallery` (on rank 0 under ``torchrun``; ``None`` on the others).
+
+    Example:
+        >>> g = zfwidgets.mine("zfnet-fashion", "fashion-mnist:test", limit=2000, progress=False)
+        >>> g.top("conv5").indices[0]
+    """
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be a positive int, got {k!r}")
+    if rule not in RULES:
+        raise ValueError(f"rule must be one of {list(RULES)}, got {rule!r}")
+    for name, v in (("batch_size", batch_size), ("chunk", chunk), ("checkpoint_every", checkpoint_every)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be a positive int, got {v!r}")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise ValueError(f"workers must be an int >= 0, got {workers!r}")
+    if resume and checkpoint is None:
+        raise ValueError("resume=True needs checkpoint= (the folder the interrupted run wrote to)")
+    lens = make_lens(model, weights)
+    if device is not None:
+        if lens is model:
+            raise ValueError("device= applies to a model given by name; move the lens's model yourself")
+        device = torch.device(device)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        lens.model.to(device)
+    specs = _layer_list(lens, layers)
+    source, opts = open_data(data, lens, limit=limit)
+    if batch_size == 64 and "batch_size" in opts:
+        batch_size = opts["batch_size"]
+    if workers == 0 and opts.get("workers"):
+        workers = opts["workers"]
+    dist = _Dist(lens.device)
+    n_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    try:
+        return _run(lens, specs, source, dist, k=k, rule=rule, weights=weights, out=out, batch_size=batch_size,
+                    workers=workers, checkpoint=checkpoint, every=checkpoint_every, resume=resume, strict=strict,
+                    progress=progress, projections=projections, chunk=chunk, stop_after=_stop_after)
+    finally:
+        torch.set_num_threads(n_threads)
+        dist.close()
+
+
+def _run(lens, specs, source, dist, *, k, rule, weights, out, batch_size, workers, checkpoint, every, resume,
+         strict, progress, projections, chunk, stop_after):
+    N, B = len(source), batch_size
+    nb = -(-N // B)
+    first, end = dist.rank * nb // dist.world, (dist.rank + 1) * nb // dist.world
+    weights_name = None if weights is None else str(getattr(weights, "name", weights))
+    fingerprint = {"model": lens.name, "weights": weights_name, "layers": [s[0] for s in specs], "k": k,
+                   "data": source.describe(), "batch_size": B, "world": dist.world, "rank": dist.rank}
+    states = {s[0]: TopK(s[3], k) for s in specs}
+    skipped, count, start = [], 0, first
+    ck = None if checkpoint is None else Path(checkpoint) / f"rank{dist.rank}-of-{dist.world}.safetensors"
+    if ck is not None and resume and ck.exists():
+        from .checkpoint import load_checkpoint
+        tensors, info = load_checkpoint(ck, fingerprint)
+        states = {s[0]: TopK.from_tensors(tensors, s[0], s[3], k) for s in specs}
+        start, count, skipped = int(info["next_batch"]), int(info["count"]), list(info["skipped"])
+
+    def save():
+        if ck is None:
+            return
+        from .checkpoint import save_checkpoint
+        tensors = {}
+        for name, st in states.items():
+            tensors.update(st.tensors(name))
+        save_checkpoint(ck, tensors, {"next_batch": b_next, "count": count, "skipped": skipped}, fingerprint)
+
+    names = [s[0] for s in specs]
+    widths = _map_widths(lens, source, names)
+    todo = [list(range(b * B, min(N, (b + 1) * B))) for b in range(start, end)]
+    bar = _progress_bar(sum(len(t) for t in todo), f"mining {len(names)} layers", progress, dist.rank)
+    loader = DataLoader(source, batch_sampler=todo, num_workers=workers) if todo else []
+    b_next, since = start, 0
+    t0 = time.perf_counter()
+    hooks = _MaxHooks(lens, names)
+    try:
+        hooks.__enter__()
+        for (x, ok), ids in zip(loader, todo):
+            idx = torch.tensor(ids, dtype=torch.long)
+            if not bool(ok.all()):
+                bad = [ids[j] for j in range(len(ids)) if not bool(ok[j])]
+                if strict:
+                    err = source.error_of(bad[0]) if hasattr(source, "error_of") else "cannot be decoded"
+                    raise ValueError(f"cannot decode image {source.name_of(bad[0])} ({err}); without strict it "
+                                     "would be skipped and listed in the report")
+                skipped.extend({"index": i, "id": source.ids(i),
+                                "error": source.error_of(i) if hasattr(source, "error_of") else "cannot be decoded"}
+                               for i in bad)
+                x, idx = x[ok], idx[ok]
+            if x.shape[0]:
+                got = hooks.run(x.to(lens.device))
+                for name in names:
+                    val, pos = got[name]
+                    if bool(torch.isnan(val).any()):
+                        row = int(torch.isnan(val).any(1).nonzero()[0])
+                        raise ValueError(f"layer {name!r} gives NaN for image {source.name_of(int(idx[row]))}")
+                    states[name].update(val, pos, idx)
+            count += int(x.shape[0])
+            b_next += 1
+            since += len(ids)
+            if bar is not None:
+                bar.update(len(ids))
+            if since >= every:
+                save()
+                since = 0
+                if stop_after is not None and b_next * B >= stop_after:   # tests: a run that ends early
+                    return None
+    finally:
+        hooks.__exit__()
+        if bar is not None:
+            bar.close()
+    b_next = end
+    if todo or (ck is not None and not ck.exists()):
+        save()
+    elapsed = time.perf_counter() - t0
+
+    # ----- merge the ranks' states ---------------------------------------------------------------
+    parts = dist.all_gather(({n: (s.values, s.indices, s.positions) for n, s in states.items()}, count, skipped))
+    merged = {}
+    for s in specs:
+        merged[s[0]] = TopK.merge(TopK(s[3], k, *p[0][s[0]]) for p in parts)
+    total = sum(p[1] for p in parts)
+    skipped_all = sorted((e for p in parts for e in p[2]), key=lambda e: e["index"])
+
+    # ----- projections in bulk -------------------------------------------------------------------
+    results = {}
+    if projections:
+        from .project import project_winners
+        mine_part = project_winners(lens, source, specs, merged, widths, rule, chunk, dist.rank, dist.world,
+                                    progress and dist.rank == 0)
+        for part in dist.gather(mine_part) or []:
+            results.update(part)
+    if dist.rank != 0:
+        dist.barrier()
+        return None
+    gallery = _build(lens, specs, source, merged, results, widths, k, rule, weights_name, total, skipped_all,
+                     projections)
+    gallery.pass_seconds = elapsed   # not in the file: equal jobs give equal files
+    if out is not None:
+        gallery.save(out)
+        gallery.path = Path(out)
+    dist.barrier()
+    return gallery
+
+
+def _build(lens, specs, source, merged, results, widths, k, rule, weights_name, total, skipped, projections):
+    from .. import __version__
+    ids = {}
+    layers, infos = {}, []
+    for name, path, kind, C, cin in specs:
+        st = merged[name]
+        info = {"name": name, "path": path, "kind": kind, "channels": C, "in_channels": lens.channels}
+        infos.append(info)
+        flat, w = st.positions, widths[name]
+        positions = torch.full((C, k, 2), -1, dtype=torch.long)
+        if w is not None:
+            positions[..., 0] = torch.where(flat >= 0, flat // w, -1)
+            positions[..., 1] = torch.where(flat >= 0, flat % w, -1)
+        boxes = torch.zeros((C, k, 8), dtype=torch.long)
+        scale = torch.zeros((C, k), dtype=torch.float32)
+        projs, patches = [], []
+        for c in range(C):
+            for j in range(k):
+                i = int(st.indices[c, j])
+                if i < 0:
+                    continue
+                ids[str(i)] = source.ids(i)
+                r = results.get((name, c, j))
+                if r is None:
+                    continue
+                box, proj, patch = r
+                boxes[c, j] = torch.tensor(box)
+                m = float(proj.abs().max()) if proj.numel() else 0.0
+                scale[c, j] = m
+                projs.append((proj / m if m > 0 else proj).to(torch.float16).flatten())
+                patches.append(torch.from_numpy(patch).flatten())
+        small = {"values": st.values.clone(), "indices": st.indices.clone(), "positions": positions,
+                 "boxes": boxes, "scale": scale}
+        big = {"projections": torch.cat(projs) if projs else torch.zeros(0, dtype=torch.float16),
+               "patches": torch.cat(patches) if patches else torch.zeros(0, dtype=torch.uint8)}
+        layers[name] = _LayerData(info, small, big)
+    meta = {"format": GALLERY_FORMAT, "model": lens.name, "weights": weights_name,
+            "layers": infos, "k": k, "rule": rule, "data": source.describe(), "ids": ids, "count": total,
+            "skipped": skipped, "input_size": list(_input_size(lens, source)), "projections": bool(projections),
+            "zfwidgets": __version__, "commit": _commit()}
+    return Gallery(json.loads(json.dumps(meta)), layers)
+
+
+def _input_size(lens, source):
+    if lens.input_size:
+        return tuple(lens.input_size)
+    for i in range(len(source)):
+        x, ok = source[i]
+        if ok:
+            return tuple(x.shape)
+    raise ValueError("no image of the data set could be decoded")
+
+
+def _map_widths(lens, source, names) -> dict:
+    """Each layer's map width (``None`` for a fully connected layer), from one forward of a zero image."""
+    x = torch.zeros(1, *_input_size(lens, source))
+    _, acts = lens.run(x.to(lens.device), names, logits=False)
+    return {n: (int(acts[n].shape[-1]) if n in acts and acts[n].dim() == 4 else None) for n in names}

@@ -1,0 +1,133 @@
+"""The projection phase of the miner: each winner's projection and image patch, in bulk.
+
+The winners' images are numbered in order and cut into fixed chunks; chunk ``q`` goes to rank
+``q % world`` (so the work, and every number in it, is the same for any number of ranks). A chunk's images
+are decoded once and recorded in one forward; the seeds of each layer walk down their receptive fields
+together (:func:`zfwidgets.mine.walk.walk`). Layers the walk does not handle use :func:`zfwidgets.project`.
+
+Example:
+    >>> res = project_winners(lens, source, specs, states, widths, "deconvnet", 32, 0, 1, False)
+    >>> box, projection, patch = res[("conv5", 0, 0)]
+"""
+from __future__ import annotations
+
+import torch
+
+from .walk import chain_plan, record, walk
+
+__all__ = ["project_winners", "SEEDS_PER_WALK"]
+
+SEEDS_PER_WALK = 128
+
+
+def _hits(specs, states, widths):
+    out = []
+    for name, path, kind, C, cin in specs:
+        st, w = states[name], widths[name]
+        for c in range(C):
+            for j in range(st.k):
+                i = int(st.indices[c, j])
+                if i >= 0:
+                    f = int(st.positions[c, j])
+                    pos = None if w is None else (f // w, f % w)
+                    out.append((i, name, path, c, j, pos))
+    return out
+
+
+class _Fields:
+    """Receptive-field boxes of one layer, one computation per position (the public FieldMap where it exists)."""
+
+    def __init__(self, lens, layer):
+        from ..analysis import receptive
+        self.lens, self.layer, self.cache = lens, layer, {}
+        fm = getattr(receptive, "FieldMap", None)
+        self.map = fm(lens, layer) if fm is not None else None
+
+    def box(self, pos):
+        if pos not in self.cache:
+            if self.map is not None:
+                self.cache[pos] = self.map.box(pos)
+            else:
+                from ..analysis.receptive import receptive_field
+                self.cache[pos] = receptive_field(self.lens, self.layer, pos)
+        return self.cache[pos]
+
+
+def project_winners(lens, source, specs, states, widths, rule, chunk, rank, world, progress) -> dict:
+    """``{(layer, channel, rank in the map): (box (y0, x0, y1, x1, uy0, ux0, uy1, ux1), projection over the
+    clipped box C x h x w, patch h x w x 3 uint8)}`` for this rank's chunks."""
+    hits = _hits(specs, states, widths)
+    # images ordered by the deepest layer they won in, then by index: a chunk's forward stops at its deepest layer
+    order = {s[0]: n for n, s in enumerate(specs)}
+    depth = {}
+    for h in hits:
+        depth[h[0]] = max(depth.get(h[0], -1), order[h[1]])
+    images = sorted(depth, key=lambda i: (depth[i], i))
+    chunks = [images[a:a + chunk] for a in range(0, len(images), chunk)]
+    mine = [q for q in range(len(chunks)) if q % world == rank]
+    conv_paths = [s[1] for s in specs if s[2] == "conv"]
+    plan = chain_plan(lens, conv_paths) if conv_paths else None
+    walked = {s[1] for s in specs if s[2] == "conv"} if plan is not None else set()
+    by_image = {}
+    for h in hits:
+        by_image.setdefault(h[0], []).append(h)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=sum(len(by_image[i]) for q in mine for i in chunks[q]), desc="projections", unit="hit",
+                   dynamic_ncols=True, leave=True)
+    out, fields, probe = {}, {}, None
+    dev = lens.device
+    try:
+        for q in mine:
+            ims = chunks[q]
+            xs = torch.stack([source[i][0] for i in ims]).to(dev)
+            H, W = xs.shape[2:]
+            displays = [lens.to_display(x) for x in xs]
+            row_of = {i: r for r, i in enumerate(ims)}
+            chunk_hits = [h for i in ims for h in by_image[i]]
+            if plan is not None and any(h[2] in walked for h in chunk_hits):
+                deepest = max(plan[1][h[2]] for h in chunk_hits if h[2] in walked)
+                if probe is None:   # the chain's shapes for one image
+                    probe = record(plan, torch.zeros_like(xs[:1]), "gradient")["shapes"]
+                rec = record(plan, xs, rule, upto=deepest, shapes_of=probe)
+                for name, path, kind, C, cin in specs:
+                    seeds = [h for h in chunk_hits if h[1] == name and path in walked]
+                    for a in range(0, len(seeds), SEEDS_PER_WALK):
+                        part = seeds[a:a + SEEDS_PER_WALK]
+                        g, origin, (h, w), full = walk(plan, rec, path, [row_of[s[0]] for s in part], [s[3] for s in part],
+                                                 [s[5][0] for s in part], [s[5][1] for s in part], rule)
+                        g, origin = g.cpu(), origin.cpu()
+                        if name not in fields:
+                            fields[name] = _Fields(lens, name)
+                        for n, s in enumerate(part):
+                            uy0, ux0 = int(origin[n, 0]), int(origin[n, 1])
+                            box = fields[name].box(s[5])   # the pixels the unit reads (inside the window)
+                            y0, x0, y1, x1 = box.y0, box.x0, box.y1, box.x1
+                            if full:
+                                proj = g[n, :, y0:y1, x0:x1].clone()
+                            else:
+                                proj = g[n, :, y0 - uy0:y1 - uy0, x0 - ux0:x1 - ux0].clone()
+                            patch = displays[row_of[s[0]]][y0:y1, x0:x1].copy()
+                            out[(name, s[3], s[4])] = ((y0, x0, y1, x1, *box.unclipped), proj, patch)
+                        if bar is not None:
+                            bar.update(len(part))
+            rest = [h for h in chunk_hits if h[2] not in walked]
+            if rest:
+                from ..core.project import project
+                for i, name, path, c, j, pos in rest:
+                    x = xs[row_of[i]:row_of[i] + 1]
+                    p = project(lens, x, name, c, position="max" if pos is None else pos, method=rule)
+                    if name not in fields:
+                        fields[name] = _Fields(lens, name)
+                    box = fields[name].box(pos)
+                    proj = box.crop(p.pixels).detach().cpu().clone()
+                    patch = displays[row_of[i]][box.y0:box.y1, box.x0:box.x1].copy()
+                    out[(name, c, j)] = ((box.y0, box.x0, box.y1, box.x1, *box.unclipped), proj, patch)
+                    if bar is not None:
+                        bar.update(1)
+                lens.clear_cache()
+    finally:
+        if bar is not None:
+            bar.close()
+    return out
