@@ -172,7 +172,9 @@ class LayerProbes:
         """K x K counts of the probe on ``layer`` over the test images: row = true class, column = predicted.
 
         Example:
-            >>> p.confusion("conv1").sum() == p.n_test
+            >>> p = zfwidgets.layer_probes(lens, images, labels, images, labels, ["conv1"], progress=False)
+            >>> int(p.confusion("conv1").sum()) == p.n_test
+            True
         """
         if self.test_predictions is None:
             raise ValueError("these probes kept no test predictions")

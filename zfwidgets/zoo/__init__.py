@@ -139,7 +139,7 @@ def image_and_label(item) -> tuple:
     as the analyses' input pipeline (:mod:`zfwidgets.analysis._inputs`) reads it.
 
     Example:
-        >>> image, label = image_and_label(samples()[0]); label
+        >>> image, label = image_and_label(zfwidgets.samples()[0]); label
         0
     """
     from ..analysis._inputs import image_of, label_of   # the input pipeline says what an item is
