@@ -24,6 +24,10 @@ from zfwidgets import Lens
 
 torch.set_num_threads(1)
 
+# a Jupyter server config read by traitlets (it calls get_config()), not a module to import: --doctest-modules
+# would otherwise collect it
+collect_ignore = ["browser/jupyter_server_config.py"]
+
 
 def hand_model() -> nn.Sequential:
     conv = nn.Conv2d(1, 1, 3, bias=False)

@@ -11,7 +11,7 @@ import zfwidgets
 from .util import assert_same_model_state, fire, model_state, open_widget_ids, rgb_images, small_torchvision
 
 
-def reference_delta(lens, images, boxes, layer, tol=1e-6):
+def reference_delta(lens, images, boxes, layer, tol=1e-4):
     """Σ_{i≠j} H(sign ε_i, sign ε_j) / (n(n-1)D) for one part, from scratch (mask = the lens's fill value)."""
     module = lens.resolve(layer)[2]
     x = torch.cat([lens.to_input(im) for im in images])

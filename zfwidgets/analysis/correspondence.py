@@ -10,8 +10,10 @@ original and the masked image i (the rectified output of the layer, flattened). 
 ``H`` the Hamming distance (the number of entries in which the two sign vectors differ). Conventions
 here: ``sign(0) = 0`` (an entry the mask did not change is 0, and two zeros agree; an entry that changed in
 one image and not in the other counts as a difference); entries with ``|eps| <= tol * max|x|`` (``max|x|``
-over the original images' features at that layer) count as 0, so that floating-point rounding in
-positions the mask cannot reach is not read as a change (``tol=0`` for the bare definition). The sum runs
+over the original images' features at that layer, default ``tol = 1e-4``) count as 0, so that floating-point
+rounding is not read as a change (``tol=0`` for the bare definition). float32 features computed by another
+CPU's kernels (AVX2 against AVX-512, another thread count) differ by about 1e-6 of their range; a smaller tol
+lets those rounding differences flip signs, and Δ with them in its fourth decimal. The sum runs
 over *ordered* pairs, as ZF write it, so each unordered pair counts twice. ``delta_normalised`` divides
 by ``n (n - 1) D`` (D the feature length): the mean fraction of entries whose signs differ between two
 images, comparable across layers.
@@ -185,7 +187,7 @@ def _default_layers(lens) -> list:
 
 
 def correspondence(lens, images, boxes, *, layers=None, fill="mean", random_controls: int = 10, seed: int = 0,
-                   rectify: bool = True, tol: float = 1e-6, batch_size: int = DEFAULT_BATCH_SIZE,
+                   rectify: bool = True, tol: float = 1e-4, batch_size: int = DEFAULT_BATCH_SIZE,
                    progress=True, show_progress=None) -> Correspondence:
     """ZF's correspondence measure Delta_l for masked parts, against random masks of equal size (Table 1).
 
