@@ -79,7 +79,10 @@ def filter_spectrum(weights, n_fft: int | None = None) -> np.ndarray:
     frequency at ``[0, 0]``; ``numpy.fft.fftshift`` centres it). :func:`band_energies` sums it by band.
 
     Example:
-        >>> filter_spectrum(np.ones((1, 1, 5, 5))).sum() / 25    # Parseval: the squared norm, 1.0
+        >>> filter_spectrum(np.ones((1, 1, 5, 5))).shape      # zero-padded to the default n_fft
+        (1, 64, 64)
+        >>> round(float(filter_spectrum(np.ones((1, 1, 5, 5))).sum() / 25), 6)    # Parseval: the squared norm
+        1.0
     """
     w = weights.detach().cpu().double().numpy() if isinstance(weights, torch.Tensor) else np.asarray(weights, float)
     if w.ndim != 4:

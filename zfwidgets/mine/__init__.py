@@ -5,8 +5,11 @@ images of every map of several layers in one pass; ``zfwidgets.Gallery.load(path
 
 Example:
     >>> import zfwidgets as zf
-    >>> g = zf.mine("zfnet-fashion", "fashion-mnist:test", limit=1000, progress=False)
-    >>> g.plot("conv5", channels=range(4))
+    >>> g = zf.mine("zfnet-fashion", "fashion-mnist:test", limit=200, progress=False)
+    >>> g.count, g.layers, g.k
+    (200, ['conv1', 'conv2', 'conv3', 'conv4', 'conv5'], 9)
+    >>> len(g.plot("conv5", channels=range(4)).axes)    # Fig. 2: 4 maps, projections beside patches
+    8
 """
 from __future__ import annotations
 

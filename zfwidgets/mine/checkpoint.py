@@ -3,8 +3,13 @@ the target, so a reader sees the old file or the new one, never half of one. Che
 of their tensors and the job's fingerprint, checked on reading.
 
 Example:
-    >>> save_checkpoint(path, tensors, {"next_batch": 12}, fingerprint)
-    >>> tensors, info = load_checkpoint(path, fingerprint)
+    >>> import tempfile, os; path = os.path.join(tempfile.mkdtemp(), "rank0.safetensors")
+    >>> save_checkpoint(path, {"values": torch.arange(3.0)}, {"next_batch": 12}, {"model": "zfnet-fashion"})
+    >>> tensors, info = load_checkpoint(path, {"model": "zfnet-fashion"}); tensors["values"].tolist(), info
+    ([0.0, 1.0, 2.0], {'next_batch': 12})
+    >>> load_checkpoint(path, {"model": "alexnet"})     # another job's checkpoint is refused
+    Traceback (most recent call last):
+    ValueError: checkpoint ... belongs to another job (it differs in model); use another checkpoint folder or delete it
 """
 from __future__ import annotations
 

@@ -6,9 +6,11 @@ An image that cannot be decoded gives ``ok = False`` and a zero tensor: the mine
 lists it (or, with ``strict``, stops naming the file). Decoding runs in ``DataLoader`` workers.
 
 Example:
-    >>> src = open_data("fashion-mnist:test", lens)
+    >>> src, options = open_data("fashion-mnist:test", lens)
     >>> len(src), src.ids(3)
     (10000, 'fashion-mnist:test/3')
+    >>> x3, ok = src[3]; tuple(x3.shape), bool(ok)
+    ((1, 28, 28), True)
 """
 from __future__ import annotations
 

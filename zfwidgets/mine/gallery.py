@@ -13,10 +13,13 @@ patches are read from the file when a map is shown. A file that is not a gallery
 header, wrong shapes, bad JSON) is refused with a ``ValueError`` that says why.
 
 Example:
-    >>> g = zfwidgets.Gallery.load("top9.safetensors")
-    >>> g.layers, g.k, g.rule
-    >>> g.plot("conv5", channels=[0, 1, 2, 3])      # Fig. 2
-    >>> g.to_html("site")                           # a static site, one page per layer
+    >>> import tempfile, os; d = tempfile.mkdtemp(); path = os.path.join(d, "top9.safetensors")
+    >>> _ = zfwidgets.mine("zfnet-fashion", "fashion-mnist:test", limit=200, progress=False, out=path)
+    >>> g = zfwidgets.Gallery.load(path); g.layers, g.k, g.rule
+    (['conv1', 'conv2', 'conv3', 'conv4', 'conv5'], 9, 'deconvnet')
+    >>> fig = g.plot("conv5", channels=[0, 1, 2, 3])                # Fig. 2
+    >>> g.to_html(os.path.join(d, "site"), layers=["conv5"]).name   # a static site, one page per layer
+    'index.html'
 """
 from __future__ import annotations
 

@@ -12,8 +12,12 @@ After the pass the projections are computed in bulk (:mod:`zfwidgets.mine.walk`)
 of images share one recorded forward, and the seeds of a layer walk down their receptive fields together.
 
 Example:
-    >>> g = zfwidgets.mine("zfnet-fashion", "fashion-mnist:test", k=9, out="top9.safetensors")
-    >>> g.plot("conv5", channels=range(4))
+    >>> import tempfile, os; path = os.path.join(tempfile.mkdtemp(), "top9.safetensors")
+    >>> g = zfwidgets.mine("zfnet-fashion", "fashion-mnist:test", k=9, out=path, limit=200, progress=False)
+    >>> zfwidgets.Gallery.load(path).top("conv5").indices.shape     # 64 maps x their top-9 images
+    torch.Size([64, 9])
+    >>> len(g.plot("conv5", channels=range(4)).axes)
+    8
 """
 from __future__ import annotations
 
@@ -228,8 +232,9 @@ def mine(model, data, layers=None, *, k: int = 9, rule: str = "deconvnet", weigh
     Returns a :class:`~zfwidgets.mine.gallery.Gallery` (on rank 0 under ``torchrun``; ``None`` on the others).
 
     Example:
-        >>> g = zfwidgets.mine("zfnet-fashion", "fashion-mnist:test", limit=2000, progress=False)
-        >>> g.top("conv5").indices[0]
+        >>> g = zfwidgets.mine("zfnet-fashion", "fashion-mnist:test", layers="conv5", limit=200, progress=False)
+        >>> top = g.top("conv5"); top.indices.shape, bool(((top.indices >= 0) & (top.indices < 200)).all())
+        (torch.Size([64, 9]), True)
     """
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive int, got {k!r}")

@@ -5,9 +5,10 @@ The winners' images are numbered in order and cut into fixed chunks; chunk ``q``
 are decoded once and recorded in one forward; the seeds of each layer walk down their receptive fields
 together (:func:`zfwidgets.mine.walk.walk`). Layers the walk does not handle use :func:`zfwidgets.project`.
 
-Example:
-    >>> res = project_winners(lens, source, specs, states, widths, "deconvnet", 32, 0, 1, False)
-    >>> box, projection, patch = res[("conv5", 0, 0)]
+Example (internal: needs the miner's layer specs, top-k states and map widths from its mining pass; not run,
+:func:`zfwidgets.mine` calls it and its gallery holds the result):
+    >>> res = project_winners(lens, source, specs, states, widths, "deconvnet", 32, 0, 1, False)  # doctest: +SKIP
+    >>> box, projection, patch = res[("conv5", 0, 0)]                                         # doctest: +SKIP
 """
 from __future__ import annotations
 

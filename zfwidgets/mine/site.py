@@ -6,7 +6,10 @@ Each projection is drawn signed (zero = mid grey) with one scale shared by the m
 cut by the image border sit where they lie in the unclipped receptive field (the rest blank).
 
 Example:
-    >>> gallery.to_html("site")        # then open site/index.html
+    >>> import tempfile, os; d = tempfile.mkdtemp()
+    >>> gallery = zfwidgets.mine("zfnet-fashion", "fashion-mnist:test", layers="conv1", limit=200, progress=False)
+    >>> gallery.to_html(os.path.join(d, "site")).name        # then open site/index.html
+    'index.html'
 """
 from __future__ import annotations
 

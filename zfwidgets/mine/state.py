@@ -6,9 +6,11 @@ batch and merging the states of several shards are the same selection over the u
 so any split of the data set (batches, resumed runs, ranks) gives the same state, bit for bit.
 
 Example:
-    >>> s = TopK(channels=64, k=9)
-    >>> s.update(values_BxC, positions_BxC, image_indices_B)
-    >>> merged = TopK.merge([s, other])
+    >>> s, other = TopK(channels=2, k=2), TopK(channels=2, k=2)     # 2 maps, their top-2
+    >>> s.update(torch.tensor([[1.0, 5.0], [3.0, 2.0]]), torch.tensor([[0, 4], [7, 1]]), torch.tensor([10, 11]))
+    >>> other.update(torch.tensor([[4.0, 2.0]]), torch.tensor([[2, 2]]), torch.tensor([12]))  # another shard
+    >>> merged = TopK.merge([s, other]); merged.indices.tolist(), merged.values.tolist()  # 2.0 tie: 11 first
+    ([[12, 11], [10, 11]], [[4.0, 3.0], [5.0, 2.0]])
 """
 from __future__ import annotations
 

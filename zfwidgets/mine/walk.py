@@ -14,8 +14,10 @@ cached forward) and :func:`zfwidgets.receptive_field` for the box.
 
 Example:
     >>> plan = chain_plan(lens, ["conv5"])
-    >>> rec = record(plan, x_batch)                        # one forward of the chunk
-    >>> proj, boxes = walk(plan, rec, "conv5", rows, channels, ys, xs, "deconvnet")
+    >>> rec = record(plan, x, "deconvnet")                 # one forward of the chunk (here one image)
+    >>> proj, origin, (h, w), full = walk(plan, rec, "conv5", [0, 0], [3, 7], [1, 2], [1, 0], "deconvnet")
+    >>> proj.shape, full           # two seeds; conv5's fields cover the 28 x 28 input: whole-input projections
+    (torch.Size([2, 1, 28, 28]), True)
 """
 from __future__ import annotations
 

@@ -4,7 +4,8 @@ whether masking it changes the images' representations more consistently than ra
 Example:
     >>> boots = zfwidgets.samples(label=9)[:4]
     >>> panel = zfwidgets.CorrespondencePanel(lens, boots, {"toe": [(14, 0, 22, 8)] * 4})
-    >>> panel.set_box(0, (15, 1, 23, 9)); panel.state["delta"]
+    >>> panel.set_box(0, (15, 1, 23, 9)); [round(v, 3) for v in panel.state["delta"]["toe"]]
+    [0.247, 0.211]
 """
 from __future__ import annotations
 

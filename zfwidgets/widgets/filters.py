@@ -4,8 +4,9 @@ layer's projections of both models (where aliasing shows).
 
 Example:
     >>> panel = zfwidgets.FilterPanel(zfwidgets.load("zfnet-fashion"), zfwidgets.load("allconv-fashion"),
-    ...                               images=zfwidgets.samples())
+    ...                               images=zfwidgets.samples(), channels=4)
     >>> panel.select(0, 5); panel.state["selected"]
+    (0, 5)
 """
 from __future__ import annotations
 

@@ -5,7 +5,10 @@ Example:
     >>> lens = zfwidgets.load("zfnet-fashion")
     >>> panel = zfwidgets.LesionPanel(lens, zfwidgets.samples()[9], zfwidgets.samples())
     >>> panel.toggle(3); panel.set_strongest(8)     # or click maps in the mosaic, or use the slider
-    >>> panel.state["accuracy"], panel.state["probabilities"]
+    >>> [round(a, 3) for a in panel.state["accuracy"]]     # held-out accuracy before and after
+    [0.9, 0.875]
+    >>> p = panel.state["probabilities"]; int(np.argmax(p["before"])), int(np.argmax(p["after"]))
+    (2, 6)
 """
 from __future__ import annotations
 

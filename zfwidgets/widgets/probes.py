@@ -4,8 +4,9 @@ for its confusion matrix and the explorer on that layer.
 Example:
     >>> from zfwidgets.zoo.data import load_fashion_mnist
     >>> xtr, ytr = load_fashion_mnist("train"); xte, yte = load_fashion_mnist("test")
-    >>> panel = zfwidgets.ProbePanel(lens, xtr[:1000], ytr[:1000], xte[:500], yte[:500])
-    >>> panel.select("conv3"); panel.state["confusion"]
+    >>> panel = zfwidgets.ProbePanel(lens, xtr[:300], ytr[:300], xte[:100], yte[:100], layers=["conv3"], max_iter=50)
+    >>> panel.select("conv3"); c = np.array(panel.state["confusion"]); c.shape, int(c.sum())   # 100 test images
+    ((10, 10), 100)
 """
 from __future__ import annotations
 
