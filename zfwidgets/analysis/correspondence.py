@@ -211,10 +211,10 @@ def correspondence(lens, images, boxes, *, layers=None, fill="mean", random_cont
         >>> imgs = [s.image for s in zfwidgets.samples(label=9)]          # 4 ankle boots
         >>> c = correspondence(lens, imgs, {"toe": [(14, 0, 22, 8)] * 4, "heel": [(14, 20, 22, 28)] * 4})
         >>> print(c.table())
-        mask    Δ conv5          Δ fc7          
-        toe     0.242           0.212         
-        heel    0.215           0.249         
-        random  0.292 ± 0.012  0.253 ± 0.022
+        mask    Δ conv5          Δ fc7
+        toe     0.2415           0.2122
+        heel    0.2152           0.2493
+        random  0.2909 ± 0.0115  0.2523 ± 0.0219
         (Δ / (n(n-1)D); 4 images; random: mean ± std over 10 draws)
     """
     show_progress = progress_flag(progress, show_progress)

@@ -78,9 +78,19 @@ def _layer_list(lens, layers):
             out.append((n, info.path, "conv", m.out_channels, m.in_channels))
         elif isinstance(m, torch.nn.Linear):
             out.append((n, info.path, "fc", m.out_features, m.in_features))
-        else:
-            raise ValueError(f"layer {n!r} is a {type(m).__name__}; the miner takes conv (Conv2d) and fully connected "
-                             "(Linear) layers")
+        else:  # a block of a branching model (ResNet's layer1.0): its maps, from the model's graph
+            from ..core.graph import Graph, GraphError
+            try:
+                node = Graph.of(lens).node_of(m)
+            except GraphError:
+                node = None
+            shape = None if node is None else node.out_shape
+            if shape is None or len(shape) != 4:
+                raise ValueError(f"layer {n!r} is a {type(m).__name__} without N x C x H x W maps; the miner takes "
+                                 "conv layers, blocks that put out maps, and fully connected (Linear) layers")
+            c_in = node.in_shapes[0][1] if node.in_shapes and node.in_shapes[0] and len(node.in_shapes[0]) == 4 \
+                else None
+            out.append((n, info.path, "conv", int(shape[1]), None if c_in is None else int(c_in)))
     return out
 
 
