@@ -11,15 +11,6 @@ clipped to the image, then unclipped), ``L/scale`` (C x k, each projection's max
 :meth:`Gallery.load` reads the small tensors and checks every shape against the metadata; projections and
 patches are read from the file when a map is shown. A file that is not a gallery (a pickle, a damaged
 header, wrong shapes, bad JSON) is refused with a ``ValueError`` that says why.
-
-Example:
-    >>> import tempfile, os; d = tempfile.mkdtemp(); path = os.path.join(d, "top9.safetensors")
-    >>> _ = zfwidgets.mine("zfnet-fashion", "fashion-mnist:test", limit=200, progress=False, out=path)
-    >>> g = zfwidgets.Gallery.load(path); g.layers, g.k, g.rule
-    (['conv1', 'conv2', 'conv3', 'conv4', 'conv5'], 9, 'deconvnet')
-    >>> fig = g.plot("conv5", channels=[0, 1, 2, 3])                # Fig. 2
-    >>> g.to_html(os.path.join(d, "site"), layers=["conv5"]).name   # a static site, one page per layer
-    'index.html'
 """
 from __future__ import annotations
 
@@ -72,7 +63,17 @@ class _LayerData:
 class Gallery:
     """Mined top-k of several layers (see the module docstring); made by :func:`zfwidgets.mine`, read with
     :meth:`load`. ``layers``: the layer names; ``meta``: the metadata; ``top(layer)``: a
-    :class:`~zfwidgets.analysis.topk.TopActivations` that plots and browses like one mined in memory."""
+    :class:`~zfwidgets.analysis.topk.TopActivations` that plots and browses like one mined in memory.
+
+    Example:
+        >>> import tempfile, os; d = tempfile.mkdtemp(); path = os.path.join(d, "top9.safetensors")
+        >>> _ = zfwidgets.mine("zfnet-fashion", "fashion-mnist:test", limit=200, progress=False, out=path)
+        >>> g = zfwidgets.Gallery.load(path); g.layers, g.k, g.rule
+        (['conv1', 'conv2', 'conv3', 'conv4', 'conv5'], 9, 'deconvnet')
+        >>> fig = g.plot("conv5", channels=[0, 1, 2, 3])                # Fig. 2
+        >>> g.to_html(os.path.join(d, "site"), layers=["conv5"]).name   # a static site, one page per layer
+        'index.html'
+    """
 
     def __init__(self, meta: dict, layers: dict, path=None):
         self.meta = meta

@@ -1,11 +1,5 @@
 """The correspondence panel (ZF §4.3, Fig. 8, Table 1): mark a part on each image with a box, and see per layer
 whether masking it changes the images' representations more consistently than random masks of its size.
-
-Example:
-    >>> boots = zfwidgets.samples(label=9)[:4]
-    >>> panel = zfwidgets.CorrespondencePanel(lens, boots, {"toe": [(14, 0, 22, 8)] * 4})
-    >>> panel.set_box(0, (15, 1, 23, 9)); [round(v, 3) for v in panel.state["delta"]["toe"]]
-    [0.247, 0.211]
 """
 from __future__ import annotations
 
@@ -59,6 +53,12 @@ class CorrespondencePanel(Panel):
     ``state``: ``parts``, ``part`` (edited), ``boxes`` ``{part: [box per image]}``, ``layers``, ``delta``
     ``{part: [normalised Δ per layer]}``, ``control`` ``{name: [(mean, std) per layer]}``, ``raw``
     ``{part: [Δ per layer]}``, ``renders``, ``dragging``, ``error``.
+
+    Example:
+        >>> boots = zfwidgets.samples(label=9)[:4]
+        >>> panel = zfwidgets.CorrespondencePanel(lens, boots, {"toe": [(14, 0, 22, 8)] * 4})
+        >>> panel.set_box(0, (15, 1, 23, 9)); [round(v, 3) for v in panel.state["delta"]["toe"]]
+        [0.247, 0.211]
     """
 
     def __init__(self, lens, images, boxes=None, *, layers=None, random_controls: int = 10, seed: int = 0,

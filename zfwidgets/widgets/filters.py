@@ -1,12 +1,6 @@
 """The filter panel (ZF §4.1, Fig. 6): two models' first-layer filters side by side, each marked dead or
 healthy with its spectral band shares; click a filter for its spectrum and its top-9; below, the second
 layer's projections of both models (where aliasing shows).
-
-Example:
-    >>> panel = zfwidgets.FilterPanel(zfwidgets.load("zfnet-fashion"), zfwidgets.load("allconv-fashion"),
-    ...                               images=zfwidgets.samples(), channels=4)
-    >>> panel.select(0, 5); panel.state["selected"]
-    (0, 5)
 """
 from __future__ import annotations
 
@@ -83,6 +77,12 @@ class FilterPanel(Panel):
     ``state``: ``models``, ``layers``, ``filters`` (counts), ``dead`` (indices per model), ``shares`` (layer
     totals per model), ``selected`` ``(model, filter)`` or ``None``, ``top`` (the selected filter's
     ``[(image index, activation)]``), ``second_layers``, ``error``.
+
+    Example:
+        >>> panel = zfwidgets.FilterPanel(zfwidgets.load("zfnet-fashion"), zfwidgets.load("allconv-fashion"),
+        ...                               images=zfwidgets.samples(), channels=4)
+        >>> panel.select(0, 5); panel.state["selected"]
+        (0, 5)
     """
 
     def __init__(self, lens, other=None, *, images=None, layer=None, other_layer=None, channels: int = 16,

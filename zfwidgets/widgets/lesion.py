@@ -1,14 +1,5 @@
 """The lesion panel (ZF §5.1, Table 3, live): switch feature maps of a layer off and watch the current image's
 class probabilities and the accuracy on held-out images change, class by class.
-
-Example:
-    >>> lens = zfwidgets.load("zfnet-fashion")
-    >>> panel = zfwidgets.LesionPanel(lens, zfwidgets.samples()[9], zfwidgets.samples())
-    >>> panel.toggle(3); panel.set_strongest(8)     # or click maps in the mosaic, or use the slider
-    >>> [round(a, 3) for a in panel.state["accuracy"]]     # held-out accuracy before and after
-    [0.9, 0.875]
-    >>> p = panel.state["probabilities"]; int(np.argmax(p["before"])), int(np.argmax(p["after"]))
-    (2, 6)
 """
 from __future__ import annotations
 
@@ -72,6 +63,15 @@ class LesionPanel(Panel):
     ``state``: ``layer``, ``channels`` (knocked out, sorted), ``n_maps``, ``label``, ``probabilities``
     ``{"before": [...], "after": [...]}``, ``accuracy`` ``(before, after)``, ``class_accuracy``
     ``{"before": [...], "after": [...]}``, ``renders``, ``error``.
+
+    Example:
+        >>> lens = zfwidgets.load("zfnet-fashion")
+        >>> panel = zfwidgets.LesionPanel(lens, zfwidgets.samples()[9], zfwidgets.samples())
+        >>> panel.toggle(3); panel.set_strongest(8)     # or click maps in the mosaic, or use the slider
+        >>> [round(a, 3) for a in panel.state["accuracy"]]     # held-out accuracy before and after
+        [0.9, 0.875]
+        >>> p = panel.state["probabilities"]; int(np.argmax(p["before"])), int(np.argmax(p["after"]))
+        (2, 6)
     """
 
     def __init__(self, lens, image, images=None, labels=None, *, layer=None, label: int | None = None,

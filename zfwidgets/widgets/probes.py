@@ -1,12 +1,5 @@
 """The probe panel (ZF §5.3, Table 7): a linear probe's test accuracy per layer as a bar chart; click a layer
 for its confusion matrix and the explorer on that layer.
-
-Example:
-    >>> from zfwidgets.zoo.data import load_fashion_mnist
-    >>> xtr, ytr = load_fashion_mnist("train"); xte, yte = load_fashion_mnist("test")
-    >>> panel = zfwidgets.ProbePanel(lens, xtr[:300], ytr[:300], xte[:100], yte[:100], layers=["conv3"], max_iter=50)
-    >>> panel.select("conv3"); c = np.array(panel.state["confusion"]); c.shape, int(c.sum())   # 100 test images
-    ((10, 10), 100)
 """
 from __future__ import annotations
 
@@ -53,6 +46,13 @@ class ProbePanel(Panel):
 
     ``state``: ``layers``, ``test_accuracy``, ``train_accuracy``, ``selected`` (layer or ``None``),
     ``confusion`` (K x K list of counts of the selected layer), ``explorer_layer``, ``error``.
+
+    Example:
+        >>> from zfwidgets.zoo.data import load_fashion_mnist
+        >>> xtr, ytr = load_fashion_mnist("train"); xte, yte = load_fashion_mnist("test")
+        >>> panel = zfwidgets.ProbePanel(lens, xtr[:300], ytr[:300], xte[:100], yte[:100], layers=["conv3"], max_iter=50)
+        >>> panel.select("conv3"); c = np.array(panel.state["confusion"]); c.shape, int(c.sum())   # 100 test images
+        ((10, 10), 100)
     """
 
     BAR_W, GAP, HEIGHT, BASE = 44, 10, 160, 34
