@@ -231,8 +231,11 @@ class Lens:
             raise ValueError(f"the model's output must be class scores N x K; got {what}")
         return out
 
-    def run(self, x: torch.Tensor, layers=(), *, logits: bool = True):
+    def run(self, x: torch.Tensor, layers=(), *, logits: bool = True, inference: bool = True):
         """Run a preprocessed batch (N x C x H x W) without gradients.
+
+        ``inference=False`` runs under ``torch.no_grad`` instead of ``inference_mode`` (whose tensors trip
+        the capture's version check on some models).
 
         Returns ``(logits or None, {layer name: activation})``. With ``logits=False`` the forward stops
         as soon as the asked layers are computed (cheaper for lower layers). An activation is the
@@ -240,7 +243,7 @@ class Lens:
         activations are meant (sums of a map, feature vectors).
         """
         resolved = {self.resolve(l)[0]: self.resolve(l)[2] for l in layers}
-        with torch.inference_mode(), ModelGuard(self.model), \
+        with (torch.inference_mode() if inference else torch.no_grad()), ModelGuard(self.model), \
                 Capture(self.model, resolved, stop=not logits and bool(resolved), detach=True) as cap:
             self.forward_count += 1
             out = self.model(x)

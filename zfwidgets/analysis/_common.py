@@ -57,21 +57,11 @@ def run_layers(lens, x: torch.Tensor, layers, *, logits: bool = False):
     once the asked layers are computed. The model's hooks and ``training`` flags are restored on exit; a
     layer that did not run is a ``ValueError``.
     """
-    from ..core.capture import Capture, ModelGuard
-    resolved = {}
-    for layer in layers:
-        name, _, module = lens.resolve(layer)
-        resolved[name] = module
-    with torch.no_grad(), ModelGuard(lens.model), \
-            Capture(lens.model, resolved, stop=not logits and bool(resolved), detach=True) as cap:
-        lens.forward_count += 1
-        out = lens.model(x)
-        if logits:
-            out = lens._check_logits(out)
-    missing = [n for n in resolved if n not in cap.outputs]
+    out, acts = lens.run(x, layers, logits=logits, inference=False)
+    missing = [n for n in (lens.resolve(l)[0] for l in layers) if n not in acts]
     if missing:
         raise ValueError(f"layer(s) {missing} did not run during the forward; choose other layers")
-    return (out if logits else None), dict(cap.outputs)
+    return out, acts
 
 
 def default_conv_layer(lens) -> str:
