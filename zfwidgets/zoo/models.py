@@ -1,9 +1,12 @@
-"""The bundled architectures: a mini-ZFNet and its all-convolutional twin for 1x28x28 input.
+"""The bundled architectures: a mini-ZFNet, its all-convolutional twin and two relatives, for 1x28x28 input.
 
-Both mirror ZF's eight-layer layout at Fashion-MNIST scale: conv1..conv5, fc6, fc7, fc8. In
+All mirror ZF's eight-layer layout at Fashion-MNIST scale: conv1..conv5, fc6, fc7, fc8. In
 ``zfnet-fashion`` conv1, conv2 and conv5 are followed by overlapping 3x3 stride-2 max pooling (as in ZF
 and AlexNet); in ``allconv-fashion`` each of those poolings is a learned 3x3 stride-2 convolution
-(Springenberg et al.), so the deconvnet finds no switches there.
+(Springenberg et al.), so the deconvnet finds no switches there. ``zfnet-fashion-coarse`` is
+``zfnet-fashion`` with an AlexNet-like first layer (9x9 filters at stride 3 instead of 5x5 at stride 1:
+ZF Fig. 6's comparison at 28x28 scale). ``zfnet-fashion-half`` is ``zfnet-fashion`` with five outputs,
+trained on five of the ten classes only (the source of the within-domain transfer, ZF Sec. 5.2).
 
 Modules carry the friendly names directly (``model.conv1``, ``model.fc6``...), so a layer name is also
 its module path.
@@ -21,7 +24,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-__all__ = ["build", "ARCHITECTURES", "VARIANTS"]
+__all__ = ["build", "ARCHITECTURES", "VARIANTS", "HALF_CLASSES"]
 
 # channel widths: conv1..conv5, fc6/fc7
 BASE = dict(c1=32, c2=64, c3=96, c4=96, c5=64, fc=256)
@@ -43,6 +46,28 @@ def _pool(kind: str, channels: int) -> nn.Module:
     return nn.Conv2d(channels, channels, kernel_size=3, stride=2, padding=1)
 
 
+# per architecture: the pooling kind, the first layer (kernel, stride, padding) and the number of classes
+SPECS = {
+    "zfnet-fashion": dict(pool="max", conv1=(5, 1, 2), classes=10),
+    "allconv-fashion": dict(pool="conv", conv1=(5, 1, 2), classes=10),
+    "zfnet-fashion-coarse": dict(pool="max", conv1=(9, 3, 4), classes=10),
+    "zfnet-fashion-half": dict(pool="max", conv1=(5, 1, 2), classes=5),
+}
+# the Fashion-MNIST classes zfnet-fashion-half is trained on (T-shirt/top, Trouser, Coat, Sandal, Bag); the
+# other five (Pullover, Dress, Shirt, Sneaker, Ankle boot) are the transfer targets: each has a relative
+# among the five it knows, as Caltech-101's classes have among ImageNet's
+HALF_CLASSES = (0, 1, 4, 5, 8)
+
+
+def _side(arch: str) -> int:
+    """The side of pool5's output map: 28 through conv1 and three 3x3 stride-2 poolings (padding 1)."""
+    k, st, p = SPECS[arch]["conv1"]
+    n = (28 + 2 * p - k) // st + 1
+    for _ in range(3):
+        n = (n + 2 - 3) // 2 + 1
+    return n
+
+
 def _layers(arch: str, variant: str) -> "OrderedDict[str, nn.Module]":
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; expected one of {sorted(VARIANTS)}")
@@ -53,9 +78,11 @@ def _layers(arch: str, variant: str) -> "OrderedDict[str, nn.Module]":
         w.update(fc=1024)
     keep_conv34 = variant not in ("no-conv3-conv4", "no-conv3-conv4-fc6-fc7")
     keep_fc67 = variant not in ("no-fc6-fc7", "no-conv3-conv4-fc6-fc7")
-    kind = "max" if arch == "zfnet-fashion" else "conv"
+    spec = SPECS[arch]
+    kind = spec["pool"]
+    k1, s1, p1 = spec["conv1"]
     L: "OrderedDict[str, nn.Module]" = OrderedDict()
-    L["conv1"] = nn.Conv2d(1, w["c1"], 5, padding=2)
+    L["conv1"] = nn.Conv2d(1, w["c1"], k1, stride=s1, padding=p1)
     L["relu1"] = nn.ReLU()
     L["pool1"] = _pool(kind, w["c1"])  # 28 -> 14
     if kind == "conv":
@@ -78,7 +105,7 @@ def _layers(arch: str, variant: str) -> "OrderedDict[str, nn.Module]":
     if kind == "conv":
         L["relu5p"] = nn.ReLU()
     L["flatten"] = nn.Flatten()
-    f_in = w["c5"] * 4 * 4
+    f_in = w["c5"] * _side(arch) ** 2
     if keep_fc67:
         L["drop6"] = nn.Dropout(0.5)
         L["fc6"] = nn.Linear(f_in, w["fc"])
@@ -87,15 +114,15 @@ def _layers(arch: str, variant: str) -> "OrderedDict[str, nn.Module]":
         L["fc7"] = nn.Linear(w["fc"], w["fc"])
         L["relu7"] = nn.ReLU()
         f_in = w["fc"]
-    L["fc8"] = nn.Linear(f_in, 10)
+    L["fc8"] = nn.Linear(f_in, spec["classes"])
     return L
 
 
-ARCHITECTURES = ("zfnet-fashion", "allconv-fashion")
+ARCHITECTURES = tuple(SPECS)
 
 
 def build(arch: str = "zfnet-fashion", variant: str = "base") -> nn.Sequential:
-    """Build an untrained bundled architecture (``"zfnet-fashion"`` or ``"allconv-fashion"``)."""
+    """Build an untrained bundled architecture (one of :data:`ARCHITECTURES`), optionally a Table 3 variant."""
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {arch!r}; expected one of {list(ARCHITECTURES)}")
     return nn.Sequential(_layers(arch, variant))
