@@ -135,3 +135,89 @@ def test_bad_input(tiny_lens):
         filter_health(tiny_lens, [])
     with pytest.raises(ValueError):
         band_energies(np.ones((3, 3)))
+
+
+# ----- aliasing (ZF Fig. 6 c-e) ------------------------------------------------------------------
+def _circ(d):
+    """Distance between two frequencies on the circle of period 1 cycle per pixel."""
+    d = abs(d) % 1
+    return min(d, 1 - d)
+
+
+def _alias_share_direct(img, period):
+    """The alias-frequency share written out: a DFT by matrix products and each bin classified by hand."""
+    h, w = img.shape
+    taper = np.outer(np.sin(np.pi * np.arange(1, h + 1) / (h + 1)) ** 2, np.sin(np.pi * np.arange(1, w + 1) / (w + 1)) ** 2)
+    img = (img - img.mean()) * taper
+    n = period * int(np.ceil(4 * max(img.shape) / period))
+    u = np.arange(n)
+    ey = np.exp(-2j * np.pi * np.outer(u, np.arange(img.shape[0])) / n)
+    ex = np.exp(-2j * np.pi * np.outer(np.arange(img.shape[1]), u) / n)
+    power = np.abs(ey @ img @ ex) ** 2
+    from fractions import Fraction
+    freq = [Fraction(int(v), n) if v < n / 2 else Fraction(int(v) - n, n) for v in u]   # exact cycles/pixel
+    points = [(Fraction(a, period), Fraction(b, period)) for a in range(-period, period + 1)
+              for b in range(-period, period + 1)
+              if (a, b) != (0, 0) and -Fraction(1, 2) <= Fraction(a, period) < Fraction(1, 2)
+              and -Fraction(1, 2) <= Fraction(b, period) < Fraction(1, 2)]
+    half = Fraction(1, 4 * period)
+    near = 0.0
+    for i in range(n):
+        for j in range(n):
+            if any(_circ(freq[i] - fy) < half and _circ(freq[j] - fx) < half for fy, fx in points):
+                near += power[i, j]
+    return near / power.sum()
+
+
+def test_alias_energy_against_a_direct_dft_and_known_signals():
+    from zfwidgets.analysis.filters import alias_energy
+    rng = np.random.default_rng(0)
+    grid = np.zeros((12, 12)); grid[::3, ::3] = 1                        # a period-3 grid of dots
+    smooth = np.outer(np.hanning(12), np.hanning(12))
+    noise = rng.normal(size=(12, 12))
+    checker = (-1.0) ** np.add.outer(np.arange(12), np.arange(12))      # period 2
+    got = alias_energy(np.stack([grid, smooth, noise])[:, None], 3)
+    want = [_alias_share_direct(x, 3) for x in (grid, smooth, noise)]
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+    assert got[0] > 0.8 and got[1] < 0.05
+    assert alias_energy(checker, 2)[0] > 0.8 and alias_energy(checker, 3)[0] < 0.1
+    # white noise: on average the share of the frequency square that counts: 24 px are padded to n = 96 bins,
+    # 8 squares of 15 x 15 bins (strictly within 96 / 12 = 8 bins of their centre), about 8/36 of the area
+    white = alias_energy(rng.normal(size=(400, 1, 24, 24)), 3)
+    assert abs(white.mean() - 8 * 15 ** 2 / 96 ** 2) < 0.01
+    assert np.isnan(alias_energy(np.ones((5, 5)), 3)[0])                  # constant: nothing to measure
+    # relative: the grid's power sits at its alias points, white noise's is the same at every frequency, and an
+    # isotropic blob (a Gaussian) has no more power at the alias points than beside them at those radii
+    yy, xx = np.mgrid[:12, :12] - 5.5
+    blob = np.exp(-(yy ** 2 + xx ** 2) / (2 * 1.5 ** 2))
+    rel = alias_energy(np.stack([grid, blob])[:, None], 3, relative=True)
+    assert rel[0] > 5 and 0.5 < rel[1] < 1.5
+    assert abs(np.median(alias_energy(rng.normal(size=(400, 1, 24, 24)), 3, relative=True)) - 1) < 0.1
+    for bad in (1, 0, 2.5, True):
+        with pytest.raises(ValueError, match="period"):
+            alias_energy(grid, bad)
+    with pytest.raises(ValueError, match="shape"):
+        alias_energy(np.zeros((1, 1, 1, 4, 4)), 3)
+
+
+def test_layer_aliasing_projects_each_maps_strongest_activation():
+    import zfwidgets as zf
+    from zfwidgets.analysis.filters import alias_energy, layer_aliasing
+    lens = zf.load("zfnet-fashion")
+    samples = zf.samples()[:12]
+    a = layer_aliasing(lens, samples, "conv2", period=3, other=zf.load("allconv-fashion"), progress=False)
+    x = torch.stack([lens.to_input(s.image)[0] for s in samples])
+    with torch.no_grad():
+        acts = lens.model[:5](x)          # conv1 relu1 pool1 conv2 relu2: conv2's rectified output
+    assert lens.layers[1] == "conv2" and a.layer == "conv2"
+    np.testing.assert_array_equal(a.image_index, acts.flatten(2).amax(2).argmax(0).numpy())
+    assert a.projections.shape == (64, 1, 28, 28) and a.score.shape == (64,)
+    np.testing.assert_allclose(a.score, alias_energy(a.projections, 3))
+    np.testing.assert_allclose(a.relative, alias_energy(a.projections, 3, relative=True))
+    assert a.other is not None and a.other.model == "allconv-fashion"
+    assert a.other.score.shape == a.other.image_index.shape == (len(a.other.projections),)
+    assert a.white == 8 * 19 ** 2 / 114 ** 2 and "alias" in a.summary()   # 28 px -> 114 bins, squares of 19
+    with pytest.raises(ValueError, match="period"):
+        layer_aliasing(lens, samples, "conv2", period=1)
+    with pytest.raises(ValueError, match="spatial"):
+        layer_aliasing(lens, samples, "fc6", period=3, progress=False)

@@ -120,3 +120,42 @@ def test_weights_only_and_errors(zf_random):
         panel.close()
     with pytest.raises(TypeError):
         zfwidgets.FilterPanel("not a lens")
+
+
+def test_coarse_twin_pair_scores_the_second_layers_aliasing():
+    """With a stride-3 first layer beside the bundled model, the second row scores both models' conv2 projections
+    at the stride's alias frequencies (the analysis is tested against a direct DFT in tests/analysis)."""
+    from zfwidgets.analysis.filters import alias_energy
+    from zfwidgets.core.project import project
+    coarse = zfwidgets.load("zfnet-fashion-coarse")
+    assert coarse.resolve("conv1")[2].stride == (3, 3) and coarse.resolve("conv1")[2].kernel_size == (9, 9)
+    images = [s.image for s in zfwidgets.samples()[::4]]
+    base = zfwidgets.load("zfnet-fashion")
+    before = model_state(base.model)
+    panel = zfwidgets.FilterPanel(base, coarse, images=images, channels=2)
+    try:
+        assert panel.state["second_layers"] == ["conv2", "conv2"] and len(panel.state["aliasing"]) == 2
+        for (mean, rel), lens in zip(panel.state["aliasing"], (base, coarse)):
+            x = torch.cat([lens.to_input(im) for im in images])
+            acts = {}
+            h = lens.resolve("conv2")[2].register_forward_hook(lambda m, a, o: acts.setdefault("o", o.detach()))
+            try:
+                with torch.no_grad():
+                    lens.model(x)
+            finally:
+                h.remove()
+            best = acts["o"].clamp(min=0).flatten(2).amax(2).argmax(0)          # each map's strongest image
+            proj = np.stack([project(lens, x[int(i)], "conv2", c).pixels.numpy() for c, i in enumerate(best)])
+            assert mean == pytest.approx(np.nanmean(alias_energy(proj, 3)), rel=1e-6)
+            assert rel == pytest.approx(np.nanmedian(alias_energy(proj, 3, relative=True)), rel=1e-6)
+        assert "alias frequencies" in panel.second.children[1].children[0].value
+    finally:
+        panel.close()
+    assert_same_model_state(base.model, before)
+    plain = zfwidgets.FilterPanel(base, zfwidgets.load("allconv-fashion"), images=images, channels=2)
+    try:
+        assert plain.state["aliasing"] == []                 # both first layers stride 1: nothing to score
+    finally:
+        plain.close()
+    with pytest.raises(ValueError, match="alias_period"):
+        zfwidgets.FilterPanel(base, coarse, images=images, alias_period=0)

@@ -20,6 +20,17 @@ A zero-padded transform shows the filter's true (continuous) spectrum, sidelobes
 5x5 filter puts about 81% of its energy in the low band (the rest in the sinc sidelobes of the box),
 a 5x5 checkerboard over 99% in the high band.
 
+The aliasing ZF saw in AlexNet's second layer (grid-like projections, from the first layer's stride 4) is
+measured by :func:`layer_aliasing`: the strongest activation of every map of a layer is projected back to
+the input (deconvnet), and :func:`alias_energy` gives the share of each projection's energy near the
+*alias frequencies* of a stride ``s``: the points ``(a/s, b/s)`` (integers ``a, b`` not both 0) of the
+frequency square ``[-1/2, 1/2)^2`` cycles per pixel, where a signal upsampled by ``s`` (the deconvnet's
+transposed stride-``s`` convolution) puts the copies of its spectrum. A bin counts when it lies within
+``1/(4s)`` of such a point in both axes (a square a quarter of the spacing across); the projection (its
+channels summed, its mean removed, tapered by a Hann window so that its edges put no sidelobes on the axes) is
+zero-padded to at least 4 times its size, a multiple of ``s``, so that the points fall on bins. A white spectrum scores the squares' share of the area (8/36 = 0.22 for ``s = 3``);
+a smooth projection less; a grid of period ``s`` up to 1.
+
 Example:
     >>> h = zfwidgets.filter_health(lens, images)              # first conv layer
     >>> h.band_fraction[:4, 2]                                 # share of high frequencies per filter
@@ -39,7 +50,8 @@ from torch import nn
 from ._common import check_lens, progress_flag, run_layers
 from ._inputs import DEFAULT_BATCH_SIZE, gather
 
-__all__ = ["FilterHealth", "filter_health", "band_energies", "filter_spectrum", "BAND_EDGES", "BAND_NAMES"]
+__all__ = ["FilterHealth", "filter_health", "band_energies", "filter_spectrum", "BAND_EDGES", "BAND_NAMES",
+           "alias_energy", "Aliasing", "layer_aliasing"]
 
 #: radial frequency edges, cycles per pixel: low < 1/6 <= mid < 1/3 <= high (thirds of Nyquist)
 BAND_EDGES = (1.0 / 6.0, 1.0 / 3.0)
@@ -91,6 +103,178 @@ def filter_spectrum(weights, n_fft: int | None = None) -> np.ndarray:
     if n < max(w.shape[2:]):
         raise ValueError(f"n_fft={n} is smaller than the kernel {w.shape[2]}x{w.shape[3]}")
     return (np.abs(np.fft.fft2(w, s=(n, n), axes=(2, 3))) ** 2).sum(1) / (n * n)
+
+
+def _alias_mask(n: int, period: int) -> np.ndarray:
+    """n x n bool: the DFT bins (``n`` a multiple of ``period``) strictly within ``1/(4 period)`` cycles per pixel,
+    in both axes, of an alias frequency ``(a/period, b/period)`` other than 0; in integer bin arithmetic, so
+    that no bin on a square's edge depends on rounding."""
+    k = np.fft.fftfreq(n, 1.0 / n).round().astype(np.int64)     # signed bin index: -n/2 .. n/2 - 1
+    step = n // period
+    points = [a * step for a in range(-(period // 2), period // 2 + 1) if -n <= 2 * a * step < n]
+    near = np.zeros((n, n), bool)
+    for a in points:
+        for b in points:
+            if a == 0 and b == 0:
+                continue
+            dy = np.minimum(np.abs(k - a), n - np.abs(k - a))   # on the circle: -1/2 and 1/2 are one frequency
+            dx = np.minimum(np.abs(k - b), n - np.abs(k - b))
+            near |= (4 * period * dy < n)[:, None] & (4 * period * dx < n)[None, :]
+    return near
+
+
+def _radial_expectation(power: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Per image, the power the ``mask`` bins would have without a grid: each bin gets the mean power of the
+    bins outside the mask at its radius (rings one bin wide)."""
+    n = power.shape[-1]
+    f = np.fft.fftfreq(n)
+    ring = np.rint(np.hypot(f[:, None], f[None, :]) * n).astype(np.int64)   # radius in bins
+    rings = ring[mask]
+    out = np.zeros(power.shape[0])
+    for r in np.unique(rings):
+        beside = (ring == r) & ~mask
+        if beside.any():
+            out += power[:, beside].mean(1) * int((rings == r).sum())
+    return out
+
+
+def alias_energy(images, period: int, *, relative: bool = False) -> np.ndarray:
+    """Share of each image's energy near the alias frequencies of a stride ``period`` (see the module docstring).
+
+    ``images``: H x W, C x H x W or N x C x H x W (channels are summed, each image's mean removed). Returns
+    one score per image in [0, 1] (NaN for a constant image). ``relative=True`` instead returns the power near
+    the alias frequencies over the power the same bins would have if each had the mean of the other bins at
+    its radius (rings one bin wide): about 1 for an image without a grid of that period, whatever its
+    spectrum's radial profile, well above 1 for a grid.
+
+    Example:
+        >>> grid = np.zeros((27, 27)); grid[::3, ::3] = 1               # a period-3 grid of dots
+        >>> smooth = np.outer(np.hanning(27), np.hanning(27))
+        >>> alias_energy(np.stack([grid, smooth])[:, None], 3).round(2)
+        array([1., 0.])
+    """
+    if isinstance(period, bool) or not isinstance(period, (int, np.integer)) or period < 2:
+        raise ValueError(f"period must be an int >= 2 (a stride), got {period!r}")
+    x = images.detach().cpu().double().numpy() if isinstance(images, torch.Tensor) else np.asarray(images, float)
+    if x.ndim == 2:
+        x = x[None, None]
+    elif x.ndim == 3:
+        x = x[None]
+    if x.ndim != 4:
+        raise ValueError(f"images must be H x W, C x H x W or N x C x H x W, got shape {x.shape}")
+    x = x.sum(1)
+    x = x - x.mean(axis=(1, 2), keepdims=True)
+    # a Hann window: without it the image's edges (a step to the zero padding) put a cross of sidelobes along
+    # both frequency axes, through the alias points (a/s, 0) and (0, b/s)
+    x = x * np.outer(np.hanning(x.shape[1] + 2)[1:-1], np.hanning(x.shape[2] + 2)[1:-1])
+    side = max(x.shape[1:])
+    n = period * int(np.ceil(4 * side / period))
+    power = np.abs(np.fft.fft2(x, s=(n, n))) ** 2
+    total = power.sum(axis=(1, 2))
+    mask = _alias_mask(n, int(period))
+    if relative:
+        near, ring = power[:, mask].sum(1), _radial_expectation(power, mask)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where((total > 1e-24 * n * n) & (ring > 0), near / np.where(ring > 0, ring, 1), np.nan)
+    near = power[:, mask].sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 1e-24 * n * n, near / np.where(total > 0, total, 1), np.nan)
+
+
+@dataclass
+class Aliasing:
+    """The alias-frequency energy of a layer's projections (see :func:`layer_aliasing`).
+
+    ``score`` (one per map: the share of its projection's energy near the alias frequencies of ``period``),
+    ``relative`` (per map: that power density over the density at the same radii elsewhere; 1: no grid),
+    ``projections`` (maps x C x H x W, the deconvnet projection of each map's strongest activation over the
+    images), ``image_index`` (which image held it), ``white`` (the score of a white spectrum: the share of
+    the frequency square that counts), ``other`` (the same for the second lens, if one was given).
+    """
+    model: str
+    layer: str
+    period: int
+    score: np.ndarray
+    projections: np.ndarray
+    image_index: np.ndarray
+    white: float
+    relative: np.ndarray = None
+    other: "Aliasing | None" = field(default=None, repr=False)
+
+    @property
+    def mean(self) -> float:
+        """The mean score over the maps whose projection is not all zero."""
+        return float(np.nanmean(self.score)) if np.isfinite(self.score).any() else float("nan")
+
+    def summary(self) -> str:
+        lines = []
+        for a in (self, self.other):
+            if a is not None:
+                lines.append(f"{a.model} {a.layer}: energy near the stride-{a.period} alias frequencies "
+                             f"{a.mean:.3f} (mean of {int(np.isfinite(a.score).sum())} maps; a white spectrum "
+                             f"{a.white:.3f}); against the same radii elsewhere {np.nanmedian(a.relative):.2f}x "
+                             f"(median; 1: no grid)")
+        return "\n".join(lines)
+
+    def __str__(self):
+        return self.summary()
+
+
+def _aliasing_one(lens, images, layer, period, batch_size, show_progress) -> Aliasing:
+    from ..core.project import project
+    name, path, _ = lens.resolve(layer)
+    data = gather(lens, images)
+    best_val, best_img = None, None
+    start = 0
+    for _, x in data.batches(batch_size, progress=show_progress, desc="aliasing"):
+        _, acts = run_layers(lens, x, [name])
+        a = acts[name]
+        if a.dim() != 4:
+            raise ValueError(f"layer_aliasing needs a spatial layer; {name!r} gives shape {tuple(a.shape)}")
+        peak = a.flatten(2).amax(2)                  # N x C
+        val, idx = peak.max(0)
+        if best_val is None:
+            best_val, best_img = val, idx + start
+        else:
+            better = val > best_val
+            best_val = torch.where(better, val, best_val)
+            best_img = torch.where(better, idx + start, best_img)
+        start += a.shape[0]
+    xs = data.tensor()
+    projections = np.stack([project(lens, xs[int(i)], name, c, method="deconvnet").pixels.cpu().float().numpy()
+                            for c, i in enumerate(best_img.tolist())])
+    score = alias_energy(projections, period)
+    relative = alias_energy(projections, period, relative=True)
+    side = max(projections.shape[2:])
+    n = period * int(np.ceil(4 * side / period))
+    white = float(_alias_mask(n, period).mean())
+    return Aliasing(lens.name, name, int(period), score, projections, best_img.numpy(), white, relative)
+
+
+def layer_aliasing(lens, images, layer="conv2", period: int = 3, *, other=None,
+                   batch_size: int = DEFAULT_BATCH_SIZE, progress=True, show_progress=None) -> Aliasing:
+    """Aliasing in a layer's projections (ZF Fig. 6 (c-e)): the energy near a stride's alias frequencies.
+
+    The strongest activation of each map of ``layer`` over ``images`` is projected back to the input with
+    the deconvnet; :func:`alias_energy` scores each projection at the alias frequencies of ``period`` (a
+    first layer's stride). ``other`` (a second lens) is measured on the same images, layer and period.
+
+    Example:
+        >>> a = layer_aliasing(zfwidgets.load("zfnet-fashion"), zfwidgets.samples(), "conv2", period=3,
+        ...                    progress=False)
+        >>> a.score.shape, round(a.white, 3)
+        ((64,), 0.222)
+    """
+    show_progress = progress_flag(progress, show_progress)
+    check_lens(lens)
+    if other is not None:
+        check_lens(other)
+    if isinstance(period, bool) or not isinstance(period, (int, np.integer)) or period < 2:
+        raise ValueError(f"period must be an int >= 2 (a stride), got {period!r}")
+    result = _aliasing_one(lens, images, layer, period, batch_size, show_progress)
+    if other is not None:
+        result.other = _aliasing_one(other, images, layer, period, batch_size, show_progress)
+    return result
 
 
 # ----- the analysis -----------------------------------------------------------------------------

@@ -114,7 +114,11 @@ class LesionSweep:
 
 @dataclass
 class AblationTable:
-    """ZF Table 3 at small scale: train and test error of retrained architecture variants."""
+    """ZF Table 3 at small scale: train and test error of retrained architecture variants.
+
+    ``history`` has, per variant, its per-epoch curve (dicts with ``epoch``, ``train_accuracy``,
+    ``test_accuracy``); empty lists for a table written without curves.
+    """
     name: str
     epochs: int
     seed: int
@@ -124,14 +128,30 @@ class AblationTable:
     train_error: np.ndarray
     test_error: np.ndarray
     command: str = ""
+    history: list = field(default_factory=list)
+    train_images: int = 0
 
     def table(self) -> str:
-        """Text like ZF Table 3."""
+        """Text like ZF Table 3 (with, when the table has curves, each variant's last-3-epoch test error range)."""
         w = max(len(d) for d in self.descriptions)
-        lines = [f"{'variant':<{w}}  {'params':>9}  train err  test err",
-                 *[f"{d:<{w}}  {p:>9,}  {tr:>8.2%}  {te:>8.2%}" for d, p, tr, te in
-                   zip(self.descriptions, self.parameters, self.train_error, self.test_error)]]
-        return "\n".join(lines) + f"\n({self.name}, retrained {self.epochs} epochs each, seed {self.seed})"
+        moves = self.plateau()
+        head = f"{'variant':<{w}}  {'params':>9}  train err  test err" + ("  last 3 epochs" if moves is not None else "")
+        lines = [head]
+        for k, (d, p, tr, te) in enumerate(zip(self.descriptions, self.parameters, self.train_error,
+                                                self.test_error)):
+            line = f"{d:<{w}}  {p:>9,}  {tr:>8.2%}  {te:>8.2%}"
+            if moves is not None:
+                line += f"  {moves[k]:>9.2%} range"
+            lines.append(line)
+        images = f" on {self.train_images:,} images" if self.train_images else ""
+        return "\n".join(lines) + f"\n({self.name}, retrained {self.epochs} epochs each{images}, seed {self.seed})"
+
+    def plateau(self, last: int = 3):
+        """Per variant, the range (max - min) of the test error over its ``last`` epochs: how much it still
+        moved when training stopped. ``None`` when the table has no curves."""
+        if not self.history or any(len(h) < last for h in self.history):
+            return None
+        return np.array([np.ptp([1 - r["test_accuracy"] for r in h[-last:]]) for h in self.history])
 
     def __str__(self):
         return self.table()
@@ -139,6 +159,11 @@ class AblationTable:
     def plot(self):
         from ..plot.lesion import plot_ablation
         return plot_ablation(self)
+
+    def plot_curves(self):
+        """Each variant's test error per epoch (the plateau each one was read at)."""
+        from ..plot.lesion import plot_ablation_curves
+        return plot_ablation_curves(self)
 
 
 def _auto_ablation(ablation, model):
@@ -184,11 +209,15 @@ def ablation_table(name: str = "zfnet-fashion", path=None) -> AblationTable:
     d = json.loads(path.read_text())
     try:
         rows = d["rows"]
+        history = [[{k: (int(e[k]) if k == "epoch" else float(e[k]))
+                     for k in ("epoch", "train_accuracy", "test_accuracy")} for e in r["history"]]
+                   for r in rows] if all("history" in r for r in rows) else []
         return AblationTable(d.get("name", name), int(d.get("epochs", 0)), int(d.get("seed", 0)),
                              [r["variant"] for r in rows], [r.get("description", r["variant"]) for r in rows],
                              np.array([int(r.get("parameters", 0)) for r in rows]),
                              np.array([float(r["train_error"]) for r in rows]),
-                             np.array([float(r["test_error"]) for r in rows]), d.get("command", ""))
+                             np.array([float(r["test_error"]) for r in rows]), d.get("command", ""),
+                             history, int(d.get("train_images", 0)))
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"{path} is not an ablation table ({type(e).__name__}: {e})") from None
 

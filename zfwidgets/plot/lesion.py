@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 
 from .colours import BAR_COLOUR
 
-__all__ = ["plot_lesions", "plot_ablation"]
+__all__ = ["plot_lesions", "plot_ablation", "plot_ablation_curves"]
 
 
 def _draw_ablation(ax, table):
@@ -31,6 +31,21 @@ def plot_ablation(table) -> Figure:
     """Train and test error of each retrained variant (ZF Table 3)."""
     fig = Figure(figsize=(6.5, 0.55 * len(table.variants) + 1.5), layout="constrained")
     _draw_ablation(fig.add_subplot(), table)
+    return fig
+
+
+def plot_ablation_curves(table) -> Figure:
+    """Test error per epoch of each retrained variant: where each one stopped moving."""
+    if not table.history:
+        raise ValueError(f"the ablation table of {table.name} has no per-epoch curves")
+    fig = Figure(figsize=(6.5, 3.2), layout="constrained")
+    ax = fig.add_subplot()
+    for d, h in zip(table.descriptions, table.history):
+        ax.plot([r["epoch"] for r in h], [1 - r["test_accuracy"] for r in h], marker=".", label=d)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("test error")
+    ax.set_title(f"retrained ablations (ZF Table 3): {table.name}, test error per epoch", fontsize=9)
+    ax.legend(fontsize=7)
     return fig
 
 

@@ -36,6 +36,11 @@ def _top(lens, images, layer, channels, k):
     return top_activations(lens, images, layer, channels=channels, k=k, progress=False)
 
 
+def layer_aliasing(lens, images, layer, period, progress=False):
+    from ..analysis.filters import layer_aliasing as aliasing
+    return aliasing(lens, images, layer, period, progress=progress)
+
+
 def _width(lens, name: str) -> int:
     """How many maps layer ``name`` puts out (a block, such as a ResNet's, from the model's graph)."""
     module = lens.resolve(name)[2]
@@ -63,6 +68,9 @@ class FilterPanel(Panel):
         layer, other_layer: the layers diagnosed (default each model's first conv layer).
         channels: how many second-layer maps each model shows (their strongest image's projection).
         k: images per clicked filter (ZF: 9).
+        alias_period: the stride whose alias frequencies the second layer's projections are scored at
+            (:func:`zfwidgets.analysis.filters.layer_aliasing`, every map, both models); default the larger
+            first-layer stride of the two models, no score when that is 1.
 
     Everything shown is one :func:`zfwidgets.filter_health` result (both models), drawn with
     :func:`zfwidgets.plot.filters.filter_grid` (red frame: dead); the strip under each filter shows its
@@ -76,7 +84,8 @@ class FilterPanel(Panel):
 
     ``state``: ``models``, ``layers``, ``filters`` (counts), ``dead`` (indices per model), ``shares`` (layer
     totals per model), ``selected`` ``(model, filter)`` or ``None``, ``top`` (the selected filter's
-    ``[(image index, activation)]``), ``second_layers``, ``error``.
+    ``[(image index, activation)]``), ``second_layers``, ``aliasing`` (per model with a second layer:
+    ``(mean share near the alias frequencies, median relative power)``, empty without a score), ``error``.
 
     Example:
         >>> panel = zfwidgets.FilterPanel(zfwidgets.load("zfnet-fashion"), zfwidgets.load("allconv-fashion"),
@@ -86,16 +95,16 @@ class FilterPanel(Panel):
     """
 
     def __init__(self, lens, other=None, *, images=None, layer=None, other_layer=None, channels: int = 16,
-                 k: int = 9):
+                 k: int = 9, alias_period: int | None = None):
         super().__init__(lens)
         self.add_class("zf-filters")
         try:
-            self._build(other, images, layer, other_layer, channels, k)
+            self._build(other, images, layer, other_layer, channels, k, alias_period)
         except BaseException:
             self.close()
             raise
 
-    def _build(self, other, images, layer, other_layer, channels, k):
+    def _build(self, other, images, layer, other_layer, channels, k, alias_period):
         self.images, self.k = images, int(k)
         self.health = _health(self.lens, images, layer, other, other_layer)
         self.models = [(self.lens, self.health)] + ([(other, self.health.other)] if other is not None else [])
@@ -133,7 +142,12 @@ class FilterPanel(Panel):
         self.second = self._own(W.HBox())
         self.second.add_class("zf-second-layer")
         self.second_layers = []
+        self.aliasing = []
         row2 = []
+        if alias_period is None:
+            alias_period = max(int(lens.resolve(h.layer)[2].stride[0]) for lens, h in self.models)
+        elif isinstance(alias_period, bool) or not isinstance(alias_period, int) or alias_period < 1:
+            raise ValueError(f"alias_period must be an int >= 1 (1: no score), got {alias_period!r}")
         if images is not None and channels:
             for lens, h in self.models:
                 name = _second_conv(lens, h.layer)
@@ -144,8 +158,15 @@ class FilterPanel(Panel):
                 top = _top(lens, images, name, list(range(n)), 1)
                 view = self._own(image_widget())
                 view.value = figure_png(top.plot(cols=4), dpi=60)
+                score = ""
+                if alias_period > 1:
+                    a = layer_aliasing(lens, images, name, int(alias_period), progress=False)
+                    self.aliasing.append((a.mean, float(np.nanmedian(a.relative))))
+                    score = (f"<br>energy near the stride-{a.period} alias frequencies {a.mean:.3f} (white "
+                             f"{a.white:.3f}); {self.aliasing[-1][1]:.2f}x the same radii elsewhere (1: no grid)")
                 row2.append(self._own(W.VBox([self._own(W.HTML(f"<b>{html.escape(h.model)}</b> {html.escape(name)}: "
-                                                               f"projections of the strongest image of maps 0-{n - 1}")),
+                                                               f"projections of the strongest image of maps 0-{n - 1}"
+                                                               + score)),
                                               view])))
         self.second.children = row2
         detail = self._own(W.HBox([self._own(W.VBox([self._own(W.HTML("<b>spectrum</b>")), self.spectrum])),
@@ -220,7 +241,7 @@ class FilterPanel(Panel):
                 "shares": [h.mean_band_fraction.tolist() for _, h in self.models],
                 "selected": self.selected,
                 "top": None if self.top is None else [(hit.index, hit.activation) for hit in self.top.hits[0]],
-                "second_layers": list(self.second_layers)}
+                "second_layers": list(self.second_layers), "aliasing": list(self.aliasing)}
 
     def _close_extra(self) -> None:
         for pc in getattr(self, "_canvases", []):

@@ -33,7 +33,7 @@ def available() -> list:
 
     Example:
         >>> zfwidgets.available()
-        ['zfnet-fashion', 'allconv-fashion']
+        ['zfnet-fashion', 'allconv-fashion', 'zfnet-fashion-coarse', 'zfnet-fashion-half']
     """
     return list(ARCHITECTURES)
 
@@ -111,7 +111,8 @@ def load(name: str = "zfnet-fashion", epoch: int | None = None):
     model.load_state_dict(load_weights(path))
     model.eval()
     transform = _DefaultTransform((28, 28), [FASHION_MEAN], [FASHION_STD])
-    lens = Lens(model, transform=transform, class_names=FASHION_CLASSES, input_size=(1, 28, 28),
+    classes = card.get("class_names", FASHION_CLASSES)   # zfnet-fashion-half: its five classes, in output order
+    lens = Lens(model, transform=transform, class_names=list(classes), input_size=(1, 28, 28),
                 mean=[FASHION_MEAN], std=[FASHION_STD], name=name if epoch is None else f"{name}@{epoch}")
     lens.epoch = card["epochs"] if epoch is None else epoch
     return lens

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["load_fashion_mnist", "load_digits28", "FASHION_CLASSES", "FASHION_MEAN", "FASHION_STD",
+__all__ = ["load_fashion_mnist", "load_digits28", "load_fashion_transfer", "FASHION_CLASSES", "FASHION_MEAN", "FASHION_STD",
            "find_fashion_mnist"]
 
 FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -108,3 +108,33 @@ def load_digits28(seed: int = 0, test_fraction: float = 0.5):
         train_idx.extend(idx[n_test:])
     train_idx, test_idx = np.sort(train_idx), np.sort(test_idx)
     return x[train_idx], y[train_idx], x[test_idx], y[test_idx]
+
+
+def load_fashion_transfer(classes=None, root=None, test: int | None = None):
+    """The Fashion-MNIST classes ``zfnet-fashion-half`` was *not* trained on: the target of the within-domain
+    transfer (ZF Sec. 5.2 at small scale).
+
+    ``classes``: default the five not in :data:`zfwidgets.zoo.models.HALF_CLASSES` (Pullover, Dress, Shirt,
+    Sneaker, Ankle boot). Returns ``(x_train, y_train, x_test, y_test)`` (uint8 N x 28 x 28, int64 labels
+    renumbered 0..len(classes)-1 in the order of ``classes``): the training split is the pool N per class are
+    drawn from, the test split (or its first ``test`` images) measures accuracy.
+
+    Example:
+        >>> x_train, y_train, x_test, y_test = load_fashion_transfer()
+        >>> x_train.shape, x_test.shape, sorted(set(y_test.tolist()))
+        ((30000, 28, 28), (5000, 28, 28), [0, 1, 2, 3, 4])
+    """
+    from .models import HALF_CLASSES
+    classes = [c for c in range(10) if c not in HALF_CLASSES] if classes is None else [int(c) for c in classes]
+    if not classes or len(set(classes)) != len(classes) or not all(0 <= c < 10 for c in classes):
+        raise ValueError(f"classes must be distinct Fashion-MNIST classes 0..9, got {classes!r}")
+    out = []
+    for split in ("train", "test"):
+        x, y = load_fashion_mnist(split, root)
+        keep = np.isin(y, classes)
+        remap = np.full(10, -1, np.int64)
+        remap[classes] = np.arange(len(classes))
+        out += [x[keep], remap[y[keep]]]
+    if test is not None:
+        out[2], out[3] = out[2][:test], out[3][:test]
+    return tuple(out)

@@ -37,7 +37,9 @@ def _commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
                              capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "."], cwd=Path(__file__).parent,
+        # tracked files only: the weights a run is writing are untracked until they are committed
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "."],
+                               cwd=Path(__file__).parent,
                                capture_output=True, text=True, timeout=10).stdout.strip()
         return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else "unknown"
     except (OSError, subprocess.SubprocessError):
@@ -220,6 +222,7 @@ def train(arch: str, *, epochs: int, seed: int, variant: str = "base", batch_siz
                                                                                       "contiguous"),
             "history": (previous["history"] if previous else []) + history, "test_accuracy": history[-1]["test_accuracy"],
             "train_accuracy": history[-1]["train_accuracy"], "commit": commit,
+            "seconds": round((previous or {}).get("seconds", 0) + history[-1]["seconds"], 1),
             "torch": torch.__version__, "threads": torch.get_num_threads(),
             "data": "Fashion-MNIST (Xiao, Rasul & Vollgraf 2017), 60,000 train / 10,000 test"
             + (f"; the {len(classes)} classes above only ({len(xtr)} train / {len(xte)} test)"
