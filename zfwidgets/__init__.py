@@ -27,6 +27,7 @@ _LAZY = {
     "occlude": "zfwidgets.analysis.occlusion",
     "invariance": "zfwidgets.analysis.invariance",
     "filter_health": "zfwidgets.analysis.filters",
+    "layer_aliasing": "zfwidgets.analysis.filters",
     "correspondence": "zfwidgets.analysis.correspondence",
     "feature_evolution": "zfwidgets.analysis.evolution",
     "SnapshotSaver": "zfwidgets.analysis.evolution",

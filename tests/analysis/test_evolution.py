@@ -235,3 +235,21 @@ def test_bundled_lower_layers_stabilise_earlier():
     conv = ev.converged_epoch(0.8)
     assert conv["conv1"] is not None and conv["conv1"] < ev.epochs[-1]
     assert conv["conv5"] is None or conv["conv1"] <= conv["conv5"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _bundled_snapshots_available(), reason="the bundled weights are not installed")
+def test_dense_snapshots_settle_bottom_up():
+    """ZF Fig. 4 on zfnet-fashion-half's dense snapshots (epochs 1, 2, 3, 4, 6, 8, 12, 17), four maps per layer
+    on its own classes' 20 bundled images, as notebook 03 prints it. Measured: the first snapshot from which
+    the similarity to the final projection stays >= 0.8 is conv1 1, conv2 4, conv3 6, conv4 8, conv5 12: each
+    layer settles after the one below it (the values beside the threshold are at least 0.02 away from it)."""
+    card = zfwidgets.model_card("zfnet-fashion-half")
+    assert zfwidgets.snapshot_epochs("zfnet-fashion-half") == [1, 2, 3, 4, 6, 8, 12, 17] == card["snapshot_epochs"]
+    images = [s.image for s in zfwidgets.samples() if s.label in card["classes"]]
+    layers = ["conv1", "conv2", "conv3", "conv4", "conv5"]
+    ev = feature_evolution("zfnet-fashion-half", images, layers, channels=4, show_progress=False)
+    settled = ev.converged_epoch(0.8)
+    order = [settled[l] for l in layers]
+    assert None not in order and all(a < b for a, b in zip(order, order[1:])), settled
+    assert settled["conv1"] <= 2 and settled["conv5"] >= 8

@@ -110,14 +110,15 @@ def load_digits28(seed: int = 0, test_fraction: float = 0.5):
     return x[train_idx], y[train_idx], x[test_idx], y[test_idx]
 
 
-def load_fashion_transfer(classes=None, root=None, test: int | None = None):
+def load_fashion_transfer(classes=None, root=None, train: int | None = None, test: int | None = None):
     """The Fashion-MNIST classes ``zfnet-fashion-half`` was *not* trained on: the target of the within-domain
     transfer (ZF Sec. 5.2 at small scale).
 
     ``classes``: default the five not in :data:`zfwidgets.zoo.models.HALF_CLASSES` (Pullover, Dress, Shirt,
     Sneaker, Ankle boot). Returns ``(x_train, y_train, x_test, y_test)`` (uint8 N x 28 x 28, int64 labels
     renumbered 0..len(classes)-1 in the order of ``classes``): the training split is the pool N per class are
-    drawn from, the test split (or its first ``test`` images) measures accuracy.
+    drawn from (or its first ``train`` images: a smaller pool, faster to featurise), the test split (or its
+    first ``test`` images) measures accuracy.
 
     Example:
         >>> x_train, y_train, x_test, y_test = load_fashion_transfer()
@@ -135,6 +136,8 @@ def load_fashion_transfer(classes=None, root=None, test: int | None = None):
         remap = np.full(10, -1, np.int64)
         remap[classes] = np.arange(len(classes))
         out += [x[keep], remap[y[keep]]]
+    if train is not None:
+        out[0], out[1] = out[0][:train], out[1][:train]
     if test is not None:
         out[2], out[3] = out[2][:test], out[3][:test]
     return tuple(out)

@@ -6,12 +6,14 @@ Writes into ``--out`` (default: the package's ``zoo/weights`` folder):
   ``<arch>.json``          the model card: seed, epochs, per-epoch train/test accuracy, commit, timings
 With ``--ablation`` it trains ZF Table 3's variants instead and writes ``<arch>.ablation.json``.
 
-Commands (each reproduces what ships):
+Commands (each reproduces what ships; --recipe runs the bundled model's two stages, :data:`RECIPE`):
     python -m zfwidgets.zoo.train --arch zfnet-fashion --epochs 14 --dropout 0.3 --batchnorm --train-eval 10000
     python -m zfwidgets.zoo.train --arch zfnet-fashion --resume --epochs 3 --lr 3e-4 --no-augment \
         --dropout 0.1 --train-eval 10000
     python -m zfwidgets.zoo.train --arch allconv-fashion --epochs 14 --dropout 0.3 --batchnorm --train-eval 10000
-    python -m zfwidgets.zoo.train --arch zfnet-fashion --ablation --epochs 2 --subset 10000
+    python -m zfwidgets.zoo.train --arch zfnet-fashion-coarse --recipe --threads 1
+    python -m zfwidgets.zoo.train --arch zfnet-fashion-half --recipe --threads 1 --snapshots 1,2,3,4,6,8,12
+    python -m zfwidgets.zoo.train --arch zfnet-fashion --ablation --threads 1 [--variants a,b --out DIR]
 """
 from __future__ import annotations
 

@@ -1,0 +1,54 @@
+"""The ablation table's per-epoch curves and plateau, read from the training script's format (a table written
+here) and from the shipped table."""
+import json
+
+import numpy as np
+import pytest
+
+import zfwidgets
+from zfwidgets.analysis.lesion import ablation_table
+from zfwidgets.zoo.models import VARIANTS
+
+
+def _curve(errors):
+    return [{"epoch": k + 1, "train_accuracy": 1 - e + 0.01, "test_accuracy": 1 - e, "seconds": 1.0}
+            for k, e in enumerate(errors)]
+
+
+def test_curves_and_plateau_from_a_written_table(tmp_path):
+    rows = [{"variant": "base", "description": "the full model", "parameters": 10, "train_error": 0.09,
+             "test_error": 0.10, "history": _curve([0.3, 0.2, 0.12, 0.11, 0.10])},
+            {"variant": "no-fc6-fc7", "description": "fc removed", "parameters": 5, "train_error": 0.19,
+             "test_error": 0.20, "history": _curve([0.4, 0.3, 0.2, 0.25, 0.2])}]
+    p = tmp_path / "t.json"
+    p.write_text(json.dumps({"name": "m", "epochs": 5, "seed": 0, "train_images": 600, "rows": rows}))
+    t = ablation_table(path=p)
+    np.testing.assert_allclose(t.plateau(), [0.02, 0.05])            # max - min of the last 3 test errors
+    np.testing.assert_allclose(t.plateau(last=2), [0.01, 0.05])
+    assert [len(h) for h in t.history] == [5, 5] and t.history[1][3]["test_accuracy"] == pytest.approx(0.75)
+    text = t.table()
+    assert "last 3 epochs" in text and "5.00% range" in text and "on 600 images" in text
+    fig = t.plot_curves()
+    assert len(fig.axes[0].lines) == 2
+    np.testing.assert_allclose(fig.axes[0].lines[1].get_ydata(), [0.4, 0.3, 0.2, 0.25, 0.2])
+    # a table without curves (the old format) reads, without a plateau
+    for r in rows:
+        del r["history"]
+    p.write_text(json.dumps({"name": "m", "epochs": 2, "seed": 0, "rows": rows}))
+    old = ablation_table(path=p)
+    assert old.history == [] and old.plateau() is None and "range" not in old.table()
+    with pytest.raises(ValueError, match="curves"):
+        old.plot_curves()
+
+
+def test_shipped_table_is_trained_to_its_plateau():
+    """Issue 19: every Table 3 variant trained with the bundled recipe (17 epochs) on the full training set; the
+    base row is the shipped model's own card; each test error moved by under a point over the last 3 epochs."""
+    t = ablation_table("zfnet-fashion")
+    assert t.variants == list(VARIANTS) and t.train_images == 60000 and t.epochs == 17
+    card = zfwidgets.model_card("zfnet-fashion")
+    assert t.test_error[0] == pytest.approx(1 - card["test_accuracy"])
+    assert all(len(h) == 17 and h[-1]["epoch"] == 17 for h in t.history)
+    for v, h, err in zip(t.variants, t.history, t.test_error):
+        assert 1 - h[-1]["test_accuracy"] == pytest.approx(err), v
+    assert (t.plateau() < 0.01).all(), dict(zip(t.variants, t.plateau()))
