@@ -35,7 +35,7 @@ from .._progress import progress as _progress
 from ..core.project import Projection, project
 from ._common import check_flag, check_int, check_lens, default_conv_layer, fill_tensor
 from ._inputs import as_input
-from .incremental import occluded_batch, occluded_run
+from ..inference import occluded_batch, occluded_run
 from .receptive import Box
 
 __all__ = ["OcclusionMaps", "Unoccluded", "occlusion", "occlude", "occluder_grid", "unoccluded"]
@@ -238,12 +238,11 @@ _BATCH_BYTES = 512 * 2 ** 20
 
 
 def _auto_batch_size(lens, x) -> int:
-    from .incremental import occlusion_engine
+    from ..inference import occlusion_engine
     engine = occlusion_engine(lens, x)
-    if not engine.incremental or not engine._shapes:
+    if not engine.incremental:
         return 64
-    largest = max(math.prod(s[1:]) for s in engine._shapes) * x.element_size()
-    return int(min(1024, max(64, _BATCH_BYTES // max(largest, 1))))
+    return int(min(1024, max(64, _BATCH_BYTES // max(engine.largest_map_bytes(), 1))))
 
 
 def occlusion(lens, image, *, size, stride, fill="mean", target=None, layer=None, batch_size: int | None = None,
