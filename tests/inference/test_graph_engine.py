@@ -18,18 +18,9 @@ from zfwidgets.inference import GraphOcclusion, occluded_run, occlusion_engine
 from zfwidgets.inference import graph as graph_mod
 from zfwidgets.zoo.models import build
 
+from ..analysis.test_incremental import naive_occluded, random_boxes
+
 TOL = 1e-4
-
-
-def naive_occluded(x, boxes, fill):
-    H, W = x.shape[-2:]
-    out = []
-    for y0, x0, y1, x1 in boxes:
-        y0, x0, y1, x1 = max(y0, 0), max(x0, 0), min(y1, H), min(x1, W)
-        xo = x.clone()
-        xo[0, :, y0:y1, x0:x1] = torch.as_tensor(fill, dtype=x.dtype).view(-1, 1, 1)
-        out.append(xo)
-    return torch.cat(out)
 
 
 def assert_close(a, b, what=""):
@@ -47,18 +38,6 @@ def check(engine, boxes, layers, fill=0.0):
     assert_close(logits, ref_logits, "logits")
     for name in ref_acts:
         assert_close(acts[name], ref_acts[name], name)
-
-
-def random_boxes(n, H, W, gen, max_side=None, margin=6):
-    max_side = max_side or max(H, W) // 2
-    boxes = []
-    while len(boxes) < n:
-        h, w = (int(v) for v in torch.randint(1, max_side + 1, (2,), generator=gen))
-        y0 = int(torch.randint(-margin, H, (1,), generator=gen))
-        x0 = int(torch.randint(-margin, W, (1,), generator=gen))
-        if min(y0 + h, H) > max(y0, 0) and min(x0 + w, W) > max(x0, 0):
-            boxes.append((y0, x0, y0 + h, x0 + w))
-    return boxes
 
 
 def image(shape, seed=0):

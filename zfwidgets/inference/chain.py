@@ -279,7 +279,28 @@ class _Step:
     geometry: _Geometry | None = None
 
 
-class IncrementalOcclusion:
+class OccluderQueries:
+    """What both engines answer from their ``run(boxes, layers, fill=...)``: the outputs per box, one box."""
+
+    def evaluate(self, boxes, layers=(), *, fill="mean") -> OccludedOutputs:
+        """Logits, probabilities and the ``layers``' activations for every box (see :class:`OccludedOutputs`)."""
+        x = self.image
+        clipped = _clip_boxes(boxes, *x.shape[-2:])
+        logits, acts = self.run(clipped, layers, fill=fill)
+        return OccludedOutputs(logits, logits.float().softmax(1), acts, clipped)
+
+    def evaluate_box(self, box, layers=(), *, fill="mean") -> OccludedOutputs:
+        """One occluder position (the live occluder): logits and probabilities (K), activations (C x h x w)."""
+        out = self.evaluate([_box_tuple(box)], layers, fill=fill)
+        return OccludedOutputs(out.logits[0], out.probs[0], {k: v[0] for k, v in out.activations.items()},
+                               out.boxes[0])
+
+    def logits_for_box(self, box, *, fill="mean") -> torch.Tensor:
+        """The K logits of the image occluded by one box."""
+        return self.run([_box_tuple(box)], (), fill=fill)[0][0]
+
+
+class IncrementalOcclusion(OccluderQueries):
     """Occluded forwards of one image, recomputing only what each occluder changes.
 
     Args:
@@ -681,20 +702,3 @@ class IncrementalOcclusion:
                 put("logits", members, h)
         acts = {name: results[i] for i, name in want.items()}
         return (results["logits"] if logits else None), acts
-
-    def evaluate(self, boxes, layers=(), *, fill="mean") -> OccludedOutputs:
-        """Logits, probabilities and the ``layers``' activations for every box (see :class:`OccludedOutputs`)."""
-        x = self.image
-        clipped = _clip_boxes(boxes, *x.shape[-2:])
-        logits, acts = self.run(clipped, layers, fill=fill)
-        return OccludedOutputs(logits, logits.float().softmax(1), acts, clipped)
-
-    def evaluate_box(self, box, layers=(), *, fill="mean") -> OccludedOutputs:
-        """One occluder position (the live occluder): logits and probabilities (K), activations (C x h x w)."""
-        out = self.evaluate([_box_tuple(box)], layers, fill=fill)
-        return OccludedOutputs(out.logits[0], out.probs[0], {k: v[0] for k, v in out.activations.items()},
-                               out.boxes[0])
-
-    def logits_for_box(self, box, *, fill="mean") -> torch.Tensor:
-        """The K logits of the image occluded by one box."""
-        return self.run([_box_tuple(box)], (), fill=fill)[0][0]

@@ -49,7 +49,7 @@ from ..analysis._common import fill_tensor
 from ..analysis._inputs import as_input
 from ..core.capture import ModelGuard
 from ..core.graph import Graph, _in_place, macs, macs_per_position
-from .chain import _ONEDNN_ROWS, _box_tuple, _clip_boxes, _grow, _linear, OccludedOutputs, occluded_batch
+from .chain import OccluderQueries, _clip_boxes, _grow, _linear, occluded_batch
 
 __all__ = ["GraphOcclusion", "Estimate", "FC_MAX_WEIGHTS", "DEFAULT_THRESHOLD", "DEFAULT_MIN_SAVING"]
 
@@ -213,7 +213,7 @@ def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d):
     return w.detach(), b.detach()
 
 
-class GraphOcclusion:
+class GraphOcclusion(OccluderQueries):
     """Occluded forwards of one image on any traced CNN, recomputing only what each occluder changes.
 
     Args:
@@ -778,20 +778,3 @@ class GraphOcclusion:
             else:
                 res = acc
         return res
-
-    # ----- convenience --------------------------------------------------------------------------------
-    def evaluate(self, boxes, layers=(), *, fill="mean") -> OccludedOutputs:
-        """Logits, probabilities and the ``layers``' activations for every box (:class:`OccludedOutputs`)."""
-        clipped = _clip_boxes(boxes, *self.image.shape[-2:])
-        logits, acts = self.run(clipped, layers, fill=fill)
-        return OccludedOutputs(logits, logits.float().softmax(1), acts, clipped)
-
-    def evaluate_box(self, box, layers=(), *, fill="mean") -> OccludedOutputs:
-        """One occluder position (the live occluder): logits and probabilities (K), activations (C x h x w)."""
-        out = self.evaluate([_box_tuple(box)], layers, fill=fill)
-        return OccludedOutputs(out.logits[0], out.probs[0], {k: v[0] for k, v in out.activations.items()},
-                               out.boxes[0])
-
-    def logits_for_box(self, box, *, fill="mean") -> torch.Tensor:
-        """The K logits of the image occluded by one box."""
-        return self.run([_box_tuple(box)], (), fill=fill)[0][0]
