@@ -280,7 +280,14 @@ class _Step:
 
 
 class OccluderQueries:
-    """What both engines answer from their ``run(boxes, layers, fill=...)``: the outputs per box, one box."""
+    """What both engines answer from their ``run(boxes, layers, fill=...)`` (the outputs per box, one box) and
+    the key of the model's weights their cached forward was computed with."""
+
+    def _model_key(self):
+        """Changes when the weights or buffers change (in place or replaced): the cached forward is stale."""
+        m = self.lens.model
+        return (sum(t._version for t in m.parameters()) + sum(t._version for t in m.buffers()),
+                tuple(p.data_ptr() for p in m.parameters()))
 
     def evaluate(self, boxes, layers=(), *, fill="mean") -> OccludedOutputs:
         """Logits, probabilities and the ``layers``' activations for every box (see :class:`OccludedOutputs`)."""
@@ -348,11 +355,6 @@ class IncrementalOcclusion(OccluderQueries):
         self._prepare()
 
     # ----- the cached unoccluded forward ----------------------------------------------------------
-    def _model_key(self):
-        m = self.lens.model
-        return (sum(t._version for t in m.parameters()) + sum(t._version for t in m.buffers()),
-                tuple(p.data_ptr() for p in m.parameters()))
-
     def _prepare(self) -> None:
         """Run the chain on the unoccluded image once: keep every layer's output and the padded inputs."""
         self._key = self._model_key()

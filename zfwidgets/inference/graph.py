@@ -38,7 +38,6 @@ Example:
 from __future__ import annotations
 
 import math
-import operator
 from dataclasses import dataclass
 
 import torch
@@ -49,7 +48,7 @@ from ..analysis._common import fill_tensor
 from ..analysis._inputs import as_input
 from ..core.capture import ModelGuard
 from ..core.graph import Graph, _in_place, macs, macs_per_position
-from .chain import OccluderQueries, _clip_boxes, _grow, _linear, occluded_batch
+from .chain import OccluderQueries, _clip_boxes, _grow, _linear, _run_on_patch, occluded_batch
 
 __all__ = ["GraphOcclusion", "Estimate", "FC_MAX_WEIGHTS", "DEFAULT_THRESHOLD", "DEFAULT_MIN_SAVING"]
 
@@ -144,15 +143,6 @@ def _window_geometry(node):
     else:
         return None
     return _Geom(w, node.in_shapes[0][-2:], node.out_shape[-2:], value)
-
-
-def _run_window(m, patch):
-    if isinstance(m, nn.Conv2d):
-        return F.conv2d(patch, m.weight, m.bias, m.stride, 0, m.dilation, m.groups)
-    if isinstance(m, nn.MaxPool2d):
-        return F.max_pool2d(patch, m.kernel_size, m.stride if m.stride is not None else m.kernel_size, 0,
-                            m.dilation)
-    return F.avg_pool2d(patch, m.kernel_size, m.stride if m.stride is not None else m.kernel_size, 0)
 
 
 def _gather(base, corners: torch.Tensor, size: tuple) -> torch.Tensor:
@@ -253,11 +243,6 @@ class GraphOcclusion(OccluderQueries):
         self._prepare()
 
     # ----- the cached unoccluded forward ----------------------------------------------------------
-    def _model_key(self):
-        m = self.lens.model
-        return (sum(t._version for t in m.parameters()) + sum(t._version for t in m.buffers()),
-                tuple(p.data_ptr() for p in m.parameters()))
-
     def _refresh(self) -> None:
         if self._key != self._model_key():
             self._prepare()
@@ -663,7 +648,7 @@ class GraphOcclusion(OccluderQueries):
                     vals[bn_index] = _Patch(F.conv2d(win, wgt, bias, m.stride, 0, m.dilation, m.groups), corners, size)
                     skip.add(bn_index)
                     continue
-                vals[i] = _Patch(_run_window(n.module, win), corners, size)
+                vals[i] = _Patch(_run_on_patch(n.module, win), corners, size)
                 continue
             if n.kind == "merge":
                 vals[i] = _Patch(self._call(n, lambda j: on_window(j, corners, size)), corners, size)
