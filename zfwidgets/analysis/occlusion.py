@@ -217,9 +217,9 @@ def _evaluate_boxes(lens, x, boxes, fill, layer, channel, target):
 
     ``x``: the unoccluded input (1 x C x H x W); ``boxes``: B x 4 clipped ``(y0, x0, y1, x1)``; ``fill``: C
     values; ``layer``: a resolved layer name; ``channel``/``target``: ints. Runs on the lens's incremental
-    occlusion engine (:func:`zfwidgets.analysis.incremental.occluded_run`): for sequential conv nets only the
-    part of each layer that the occluder changes is recomputed (exact); other models, and batches too small to
-    gain, run batched full forwards.
+    occlusion engine (:func:`zfwidgets.inference.occluded_run`): only the part of each node of the model's
+    graph that the occluder changes is recomputed (exact), where the engine's estimate says that costs less than
+    batched full forwards, which run otherwise (small models, models fx cannot trace).
     """
     logits, acts = occluded_run(lens, x, boxes, fill, [layer])
     amap = acts[layer][:, channel]
