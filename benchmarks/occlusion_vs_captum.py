@@ -3,10 +3,13 @@
 For each model: the occluder grid (32 px square, stride 8 on 224x224 input; 6 px, stride 2 on the bundled
 28x28 model) over one seeded input, filled with the lens's mean pixel (0 in normalised space).
 
-- **zfwidgets**: ``zfwidgets.occlusion(lens, x, size=..., stride=..., target=t)`` when its per-position
-  evaluation runs on :mod:`zfwidgets.analysis.incremental`; otherwise (not wired yet) the engine directly:
-  ``IncrementalOcclusion(lens, x)`` built inside the timed call, then every grid position in chunks of 64
-  (logits and the last conv layer's output), probabilities and strongest-map totals, as ``occlusion`` needs.
+Models: AlexNet, VGG16 (chains), ResNet-18, ResNet-50 (basic and bottleneck blocks), DenseNet-121,
+GoogLeNet, MobileNetV2 (random weights), the bundled model.
+
+- **zfwidgets**: ``zfwidgets.occlusion(lens, x, size=..., stride=..., target=t)``, whose per-position
+  evaluation runs on the lens's engine (:func:`zfwidgets.inference.occlusion_engine`: incremental where the
+  engine's estimate says it pays, batched full forwards otherwise); when it is not wired, the engine directly
+  (``GraphOcclusion(lens, x)`` built inside the timed call, every grid position in chunks of 64).
 - **captum**: ``Occlusion(forward_func).attribute(x, sliding_window_shapes=(C, s, s), strides=(C, st, st),
   baselines=fill, target=t, perturbations_per_eval=n)`` with ``n`` the fastest of a pilot over a few values.
 
@@ -17,11 +20,18 @@ first); those per-position probabilities are compared with zfwidgets' probabilit
 target 1e-4). As a second check, captum's attribution is rebuilt from zfwidgets' map with captum's formula
 (per pixel, the mean over the windows covering it of p(unoccluded) - p(occluded)) and compared too.
 
-Also **one occluder move** (kernel side, AlexNet and the bundled model): what the occluder panel computes
-per mouse event through the lens's engine (``occlusion_engine(lens, x).evaluate_box(box, [layer])``:
-occluded logits, probabilities and the layer's activations), against a full forward of the occluded image.
+**The geometric bound** printed beside each ratio: full forwards' multiply-adds over those of each box's own
+changed region (grown at every window node, united at merges, the whole map after a global node; fc layers
+reading a changed window count its changed columns), from the engine's :meth:`~GraphOcclusion.estimate`
+over the batches ``zfwidgets.occlusion`` runs. Captum runs the model's batched forwards, so the ratio can
+only approach the bound.
 
-Run: ``.venv/bin/python benchmarks/occlusion_vs_captum.py [--models alexnet vgg16 bundled] [--runs 5]``
+Also **one occluder move** (kernel side, every model): what the occluder panel computes per mouse event
+through the lens's engine (``occlusion_engine(lens, x).evaluate_box(box, [layer])``: occluded logits,
+probabilities and the layer's activations), against the model's batch-1 forward of the occluded image,
+with the bound of the move's box.
+
+Run: ``.venv/bin/python benchmarks/occlusion_vs_captum.py [--models alexnet resnet50 ...] [--runs 5]``
 """
 from __future__ import annotations
 
@@ -36,10 +46,13 @@ import _common as C  # noqa: E402
 
 import zfwidgets as zf  # noqa: E402
 from zfwidgets.analysis import occlusion as occ_mod  # noqa: E402
-from zfwidgets.analysis.incremental import IncrementalOcclusion  # noqa: E402
+from zfwidgets.inference import GraphOcclusion, occlusion_engine  # noqa: E402
 
-GEOMETRY = {"alexnet": (32, 8), "vgg16": (32, 8), "bundled": (6, 2)}
-PPE = {"alexnet": (1, 16, 64), "vgg16": (1, 16, 32), "bundled": (1, 16, 64, 144)}
+GRAPHS = ("resnet18", "resnet50", "densenet121", "googlenet", "mobilenet_v2")
+MODELS = ("alexnet", "vgg16", "bundled") + GRAPHS
+GEOMETRY = {"alexnet": (32, 8), "vgg16": (32, 8), "bundled": (6, 2), **{m: (32, 8) for m in GRAPHS}}
+PPE = {"alexnet": (1, 16, 64), "vgg16": (1, 16, 32), "bundled": (1, 16, 64, 144), "resnet18": (1, 16, 64),
+       "resnet50": (1, 16, 32), "densenet121": (1, 16, 32), "googlenet": (1, 16, 64), "mobilenet_v2": (1, 16, 64)}
 
 
 def occlusion_is_incremental() -> bool:
@@ -66,7 +79,7 @@ def zf_contender(lens, x, size, stride, target, layer, wired: bool):
     flat = boxes.view(-1, 4)
 
     def run():
-        engine = IncrementalOcclusion(lens, x)         # the unoccluded forward of a new image, cached
+        engine = GraphOcclusion(lens, x)               # the unoccluded forward of a new image, cached
         _, acts = lens.run(x, [layer])
         channel = int(acts[layer][0].flatten(1).amax(1).argmax())
         probs, totals = [], []
@@ -136,7 +149,7 @@ def bench(name: str, runs: int, quick: bool = False) -> dict:
     ny, nx = len(ys), len(xs)
     print(f"\n== occlusion map: {name} ({what}), input {tuple(x.shape[1:])}, occluder {size}px stride {stride}: "
           f"{ny}x{nx} = {ny * nx} positions, target class {target}, layer {layer}")
-    print(f"   zfwidgets path: {'zfwidgets.occlusion (incremental engine wired in)' if wired else 'IncrementalOcclusion directly (zfwidgets.occlusion does not call it yet)'}")
+    print(f"   zfwidgets path: {'zfwidgets.occlusion (the lens engine wired in)' if wired else 'GraphOcclusion directly (zfwidgets.occlusion does not call it yet)'}")
 
     # equality first
     record = []
@@ -150,15 +163,18 @@ def bench(name: str, runs: int, quick: bool = False) -> dict:
     print(f"   check: p(target) per position, zfwidgets vs captum's own forwards: max abs diff {d_map:.2e}; "
           f"captum attribution vs rebuilt from zfwidgets' map: max abs diff {d_attr:.2e}; "
           f"p(unoccluded) {p0:.4f} vs {float(p_all[target]):.4f}")
-    engine = IncrementalOcclusion(lens, x)
+    engine = occlusion_engine(lens, x)
     flat = boxes.view(-1, 4)
     bs = occ_mod._auto_batch_size(lens, x) if wired else 64     # the batches zfwidgets.occlusion runs
-    fr = [engine.mac_fraction(flat[i:i + bs]) for i in range(0, flat.shape[0], bs)]
-    w = [min(bs, flat.shape[0] - i) for i in range(0, flat.shape[0], bs)]
-    mean = {k: sum(f[k] * n for f, n in zip(fr, w)) / sum(w) for k in ("tight", "batched", "with_fc")}
-    print(f"   conv MACs recomputed per position: {mean['tight']:.1%} (each box's own region), "
-          f"{mean['batched']:.1%} as executed (batches of {bs}, grouped windows); with the FC layers "
-          f"{mean['with_fc']:.1%} (bound {1 / mean['with_fc']:.2f}x)")
+    ests = [engine.estimate(flat[i:i + bs]) for i in range(0, flat.shape[0], bs)]
+    full = sum(e.full for e in ests)
+    bound = full / sum(e.full / e.bound for e in ests)
+    planned = sum(e.incremental for e in ests) / full
+    pays = sum(e.pays for e in ests)
+    mean = {"tight": 1 / bound, "batched": planned}
+    print(f"   multiply-adds recomputed per position: {1 / bound:.1%} (each box's own region: geometric bound "
+          f"{bound:.2f}x), {planned:.1%} as planned (batches of {bs}, fixed costs included); "
+          f"{pays}/{len(ests)} batches incremental by the engine's estimate")
 
     # captum's best perturbations_per_eval: one pilot run each, interleaved
     pilots = C.interleaved({f"ppe={n}": captum_contender(lens, x, size, stride, target, n) for n in PPE[name]},
@@ -169,18 +185,17 @@ def bench(name: str, runs: int, quick: bool = False) -> dict:
     times = C.interleaved({"zfwidgets": ours, "captum": captum_contender(lens, x, size, stride, target, best)},
                           runs=runs, warmup=0)
     ratio, line = C.summary(times, "zfwidgets", "captum")
-    print("   " + line)
+    print("   " + line + f"  (geometric bound {bound:.2f}x)")
     print(f"   machine: {C.machine()}")
     return {"model": name, "ratio": ratio, "ours_s": C.median(times["zfwidgets"]),
             "peer_s": C.median(times["captum"]), "diff": max(d_map, d_attr), "positions": ny * nx,
-            "ppe": best, "wired": wired, "mac": mean, "weights": what}
+            "ppe": best, "wired": wired, "mac": mean, "bound": bound, "weights": what}
 
 
 def bench_move(name: str, moves: int = 60) -> dict:
     """One occluder move, kernel side: what the occluder panel computes per rendered mouse event (occluded
-    logits and probabilities and the layer's activations) through the lens's engine, against a full forward
-    of the occluded image (``lens.run(occlude(...), [layer])``), alternating move by move."""
-    from zfwidgets.analysis.incremental import occlusion_engine
+    logits and probabilities and the layer's activations) through the lens's engine, against the model's
+    batch-1 forward of the occluded image (``lens.run(occlude(...), [layer])``), alternating move by move."""
     import time
     lens, what = lens_for(name)
     x = C.seeded_image(lens)
@@ -202,6 +217,8 @@ def bench_move(name: str, moves: int = 60) -> dict:
 
     ours(boxes[0]), full(boxes[0])                # warm: the engine's cached forward of this image
     engine = occlusion_engine(lens, x)
+    ests = [engine.estimate([b]) for b in boxes]
+    bound = sum(e.full for e in ests) / sum(e.full / e.bound for e in ests)
     t_ours, t_full, diff = [], [], 0.0
     for k, box in enumerate(boxes):
         order = (ours, full) if k % 2 == 0 else (full, ours)
@@ -215,20 +232,19 @@ def bench_move(name: str, moves: int = 60) -> dict:
     ratio = C.median(t_full) / C.median(t_ours)
     print(f"\n== one occluder move, kernel side: {name} ({what}), {size}px occluder, layer {layer}, {moves} moves")
     print(f"   engine path ({mode}): median {C.fmt_s(C.median(t_ours))} [p90 {C.fmt_s(sorted(t_ours)[int(0.9 * moves)])}]"
-          f"  full forward: median {C.fmt_s(C.median(t_full))}  ratio {ratio:.2f}x; "
+          f"  full forward: median {C.fmt_s(C.median(t_full))}  ratio {ratio:.2f}x (geometric bound {bound:.2f}x); "
           f"max diff (probabilities abs, activations rel) {diff:.2e}")
     print(f"   machine: {C.machine()}")
     return {"model": name, "ours_s": C.median(t_ours), "peer_s": C.median(t_full), "ratio": ratio, "diff": diff,
-            "mode": mode, "weights": what}
+            "mode": mode, "weights": what, "bound": bound}
 
 
 def main():
-    args = C.parse_args(__doc__.splitlines()[0], ["alexnet", "vgg16", "bundled"])
+    args = C.parse_args(__doc__.splitlines()[0], MODELS)
     print(f"occlusion map vs captum ({C.machine()})")
     res = [bench(m, args.runs, args.quick) for m in args.models]
     for m in args.models:
-        if m in ("alexnet", "bundled"):
-            res.append(bench_move(m))
+        res.append(bench_move(m))
     return res
 
 

@@ -35,7 +35,7 @@ from .._progress import progress as _progress
 from ..core.project import Projection, project
 from ._common import check_flag, check_int, check_lens, default_conv_layer, fill_tensor
 from ._inputs import as_input
-from .incremental import occluded_batch, occluded_run
+from ..inference import occluded_batch, occluded_run
 from .receptive import Box
 
 __all__ = ["OcclusionMaps", "Unoccluded", "occlusion", "occlude", "occluder_grid", "unoccluded"]
@@ -217,9 +217,9 @@ def _evaluate_boxes(lens, x, boxes, fill, layer, channel, target):
 
     ``x``: the unoccluded input (1 x C x H x W); ``boxes``: B x 4 clipped ``(y0, x0, y1, x1)``; ``fill``: C
     values; ``layer``: a resolved layer name; ``channel``/``target``: ints. Runs on the lens's incremental
-    occlusion engine (:func:`zfwidgets.analysis.incremental.occluded_run`): for sequential conv nets only the
-    part of each layer that the occluder changes is recomputed (exact); other models, and batches too small to
-    gain, run batched full forwards.
+    occlusion engine (:func:`zfwidgets.inference.occluded_run`): only the part of each node of the model's
+    graph that the occluder changes is recomputed (exact), where the engine's estimate says that costs less than
+    batched full forwards, which run otherwise (small models, models fx cannot trace).
     """
     logits, acts = occluded_run(lens, x, boxes, fill, [layer])
     amap = acts[layer][:, channel]
@@ -238,12 +238,11 @@ _BATCH_BYTES = 512 * 2 ** 20
 
 
 def _auto_batch_size(lens, x) -> int:
-    from .incremental import occlusion_engine
+    from ..inference import occlusion_engine
     engine = occlusion_engine(lens, x)
-    if not engine.incremental or not engine._shapes:
+    if not engine.incremental:
         return 64
-    largest = max(math.prod(s[1:]) for s in engine._shapes) * x.element_size()
-    return int(min(1024, max(64, _BATCH_BYTES // max(largest, 1))))
+    return int(min(1024, max(64, _BATCH_BYTES // max(engine.largest_map_bytes(), 1))))
 
 
 def occlusion(lens, image, *, size, stride, fill="mean", target=None, layer=None, batch_size: int | None = None,

@@ -34,7 +34,7 @@ def _occlude(lens, image, box, fill):
 def _engine(lens, x):
     """The lens's incremental occlusion engine for ``x``, or ``None`` where there is none."""
     try:
-        from ..analysis.incremental import occlusion_engine
+        from ..inference import occlusion_engine
     except ImportError:
         return None
     return occlusion_engine(lens, x)
@@ -294,21 +294,17 @@ class OcclusionPanel(Panel):
         self.renders += 1
 
     def _use_engine(self) -> bool:
-        """Whether moves go through the lens's occlusion engine: wherever it does more than the model's forward.
-
-        The engine picks per call: recompute only what the occluder changes where that pays (AlexNet at
-        224 px), else its own chain in full (fc layers of a few rows through oneDNN's product). For small
-        models (the bundled 28x28 one) it would only add bookkeeping (~0.5 ms) to the model's forward, and
-        for models that are not chains it has nothing to add: those moves run the forward directly. (Timing
-        the two paths once here, two runs each, chose the plain forward in some runs on AlexNet: 31 instead
-        of 22 ms a move.)
-        """
+        """Whether moves go through the lens's occlusion engine: where the engine's own estimate says an
+        occluder of the panel's size costs less recomputed incrementally than the model's forward
+        (:meth:`zfwidgets.inference.GraphOcclusion.pays_for`); elsewhere (the bundled 28x28 models, models fx
+        cannot trace) the moves run the model's forward directly."""
         self._engine = _engine(self.lens, self.x)      # builds the engine's cached forward
-        return self._engine is not None and not self._engine.runs_plain_forwards
+        return self._engine is not None and self._engine.pays_for(self.size)
 
     # ----- controls --------------------------------------------------------------------------------
     def _set_size(self, size: int) -> None:
         self.size = int(size)
+        self.incremental = self._use_engine()
         self._moves.push(("center",) + tuple(self.center))
         self._moves.flush()
 

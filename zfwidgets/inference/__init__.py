@@ -1,0 +1,59 @@
+"""Exact incremental inference: occluded forwards of one image that recompute only what each occluder changes.
+
+- :class:`GraphOcclusion` (:mod:`zfwidgets.inference.graph`): any CNN ``torch.fx`` traces (ResNets, DenseNets,
+  GoogLeNet, MobileNets, and the chains), on the model's :class:`~zfwidgets.core.graph.Graph`;
+- :class:`IncrementalOcclusion` (:mod:`zfwidgets.inference.chain`): the earlier engine for chains only
+  (``nn.Sequential``, AlexNet / VGG), kept for its callers;
+- :func:`occlusion_engine`: the lens's engine for an image (cached), which :func:`zfwidgets.occlusion` and the
+  occlusion panel use; its :meth:`~GraphOcclusion.estimate` says whether a batch pays against plain batched
+  forwards, and :meth:`~GraphOcclusion.layer_shapes` gives the layers' output shapes.
+
+Example:
+    >>> engine = occlusion_engine(lens, image)
+    >>> engine.estimate([(0, 0, 8, 8)]).pays        # the bundled 28x28 net: plain forwards
+    False
+    >>> logits, acts = occluded_run(lens, image, [(0, 0, 8, 8)], "mean", ["conv5"])
+    >>> logits.shape, acts["conv5"].shape
+    (torch.Size([1, 10]), torch.Size([1, 64, 7, 7]))
+"""
+from __future__ import annotations
+
+import weakref
+
+from ..analysis._inputs import as_input
+from .chain import IncrementalOcclusion, OccludedOutputs, occluded_batch
+from .graph import DEFAULT_THRESHOLD, Estimate, GraphOcclusion
+
+__all__ = ["GraphOcclusion", "IncrementalOcclusion", "Estimate", "OccludedOutputs", "occlusion_engine",
+           "occluded_run", "occluded_batch"]
+
+_ENGINES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def occlusion_engine(lens, image, *, threshold: float = DEFAULT_THRESHOLD) -> GraphOcclusion:
+    """The lens's :class:`GraphOcclusion` for ``image``: reused while the image (and the weights) stay the
+    same, rebuilt for a new image. Cheap to call on every mouse move.
+
+    >>> occlusion_engine(lens, image) is occlusion_engine(lens, image)
+    True
+    """
+    x = as_input(lens, image).detach()
+    engine = _ENGINES.get(lens)
+    if engine is None or engine.threshold != threshold or not engine.same_image(x):
+        engine = GraphOcclusion(lens, x, threshold=threshold)
+        _ENGINES[lens] = engine
+    return engine
+
+
+def occluded_run(lens, x, boxes, fill, layers=(), *, logits: bool = True):
+    """Drop-in for ``lens.run(<x occluded by each box>, layers, logits=logits)``, computed incrementally
+    where the engine's estimate says it pays (batched full forwards otherwise).
+
+    ``x``: the unoccluded input (1 x C x H x W); ``boxes``: B x 4 ``(y0, x0, y1, x1)``; ``fill``: C values (or
+    anything :func:`zfwidgets.occlusion` accepts). Returns ``(logits B x K or None, {layer name: B x ...})``.
+
+    >>> logits, acts = occluded_run(lens, image, [(0, 0, 8, 8), (10, 10, 18, 18)], lens.fill_value, ["conv5"])
+    >>> logits.shape
+    torch.Size([2, 10])
+    """
+    return occlusion_engine(lens, x).run(boxes, layers, fill=fill, logits=logits)

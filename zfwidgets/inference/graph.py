@@ -1,0 +1,765 @@
+"""Exact incremental occlusion inference on the model's graph (Krypton, Nakandala et al. 2019), any traced CNN.
+
+An occluder changes a rectangle of the input. The engine follows the changed rectangle along the model's
+graph (:class:`~zfwidgets.core.graph.Graph`): a window node (convolution, pooling) grows it by its kernel
+and shrinks it by its stride; a pointwise node (activation, batch norm, channel slicing...) keeps it; a merge
+(add, multiply, concatenation over channels) takes the union of its inputs' rectangles; after a global node
+(adaptive pooling, flatten, a linear layer) the whole map has changed. The unoccluded image's forward is run
+once and every node's output is cached. For a batch of occluder boxes every node is then recomputed only on
+its changed window (the rectangles of all boxes padded to one common size, so each node is one batched
+operation per step), from the cached outputs around it with the recomputed windows of its inputs pasted in;
+convolutions run without padding on the cached input pre-padded with the padding value (0; -inf for max
+pooling). Once a window covers more than ``threshold`` of its map, or after a global node, the node and
+everything after it run on whole maps (the cached map with each box's window pasted in).
+
+Two exact shortcuts:
+
+- batch norm in eval mode after a convolution (its only reader) is folded into the convolution's weights
+  for the recomputed windows (the same affine map, rounded differently);
+- a linear layer reading the flattened map of a changed window (AlexNet's fc6 reads pool5) is computed as
+  ``W·x_occluded = W·x + W[:, changed]·(x_occluded − x)[changed]``: only the changed columns of the weights
+  are read (a copy of the weights ordered by position, made once, up to :data:`FC_MAX_WEIGHTS` elements).
+
+The results equal full recomputation up to float rounding (the engine checks one box against the model's
+own forward the first time it runs incrementally, and falls back to full forwards with a warning if they
+differ). :meth:`GraphOcclusion.estimate` says, before running, what the incremental plan costs against
+plain batched forwards; with ``mode="auto"`` a batch runs incrementally only where that pays.
+
+Boxes are ``(y0, x0, y1, x1)`` in input pixels, half-open, clipped to the image.
+
+Example:
+    >>> engine = GraphOcclusion(lens, image)
+    >>> logits, acts = engine.run(torch.tensor([[0, 0, 8, 8], [8, 0, 16, 8]]), ["conv5"])
+    >>> logits.shape, acts["conv5"].shape          # as lens.run on the two occluded images
+    (torch.Size([2, 10]), torch.Size([2, 64, 7, 7]))
+    >>> engine.estimate([(0, 0, 8, 8)]).pays       # the bundled 28x28 net: plain forwards are cheaper
+    False
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from ..analysis._common import fill_tensor
+from ..analysis._inputs import as_input
+from ..core.capture import ModelGuard
+from ..core.graph import Graph, _in_place, macs, macs_per_position
+from .chain import OccluderQueries, _clip_boxes, _grow, _linear, _run_on_patch, occluded_batch
+
+__all__ = ["GraphOcclusion", "Estimate", "FC_MAX_WEIGHTS", "DEFAULT_THRESHOLD", "DEFAULT_MIN_SAVING"]
+
+# A node whose batched window covers more than this share of its map runs on whole maps, and so does
+# everything after it.
+DEFAULT_THRESHOLD = 0.9
+# with mode="auto" a batch runs incrementally only if its estimated cost is at most 1 - this of full forwards
+DEFAULT_MIN_SAVING = 0.2
+# The estimate's fixed costs, in multiply-adds: per box and node whose window is gathered from the cache and
+# overlaid (a few small copies, ~10 us on two cores), and per node run at all (one operation's dispatch).
+PER_BOX_NODE = 3e5
+PER_NODE = 1e5
+# A linear layer on a changed window reads a copy of its weights ordered (out, H, W, C), built once; layers
+# with more weights than this (VGG16's fc6, 102 M) are run in full instead of holding a second copy.
+FC_MAX_WEIGHTS = 64 * 2 ** 20
+# the weight read of a linear layer, in rows of its product (the estimate of a delta product's fixed cost)
+FC_READ_ROWS = 8
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """What a batch costs, in multiply-adds (with the plan's fixed costs): ``incremental`` (the engine's plan),
+    ``full`` (batched full forwards), ``fraction`` (their ratio), ``bound`` (full over each box's own changed
+    region, recomputing nothing else: the geometric bound of the speed-up), ``pays`` (whether ``mode="auto"``
+    runs it incrementally)."""
+    incremental: float
+    full: float
+    fraction: float
+    bound: float
+    pays: bool
+
+
+@dataclass
+class _Patch:
+    """A node's value on a window per box: ``data`` B x ... x h x w (a tuple of them after a split), the
+    windows' top-left ``corners`` (B x 2, in the node's map) and common ``size`` (h, w)."""
+    data: object
+    corners: torch.Tensor
+    size: tuple
+
+
+@dataclass
+class _Flat:
+    """``torch.flatten(x, 1)`` of a patch of node ``source``'s N x C x H x W map, kept as the patch."""
+    patch: _Patch
+    source: int
+
+
+@dataclass
+class _Plan:
+    """Per node index: ``"full"``, ``(corners B x 2, size)`` of its window, or ``None`` (not changed);
+    ``regions``: each box's own changed region (B x 4) per windowed node."""
+    windows: dict
+    regions: dict
+
+
+def _spatial_last(node) -> bool:
+    s = node.out_shape
+    return isinstance(s, tuple) and len(s) >= 3 and node.axes == (len(s) - 2, len(s) - 1)
+
+
+class _Geom:
+    """A window node run on a pre-padded input with padding 0 (see :func:`zfwidgets.inference.chain._grow`)."""
+
+    def __init__(self, w, in_size, out_size, value):
+        self.kernel, self.stride, self.dilation, self.pad = w.kernel, w.stride, w.dilation, w.padding
+        self.in_size, self.out_size, self.value = tuple(in_size), tuple(out_size), value
+        self.padded = tuple(max(n + 2 * p, (no - 1) * s + e, p + n) for n, no, s, p, e in
+                            zip(in_size, out_size, w.stride, w.padding, (self.extent(0), self.extent(1))))
+
+    def extent(self, d: int) -> int:
+        return self.dilation[d] * (self.kernel[d] - 1) + 1
+
+
+def _window_geometry(node):
+    """The :class:`_Geom` of a window node the engine can run on patches, or ``None``."""
+    m, w = node.module, node.window
+    if w is None or m is None or len(node.in_shapes) != 1 or not _spatial_last(node):
+        return None
+    if isinstance(m, nn.Conv2d):
+        if w.mode != "zeros" or type(m).forward is not nn.Conv2d.forward or isinstance(m.padding, str):
+            return None
+        value = 0.0
+    elif isinstance(m, nn.MaxPool2d):
+        if m.return_indices:
+            return None
+        value = float("-inf")     # ceil mode's clipped windows: the -inf border reproduces them
+    elif isinstance(m, nn.AvgPool2d):
+        if m.ceil_mode or m.divisor_override is not None or (any(w.padding) and not m.count_include_pad):
+            return None
+        value = 0.0
+    else:
+        return None
+    return _Geom(w, node.in_shapes[0][-2:], node.out_shape[-2:], value)
+
+
+def _gather(base, corners: torch.Tensor, size: tuple) -> torch.Tensor:
+    """B windows of ``size`` of ``base`` (1 x ... x H x W) at ``corners`` (B x 2): a B x ... x h x w tensor."""
+    h, w = size
+    B = corners.shape[0]
+    if B <= 4:
+        return torch.cat([base[..., r:r + h, c:c + w] for r, c in corners.tolist()])
+    dev = base.device
+    rows = (corners[:, 0, None] + torch.arange(h)).to(dev)          # B x h
+    cols = (corners[:, 1, None] + torch.arange(w)).to(dev)          # B x w
+    g = base[0][..., rows[:, :, None], cols[:, None, :]]            # ... x B x h x w
+    return g.movedim(-3, 0).contiguous()
+
+
+def _overlay(win: torch.Tensor, off: list, patch: torch.Tensor, poff: list) -> torch.Tensor:
+    """Write ``patch`` (box b's at ``poff[b]``) over the windows ``win`` (at ``off[b]``) where they overlap,
+    one copy per distinct placement (on a grid most boxes share one)."""
+    P, Q = win.shape[-2:]
+    h, w = patch.shape[-2:]
+    if off == poff and (P, Q) == (h, w):
+        win.copy_(patch)
+        return win
+    groups: dict = {}
+    for b, ((r, c), (pr, pc)) in enumerate(zip(off, poff)):
+        r0, r1, c0, c1 = max(r, pr), min(r + P, pr + h), max(c, pc), min(c + Q, pc + w)
+        if r1 > r0 and c1 > c0:
+            groups.setdefault((r0 - r, r1 - r, c0 - c, c1 - c, r0 - pr, c0 - pc), []).append(b)
+    B = win.shape[0]
+    for (a0, a1, b0, b1, p0, q0), members in groups.items():
+        src = patch[..., p0:p0 + a1 - a0, q0:q0 + b1 - b0]
+        if len(members) == B:
+            win[..., a0:a1, b0:b1] = src
+        elif len(members) == 1:
+            win[members[0], ..., a0:a1, b0:b1] = src[members[0]]
+        else:
+            idx = torch.tensor(members, device=win.device)
+            win[idx, ..., a0:a1, b0:b1] = src[idx]
+    return win
+
+
+def _paste(base: torch.Tensor, patch: torch.Tensor, off: list) -> torch.Tensor:
+    """A B x ... copy of ``base`` (1 x ...) with box b's ``patch`` written at ``off[b]``."""
+    B = patch.shape[0]
+    out = base.expand(B, *base.shape[1:]).clone()
+    h, w = patch.shape[-2:]
+    for b, (r, c) in enumerate(off):
+        out[b, ..., r:r + h, c:c + w] = patch[b]
+    return out
+
+
+def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d):
+    """``(weight, bias)`` of ``bn(conv(x))`` as one convolution (batch norm in eval mode)."""
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps) if bn.affine else 1.0 / torch.sqrt(bn.running_var + bn.eps)
+    shift = (bn.bias if bn.affine else 0.0) - bn.running_mean * scale
+    w = conv.weight * scale.view(-1, 1, 1, 1)
+    b = shift if conv.bias is None else conv.bias * scale + shift
+    return w.detach(), b.detach()
+
+
+class GraphOcclusion(OccluderQueries):
+    """Occluded forwards of one image on any traced CNN, recomputing only what each occluder changes.
+
+    Args:
+        lens: a :class:`zfwidgets.Lens`.
+        image: the unoccluded image (anything :func:`zfwidgets.occlusion` accepts); its forward is run once
+            here and every node's output cached.
+        threshold: a node whose batched window covers more than this share of its map, and everything after
+            it, runs on whole maps.
+        min_saving: with ``mode="auto"`` a batch runs incrementally only if :meth:`estimate` says it saves at
+            least this share of the cost of full forwards.
+        mode: ``"auto"``, ``"incremental"`` (wherever the graph allows) or ``"full"`` (batched full forwards).
+
+    ``incremental`` is False where the model cannot be traced or its graph has a node the engine cannot
+    follow before the first global node; every call then runs the model's batched forward.
+
+    Example:
+        >>> engine = GraphOcclusion(lens, image, mode="incremental")
+        >>> out = engine.evaluate([(0, 0, 8, 8), (4, 20, 12, 28)], ["conv5"])
+        >>> out.probs.shape, out.activations["conv5"].shape
+        (torch.Size([2, 10]), torch.Size([2, 64, 7, 7]))
+        >>> engine.layer_shapes()["conv5"]
+        (64, 7, 7)
+    """
+
+    def __init__(self, lens, image, *, threshold: float = DEFAULT_THRESHOLD,
+                 min_saving: float = DEFAULT_MIN_SAVING, mode: str = "auto"):
+        if not 0.0 <= float(threshold) <= 1.0:
+            raise ValueError(f"threshold must be between 0 and 1, got {threshold!r}")
+        if mode not in ("auto", "incremental", "full"):
+            raise ValueError(f"mode must be 'auto', 'incremental' or 'full', got {mode!r}")
+        self.lens, self.mode = lens, mode
+        self.threshold, self.min_saving = float(threshold), float(min_saving)
+        self.image = as_input(lens, image).detach()
+        self.last_mode = None
+        self._key = None
+        self._verified = False
+        self._prepare()
+
+    # ----- the cached unoccluded forward ----------------------------------------------------------
+    def _refresh(self) -> None:
+        if self._key != self._model_key():
+            self._prepare()
+
+    def same_image(self, x: torch.Tensor) -> bool:
+        return x.shape == self.image.shape and x.device == self.image.device and torch.equal(x, self.image)
+
+    def _prepare(self) -> None:
+        self._key = self._model_key()
+        self._verified = False
+        self._fc_weights = {}
+        x = self.image
+        self.graph = g = Graph.of(self.lens, tuple(x.shape[1:]))
+        self.incremental = bool(g.traced)
+        self._base, self._padded, self._geom, self._fold, self._cost = {}, {}, {}, {}, {}
+        self._delta_fc, self._delta_sources = {}, set()
+        if not self.incremental:
+            return
+        self._base = g.run(x, keep="values")
+        nodes = g.nodes
+        self._from_input = set()
+        for n in nodes:
+            if n.op == "placeholder" or any(i in self._from_input for i in n.inputs):
+                self._from_input.add(n.index)
+        for n in nodes:
+            geom = _window_geometry(n) if n.kind == "window" else None
+            if geom is not None:
+                self._geom[n.index] = geom
+                src = self._base[n.inputs[0]]
+                (H, W), (Hp, Wp), (t, l) = geom.in_size, geom.padded, geom.pad
+                self._padded[n.index] = F.pad(src, (l, Wp - W - l, t, Hp - H - t), value=geom.value)
+                m = n.module
+                users = [nodes[u] for u in n.users]
+                if isinstance(m, nn.Conv2d) and len(users) == 1 and isinstance(users[0].module, nn.BatchNorm2d) \
+                        and users[0].module.track_running_stats and users[0].module.running_mean is not None \
+                        and type(users[0].module).forward is nn.BatchNorm2d.forward:
+                    self._fold[n.index] = (users[0].index,) + _fold(m, users[0].module)
+            if n.module is not None:
+                self._cost[n.index] = macs(n.module, n.in_shapes[0] if n.in_shapes else (), n.out_shape or ())
+            if isinstance(n.module, nn.Linear) and len(n.inputs) == 1 and n.module.weight.numel() <= FC_MAX_WEIGHTS:
+                src = self._flat_source(nodes[n.inputs[0]])
+                if src is not None:
+                    self._delta_fc[n.index] = src
+        self._delta_sources = set(self._delta_fc.values())
+        self._full_cost = sum(self._cost.values())
+
+    def _flat_source(self, node):
+        """The N x C x H x W node that ``node`` flattens (through identities), or ``None``."""
+        while self._identity(node):
+            node = self.graph.nodes[node.inputs[0]]
+        if node.kind != "global" or node.fx_node is None or len(node.inputs) != 1:
+            return None
+        t = node.target
+        is_flat = (t is torch.flatten or (node.op == "call_method" and t == "flatten")
+                   or isinstance(node.module, nn.Flatten))
+        if not is_flat or node.out_shape is None or len(node.out_shape) != 2:
+            return None
+        src = self.graph.nodes[node.inputs[0]]
+        while self._identity(src):
+            src = self.graph.nodes[src.inputs[0]]
+        s = src.out_shape
+        if not (isinstance(s, tuple) and len(s) == 4 and src.axes == (2, 3)):
+            return None
+        if node.module is not None:
+            ok = node.module.start_dim % 4 == 1 and node.module.end_dim % 4 == 3
+        else:
+            a = node.fx_node.args
+            start = a[1] if len(a) > 1 else node.fx_node.kwargs.get("start_dim", 0)
+            end = a[2] if len(a) > 2 else node.fx_node.kwargs.get("end_dim", -1)
+            ok = int(start) % 4 == 1 and int(end) % 4 == 3
+        return src.index if ok else None
+
+    def _identity(self, n) -> bool:
+        """Nodes that return their input in eval mode: dropout, ``nn.Identity``, an adaptive pooling to the
+        size it reads."""
+        m = n.module
+        if m is None or len(n.inputs) != 1:
+            return False
+        if isinstance(m, (nn.Identity, nn.modules.dropout._DropoutNd)):
+            return True
+        if isinstance(m, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
+            return n.in_shapes and n.in_shapes[0] == n.out_shape
+        return False
+
+    # ----- public questions -----------------------------------------------------------------------
+    def layer_shapes(self) -> dict:
+        """``{layer: its output shape for one image (without the batch axis)}``, for the lens's layer names
+        and every module path of the forward (``layer4``, ``features.3.conv``).
+
+        >>> GraphOcclusion(lens, image).layer_shapes()["conv1"]
+        (32, 28, 28)
+        """
+        out = {}
+        for path, i in self.graph.module_nodes.items():
+            shape = self.graph.nodes[i].out_shape
+            if path and isinstance(shape, tuple):
+                out[path] = tuple(shape[1:])
+        for info in self.lens.table:
+            if info.path in out:
+                out[info.name] = out[info.path]
+        return out
+
+    def largest_map_bytes(self) -> int:
+        """Bytes of the largest node output for one image (the batch size's memory bound)."""
+        sizes = [math.prod(n.out_shape[1:]) for n in self.graph.nodes if isinstance(n.out_shape, tuple)
+                 and len(n.out_shape) > 1]
+        return max(sizes, default=0) * self.image.element_size()
+
+    @property
+    def runs_plain_forwards(self) -> bool:
+        """True where no occluder pays incrementally: the model cannot be followed, or even a one-pixel
+        occluder is estimated to cost more than a plain forward (the bundled 28x28 models)."""
+        return not self.pays_for(1)
+
+    def pays_for(self, size) -> bool:
+        """Whether one occluder of ``size`` (pixels, an int or ``(h, w)``) in the middle of the image runs
+        incrementally (:meth:`estimate`): the occlusion panel's choice for its live occluder.
+
+        >>> GraphOcclusion(lens, image).pays_for(8)     # the 28x28 net: its forward is cheaper
+        False
+        """
+        self._refresh()
+        if not self.incremental or self.mode == "full":
+            return False
+        h, w = (size, size) if isinstance(size, int) else size
+        H, W = self.image.shape[-2:]
+        y0, x0 = max((H - h) // 2, 0), max((W - w) // 2, 0)
+        return self.estimate([(y0, x0, y0 + h, x0 + w)]).pays
+
+    def estimate(self, boxes) -> Estimate:
+        """The cost of running ``boxes`` incrementally against batched full forwards (see :class:`Estimate`).
+
+        >>> e = GraphOcclusion(lens, image).estimate([(0, 0, 8, 8)])
+        >>> e.pays, round(e.fraction, 2), round(e.bound, 2)   # the 28x28 net saves too little to pay
+        (False, 0.88, 1.68)
+        """
+        self._refresh()
+        boxes = _clip_boxes(boxes, *self.image.shape[-2:])
+        return self._estimate(boxes, self._plan(boxes) if self.incremental else None)
+
+    def _estimate(self, boxes, plan) -> Estimate:
+        B = boxes.shape[0]
+        full = B * max(self._full_cost, 1.0)
+        if plan is None:
+            return Estimate(float("inf"), full, float("inf"), 1.0, False)
+        inc, tight = self._plan_cost(plan, boxes)
+        frac = inc / full
+        return Estimate(inc, full, frac, full / max(tight, 1.0), frac <= 1.0 - self.min_saving)
+
+    def _plan_cost(self, plan: _Plan, boxes) -> tuple:
+        """``(incremental cost with fixed costs, each box's own changed region's multiply-adds)``."""
+        B = boxes.shape[0]
+        nodes = self.graph.nodes
+        inc = tight = 0.0
+        for n in nodes:
+            i = n.index
+            w = plan.windows.get(i)
+            c = self._cost.get(i, 0.0)
+            if w is None:
+                continue
+            inc += PER_NODE
+            if w == "full":
+                src = self._delta_fc.get(i)
+                sw = plan.windows.get(src) if src is not None else None
+                if isinstance(sw, tuple) and self._delta_pays(sw[0], sw[1], src, B):
+                    H, W = nodes[src].out_shape[2:]
+                    frac = sw[1][0] * sw[1][1] / (H * W)
+                    groups = len(set(map(tuple, sw[0].tolist())))
+                    inc += c * frac * (B + FC_READ_ROWS * groups)
+                    tight += c * B * frac
+                else:
+                    inc += c * B
+                    tight += c * B
+                continue
+            corners, size = w
+            per = self._per_position(n)
+            inc += per * size[0] * size[1] * B + (PER_BOX_NODE * B if n.kind in ("window", "merge") else 0.0)
+            r = plan.regions.get(i)
+            if r is not None:
+                tight += per * float(((r[:, 2] - r[:, 0]) * (r[:, 3] - r[:, 1])).double().sum())
+        return inc, tight
+
+    def _per_position(self, n) -> float:
+        m = n.module
+        if m is None:
+            return 0.0
+        c_in = n.in_shapes[0][1] if n.in_shapes and isinstance(n.in_shapes[0], tuple) and len(n.in_shapes[0]) > 1 \
+            else None
+        return macs_per_position(m, c_in)
+
+    def mac_fraction(self, boxes) -> dict:
+        """Share of the multiply-adds recomputed per box against full forwards: ``tight`` (each box's own
+        changed region: the geometric bound is its inverse), ``batched`` (as planned, fixed costs included)."""
+        e = self.estimate(boxes)
+        return {"tight": 1.0 / e.bound, "batched": e.fraction, "with_fc": e.fraction, "groups": 1}
+
+    def estimated_cost(self, boxes) -> tuple:
+        """``(incremental, full)`` multiply-adds of a batch (see :meth:`estimate`)."""
+        e = self.estimate(boxes)
+        return e.incremental, e.full
+
+    # ----- the plan ---------------------------------------------------------------------------------
+    def _plan(self, boxes: torch.Tensor) -> _Plan:
+        """Windows of every node: each box's changed region, grown at window nodes, united at merges, the
+        whole map after a global node or one the engine cannot follow on windows."""
+        nodes = self.graph.nodes
+        windows: dict = {}
+        regions: dict = {}
+        H, W = self.image.shape[-2:]
+        for n in nodes:
+            i = n.index
+            if i not in self._from_input:
+                windows[i] = None
+                continue
+            if n.op == "placeholder":
+                reg = boxes
+            elif n.op == "output":
+                windows[i] = "full" if any(windows.get(j) == "full" for j in n.inputs) else windows[n.inputs[0]]
+                continue
+            else:
+                ins = [j for j in n.inputs if j in self._from_input]
+                if any(windows.get(j) == "full" for j in ins):
+                    windows[i] = "full"
+                    continue
+                if n.kind == "meta":
+                    windows[i] = windows[ins[0]] if ins else None
+                    continue
+                if self._identity(n) or n.kind == "pointwise":
+                    if n.kind == "pointwise" and not self._identity(n) and not isinstance(n.out_shape, list) \
+                            and not _spatial_last(n):
+                        windows[i] = "full"
+                        continue
+                    windows[i] = windows[ins[0]]
+                    if ins[0] in regions:
+                        regions[i] = regions[ins[0]]
+                    continue
+                if n.kind == "window" and i in self._geom and ins[0] in regions:
+                    reg = _grow(self._geom[i], regions[ins[0]])
+                elif n.kind == "merge" and _spatial_last(n) and all(j in regions for j in ins) and \
+                        all(nodes[j].out_shape[-2:] == n.out_shape[-2:] for j in ins):
+                    rs = [regions[j] for j in ins]
+                    reg = torch.stack([torch.stack([r[:, 0] for r in rs]).amin(0), torch.stack([r[:, 1] for r in rs]).amin(0),
+                                       torch.stack([r[:, 2] for r in rs]).amax(0), torch.stack([r[:, 3] for r in rs]).amax(0)], 1)
+                else:
+                    windows[i] = "full"
+                    continue
+            Ho, Wo = (H, W) if n.op == "placeholder" else n.out_shape[-2:]
+            size = (int((reg[:, 2] - reg[:, 0]).max()), int((reg[:, 3] - reg[:, 1]).max()))
+            if n.op != "placeholder" and size[0] * size[1] > self.threshold * Ho * Wo:
+                windows[i] = "full"
+                continue
+            corners = torch.stack([torch.minimum(reg[:, 0], torch.tensor(Ho - size[0])),
+                                   torch.minimum(reg[:, 1], torch.tensor(Wo - size[1]))], 1)
+            windows[i] = (corners, size)
+            regions[i] = reg
+        return _Plan(windows, regions)
+
+    # ----- running ----------------------------------------------------------------------------------
+    def _targets(self, layers) -> dict:
+        want = {}
+        for layer in layers:
+            name, path, _ = self.lens.resolve(layer)
+            want[self.graph.node_of(path).index] = name
+        return want
+
+    def run(self, boxes, layers=(), *, fill="mean", logits: bool = True):
+        """The model on the image occluded by each box: ``(logits B x K or None, {layer name: B x ...})``,
+        the contract of :meth:`Lens.run` on the batch of occluded images; ``fill`` as in
+        :func:`zfwidgets.occlusion`."""
+        self._refresh()
+        fill = fill_tensor(self.lens, fill)
+        x = self.image
+        boxes = _clip_boxes(boxes, *x.shape[-2:])
+        for layer in layers:
+            self.lens.resolve(layer)          # unknown layers: the lens's error
+        go = self.incremental and self.mode != "full"
+        plan = self._plan(boxes) if go else None
+        if go and self.mode == "auto":
+            go = self._estimate(boxes, plan).pays
+        if go and not self._verified:
+            go = self._verify(fill)
+        if not go:
+            self.last_mode = "full"
+            return self.lens.run(occluded_batch(x, boxes, fill), layers, logits=logits)
+        self.last_mode = "incremental"
+        if not logits and not layers:
+            return None, {}
+        want = self._targets(layers)
+        with torch.inference_mode(), ModelGuard(self.lens.model):
+            return self._run(boxes, fill.to(x.device, x.dtype), want, logits, plan)
+
+    def _verify(self, fill) -> bool:
+        """One box through the plan against the model's own forward (once per cached forward)."""
+        self._verified = True
+        H, W = self.image.shape[-2:]
+        box = torch.tensor([[H // 3, W // 3, H // 3 + max(H // 5, 1), W // 3 + max(W // 5, 1)]])
+        with torch.inference_mode(), ModelGuard(self.lens.model):
+            try:
+                got, _ = self._run(box, fill.to(self.image.device, self.image.dtype), {}, True)
+            except (RuntimeError, ValueError, TypeError, IndexError) as e:
+                got, err = None, e
+        ref, _ = self.lens.run(occluded_batch(self.image, box, fill))
+        ok = got is not None and got.shape == ref.shape and bool(
+            torch.allclose(got.float(), ref.float(), rtol=1e-4, atol=1e-4 * float(ref.abs().max()) + 1e-6))
+        if not ok:
+            self.incremental = False
+            self.lens.warn_once(("incremental", "graph"),
+                                f"the incremental occlusion engine does not reproduce {type(self.lens.model).__name__}'s "
+                                "forward; occlusion falls back to full forwards")
+        return ok
+
+    def _run(self, boxes, fill, want: dict, logits: bool, plan=None):
+        g = self.graph
+        nodes = g.nodes
+        out_node = nodes[-1]
+        targets = set(want) | ({out_node.index} if logits else set())
+        needed = set()
+        for t in targets:
+            needed.update(a.index for a in g.ancestors(nodes[t]))
+        plan = self._plan(boxes) if plan is None else plan
+        B = boxes.shape[0]
+        base = self._base
+        vals: dict = {}
+        x = self.image
+        skip = set()            # batch norms folded into the convolution before them
+
+        def full(j):
+            """Node j's value on whole maps (B x ...), or its cached value where it did not change."""
+            v = vals.get(j)
+            if j not in self._from_input or v is None:
+                return base[j]
+            if isinstance(v, _Patch):
+                if isinstance(v.data, (tuple, list)):
+                    return type(v.data)(_paste(b, d, v.corners.tolist()) for b, d in zip(base[j], v.data))
+                return _paste(base[j], v.data, v.corners.tolist())
+            if isinstance(v, _Flat):
+                return torch.flatten(_paste(base[v.source], v.patch.data, v.patch.corners.tolist()), 1)
+            return v
+
+        def on_window(j, corners, size):
+            """Node j's value on the windows (corners, size) of its map: a B x ... x h x w tensor."""
+            v = vals.get(j)
+            b = base[j]
+            if isinstance(v, _Patch) and v.size == tuple(size) and torch.equal(v.corners, corners):
+                return v.data
+            if j not in self._from_input:
+                return b              # a constant
+            win = _gather(b, corners, size)
+            if isinstance(v, _Patch):
+                _overlay(win, corners.tolist(), v.data, v.corners.tolist())
+            return win
+
+        for n in nodes:
+            i = n.index
+            if i not in needed:
+                continue
+            if n.op == "placeholder":
+                corners, size = plan.windows[i]
+                patch = _gather(x, corners, size)
+                for k, ((r, c), (y0, x0, y1, x1)) in enumerate(zip(corners.tolist(), boxes.tolist())):
+                    patch[k, :, y0 - r:y1 - r, x0 - c:x1 - c] = fill.view(-1, 1, 1)
+                vals[i] = _Patch(patch, corners, size)
+                continue
+            if n.op == "output":
+                break
+            if i in skip:
+                continue
+            w = plan.windows.get(i)
+            if w is None:                       # not changed (constants)
+                continue
+            if w == "full":
+                if self._identity(n):              # dropout after the flatten: the kept flatten passes on
+                    vals[i] = vals.get(n.inputs[0])
+                    continue
+                flat = self._flat_value(vals, n.inputs[0]) if i in self._delta_fc else None
+                if flat is not None and self._delta_pays(flat.patch.corners, flat.patch.size, flat.source, B):
+                    vals[i] = self._delta_linear(n, flat)
+                    continue
+                src = self._flat_source(n)
+                if src is not None and isinstance(vals.get(src), _Patch) and src in self._delta_sources:
+                    vals[i] = _Flat(vals[src], src)   # materialised only where something else reads it
+                    continue
+                vals[i] = self._call(n, full)
+                continue
+            corners, size = w
+            if self._identity(n):
+                vals[i] = vals.get(n.inputs[0])
+                continue
+            if n.kind == "window":
+                geom = self._geom[i]
+                j = n.inputs[0]
+                need = tuple((size[d] - 1) * geom.stride[d] + geom.extent(d) for d in range(2))
+                in_corner = corners * torch.tensor(geom.stride)
+                win = _gather(self._padded[i], in_corner, need)
+                pv = vals.get(j)
+                if isinstance(pv, _Patch):
+                    _overlay(win, in_corner.tolist(), pv.data,
+                             [(r + geom.pad[0], c + geom.pad[1]) for r, c in pv.corners.tolist()])
+                fold = self._fold.get(i)
+                if fold is not None and i not in want:
+                    bn_index, wgt, bias = fold
+                    m = n.module
+                    vals[bn_index] = _Patch(F.conv2d(win, wgt, bias, m.stride, 0, m.dilation, m.groups), corners, size)
+                    skip.add(bn_index)
+                    continue
+                vals[i] = _Patch(_run_on_patch(n.module, win), corners, size)
+                continue
+            if n.kind == "merge":
+                vals[i] = _Patch(self._call(n, lambda j: on_window(j, corners, size)), corners, size)
+                continue
+            # pointwise and meta: the operation on the windows
+            vals[i] = _Patch(self._call(n, lambda j: self._data(vals, base, j)), corners, size) \
+                if n.kind != "meta" else self._call(n, lambda j: self._data(vals, base, j))
+        res = {}
+        for i, name in want.items():
+            v = full(i)
+            res[name] = v.expand(B, *v.shape[1:]).clone() if v.shape[0] != B else v
+        out = None
+        if logits:
+            fxo = out_node.fx_node
+            out = fx.node.map_arg(fxo.args[0], lambda a: full(self._index_of(a)))
+            out = self.lens._check_logits(out)
+        return out, res
+
+    # helpers of _run
+    def _index_of(self, fx_node):
+        if not hasattr(self, "_fx_index"):
+            self._fx_index = {n.fx_node: n.index for n in self.graph.nodes}
+        return self._fx_index[fx_node]
+
+    @staticmethod
+    def _data(vals, base, j):
+        v = vals.get(j)
+        if isinstance(v, _Patch):
+            return v.data
+        if v is None:
+            return base[j]
+        return v
+
+    def _flat_value(self, vals, j):
+        """The value feeding a linear layer through identities (dropout), if it is a kept flatten."""
+        nodes = self.graph.nodes
+        while True:
+            v = vals.get(j)
+            if isinstance(v, _Flat):
+                return v
+            n = nodes[j]
+            if self._identity(n):
+                j = n.inputs[0]
+                continue
+            return None
+
+    def _delta_pays(self, corners, size, source: int, B: int) -> bool:
+        """Whether the delta product (boxes with the same window together) reads less than the full one."""
+        H, W = self.graph.nodes[source].out_shape[2:]
+        frac = size[0] * size[1] / (H * W)
+        groups = len(set(map(tuple, corners.tolist())))
+        return frac * (B + FC_READ_ROWS * groups) < B + FC_READ_ROWS
+
+    def _call(self, n, value_of):
+        """Run node ``n``'s operation with its inputs given by ``value_of(index)``."""
+        fxn = n.fx_node
+        lookup = {a: value_of(self._index_of(a)) for a in fxn.all_input_nodes}
+        args = fx.node.map_arg(fxn.args, lambda a: lookup[a])
+        kwargs = fx.node.map_arg(fxn.kwargs, lambda a: lookup[a])
+        if _in_place(n, kwargs):
+            args = tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in args)
+        if fxn.op == "call_module":
+            m = self.graph.gm.get_submodule(fxn.target)
+            if isinstance(m, nn.Linear) and len(args) == 1 and not kwargs and args[0].dim() == 2:
+                return _linear(m, args[0])      # a few rows (the live occluder): oneDNN's product
+            return m(*args, **kwargs)
+        if fxn.op == "call_function":
+            return fxn.target(*args, **kwargs)
+        if fxn.op == "call_method":
+            return getattr(args[0], fxn.target)(*args[1:], **kwargs)
+        return self._base[n.index]
+
+    def _fc_weight(self, n, src_shape):
+        """Node ``n``'s weights ordered (out, H, W, C) (made once per weights)."""
+        m = n.module
+        key = (m.weight._version, m.weight.data_ptr())
+        got = self._fc_weights.get(n.index)
+        if got is None or got[0] != key:
+            C, H, W = src_shape[1:]
+            wp = m.weight.detach().view(m.out_features, C, H, W).permute(0, 2, 3, 1).contiguous()
+            got = self._fc_weights[n.index] = (key, wp)
+        return got[1]
+
+    def _delta_linear(self, n, flat: _Flat):
+        """``W·x + W[:, changed]·(x_occ − x)[changed]`` per box, boxes with the same window together."""
+        src = self.graph.nodes[flat.source]
+        wp = self._fc_weight(n, src.out_shape)
+        p = flat.patch
+        h, w = p.size
+        Wd = src.out_shape[3]
+        base_win = _gather(self._base[flat.source], p.corners, p.size)
+        delta = (p.data - base_win).permute(0, 2, 3, 1)                      # B x h x w x C
+        out_f = n.module.out_features
+        base_out = self._base[n.index]                                       # 1 x out
+        B = delta.shape[0]
+        res = base_out.expand(B, out_f).clone()
+        corners = p.corners.tolist()
+        groups: dict = {}
+        for b, rc in enumerate(corners):
+            groups.setdefault(tuple(rc), []).append(b)
+        for (r, c), members in groups.items():
+            idx = torch.tensor(members, device=delta.device)
+            d = delta[idx] if len(members) < B else delta
+            acc = res[idx] if len(members) < B else res
+            if w == Wd:
+                acc = acc.addmm(d.reshape(len(members), -1), wp[:, r:r + h].reshape(out_f, -1).t())
+            else:
+                for k in range(h):
+                    acc = acc.addmm(d[:, k].reshape(len(members), -1), wp[:, r + k, c:c + w].reshape(out_f, -1).t())
+            if len(members) < B:
+                res[idx] = acc
+            else:
+                res = acc
+        return res
