@@ -1,7 +1,6 @@
 """Lens.from_timm on random weights (a ResNet and an EfficientNet, 64 x 64 input): layer names against timm's
 metadata and the forward order, projections against plain autograd (float64) and captum, occlusion against
 one naive forward per position, weights from a checkpoint file, and the errors."""
-import copy
 import sys
 import warnings
 
@@ -15,7 +14,7 @@ from zfwidgets.core.project import deconvnet_steps
 timm = pytest.importorskip("timm")
 
 from ..analysis.test_occlusion import naive  # noqa: E402
-from ..core.test_projection_references import captum_reference, rel_err  # noqa: E402
+from ..core.test_projection_references import captum_reference, float64_activation, rel_err  # noqa: E402
 
 SIZE = (3, 64, 64)
 
@@ -72,13 +71,8 @@ def test_gradient_equals_autograd(timm_lens):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             p = zf.project(timm_lens, x, info.name, method="gradient")
-        m = copy.deepcopy(timm_lens.model).double().eval()
-        xd = x.double()[None].requires_grad_(True)
-        out = {}
-        h = dict(m.named_modules())[info.path].register_forward_hook(lambda mod, i, o: out.setdefault("a", o))
-        m(xd)
-        h.remove()
-        a = out["a"][0, p.channel]
+        xd, out = float64_activation(timm_lens.model, x, info.path)
+        a = out[0, p.channel]
         top = a.detach()
         assert float(top[p.position]) == pytest.approx(p.activation, rel=1e-4, abs=1e-5)
         assert float(top.max()) == pytest.approx(p.activation, rel=1e-4, abs=1e-5)   # the strongest position
