@@ -21,27 +21,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # (notebook, model): why it does not run yet. Reported as "xfail"; a run that passes anyway is reported as
 # "XPASS" and fails the step (strict), so that this list shrinks when the cause is fixed.
-EXPECTED_FAILURES = {
-    ("01_deconvnet", "resnet18"): "zf.deconvnet_steps (the paper form) needs a sequential chain; ResNet is not one "
-                                  "(graph support: issue #14)",
-    **{("06_occlusion", arch): "the checked cell's summary indexes rows[:, k] of an empty array when no image has both "
-                               "occluder positions on the object and off it (object = pixels > 0.1 max: all of a "
-                               "typical photo)" for arch in ("alexnet", "resnet18")},
-    **{("03_evolution", arch): "zf.feature_evolution over snapshots of a 224x224 torchvision model asks the "
-                               "allocator for 240 GB (6 images, 4 maps per layer)" for arch in ("alexnet", "resnet18")},
-}
+EXPECTED_FAILURES = {}
 # (notebook, model): why it is not run: work the notebook's parameters cannot make small enough for CI.
 NOT_RUN = {
-    (nb, arch): why for arch in ("alexnet", "resnet18") for nb, why in [
-        ("00_tour", "its last checked cell maps the occluder at stride 1 over every position (about 37,000 occluded "
-                    "forwards of a 224x224 image); the stride is not a parameter"),
-        ("09_probes_generalisation", "feature_generalisation trains the ImageNet architecture from scratch 3 times "
-                                     "(repeats=3, up to 300 steps at 224x224); neither is a parameter"),
-    ]
+    ("02_top9", "resnet18"): "the miner's bulk projections fall back to one zf.project per winner on a branching model "
+                             "(every block's top-9: about 6 minutes for 6 images at 224x224 on 2 cores); the cropped "
+                             "backward on graphs (issue 15) is the fix",
 }
-NOT_RUN[("02_top9", "resnet18")] = (
-    "the miner's bulk projections fall back to one zf.project per winner on a branching model (every block's "
-    "top-9: about 6 minutes for 6 images at 224x224 on 2 cores); the cropped backward on graphs (issue 15) is the fix")
 
 
 def write_weights(torch_home: Path, arch: str, seed: int = 0) -> Path:
@@ -112,6 +98,10 @@ def overrides(arch: str, images: list, work: Path) -> dict:
         "N_TEST": "6", "FRACTION": "0.5",
         "N_TRAIN, N_TEST": "4, 2", "N_PER_CLASS": "(1,)",
         "BASELINE": repr("alexnet"),
+        "OCCLUDER_STRIDE": "32", "REPEATS": "1", "SCRATCH_STEPS": "2",
+        # 30 + 30 of the digits (every class in both parts) instead of 899 + 898 through a 224x224 model
+        "NEW_DATA": ("(lambda d: (d[0][:30], d[1][:30], d[2][:30], d[3][:30]))("
+                     "__import__('zfwidgets.zoo.data', fromlist=['x']).load_digits28(seed=0))"),
     }
 
 

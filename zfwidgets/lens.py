@@ -325,6 +325,39 @@ class Lens:
         return f"Lens({self.name}, input {size}, {len(self.table)} layers: {', '.join(self.layers[:8])}" + \
             (" ...)" if len(self.table) > 8 else ")")
 
+    # ----- timm -----------------------------------------------------------------------------------
+    @classmethod
+    def from_timm(cls, name: str, weights=None, **kwargs) -> "Lens":
+        """A lens on a timm CNN (``"resnet18"``, ``"resnet10t"``, ``"efficientnet_b0"``...; ``pip install
+        "zfwidgets[timm]"``).
+
+        ``weights``: ``None`` (random initialisation, offline), the path of a checkpoint file
+        (``.safetensors``, ``.pth``), a state dict, or ``"DEFAULT"`` (timm's pretrained weights: from the
+        Hugging Face cache, else downloaded; without a connection the error says to pass a file). Preprocessing
+        (resize, centre crop, mean, std, interpolation) is timm's evaluation transform for the model's data
+        config, at ``input_size`` when given; class names are those of the ImageNet subset timm infers from the
+        classifier. Keyword arguments of :class:`Lens` (``transform``, ``class_names``, ``input_size``, ``mean``,
+        ``std``, ``name``) go to the lens, any other to ``timm.create_model`` (``num_classes=10``...).
+
+        The model's graph is traced by torch.fx like any other; activations other than ReLU (EfficientNet's
+        SiLU and squeeze-excitation gates) are backpropagated as plain gradients by the deconvnet and guided
+        rules, with a warning naming them.
+
+        Example:
+            >>> lens = Lens.from_timm("resnet10t", input_size=(3, 64, 64))   # random weights, offline
+            >>> lens.layers[:3], lens.input_size, lens.class_names[0]
+            (['conv1.0', 'conv1.3', 'conv1.6'], (3, 64, 64), 'tench')
+            >>> lens = Lens.from_timm("resnet50", weights="resnet50.safetensors")  # a checkpoint on disk  # doctest: +SKIP
+        """
+        from .zoo.timm_models import build_timm
+        own = {"transform", "class_names", "input_size", "mean", "std", "name"}
+        create_kwargs = {k: v for k, v in kwargs.items() if k not in own}
+        kwargs = {k: v for k, v in kwargs.items() if k in own}
+        model, transform, classes, size, mean, std = build_timm(name, weights, kwargs.get("input_size"),
+                                                                **create_kwargs)
+        return cls(model, **{"transform": transform, "class_names": classes, "input_size": size, "mean": mean,
+                             "std": std, "name": name, **kwargs})
+
     # ----- torchvision --------------------------------------------------------------------------
     @classmethod
     def from_torchvision(cls, arch: str, weights=None, **kwargs) -> "Lens":

@@ -68,6 +68,19 @@ def test_shift_cosine_by_hand():
     assert np.isnan(shift_cosine(c, np.zeros_like(c)))
 
 
+def test_shift_cosine_of_a_torchvision_sized_map():
+    # 3 x 224 x 224 (an ImageNet model's projection): the convolution form asked for 240 GB here
+    rng = np.random.default_rng(2)
+    a = rng.normal(size=(3, 224, 224))
+    b = np.zeros_like(a)
+    b[:, 10:, 5:] = a[:, :-10, :-5]                     # a moved down 10 and right 5, cut at the border
+    overlap = a[:, :-10, :-5]
+    expected = float((overlap * overlap).sum() / np.sqrt((a * a).sum() * (b * b).sum()))
+    assert shift_cosine(a, b) == pytest.approx(expected, rel=1e-12)
+    rng_b = rng.normal(size=(3, 224, 224))
+    assert abs(shift_cosine(a, rng_b)) < 0.05          # unrelated noise: no shift lines them up
+
+
 def test_conv1_projection_is_the_filter_at_the_strongest_position():
     _, lenses = _snapshots()
     x = torch.randn(5, 1, 8, 8, generator=torch.Generator().manual_seed(4))

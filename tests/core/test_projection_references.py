@@ -46,6 +46,19 @@ def captum_reference(lens, x, layer_module_path, method, channel, position):
         return cls(m, layer).attribute(x[None], neuron_selector=(channel, *position))[0]
 
 
+def float64_activation(model, x, path):
+    """A float64 copy of ``model`` on ``x`` (C x H x W): the input batch (requires grad) and ``path``'s output."""
+    m = copy.deepcopy(model).double().eval()
+    xd = x.double()[None].requires_grad_(True)
+    out = {}
+    h = dict(m.named_modules())[path].register_forward_hook(lambda mod, i, o: out.setdefault("a", o))
+    try:
+        m(xd)
+    finally:
+        h.remove()
+    return xd, out["a"]
+
+
 @pytest.mark.parametrize("arch", ["alexnet", "vgg16"])
 def test_deconvnet_equals_paper_form_and_captum(arch, request):
     lens = request.getfixturevalue(arch)
@@ -75,13 +88,8 @@ def test_guided_equals_captum_and_gradient_equals_autograd(arch, request):
     ref = captum_reference(lens, x, last_conv.path, "guided", g.channel, g.position)
     assert rel_err(g.pixels, ref) < 1e-5
     s = zf.project(lens, x, last_conv.name, g.channel, position=g.position, method="gradient")
-    m = copy.deepcopy(lens.model).double().eval()
-    xd = x.double()[None].requires_grad_(True)
-    out = {}
-    h = dict(m.named_modules())[last_conv.path].register_forward_hook(lambda mod, i, o: out.setdefault("a", o))
-    m(xd)
-    h.remove()
-    (grad,) = torch.autograd.grad(out["a"][0, g.channel, g.position[0], g.position[1]], xd)
+    xd, a = float64_activation(lens.model, x, last_conv.path)
+    (grad,) = torch.autograd.grad(a[0, g.channel, g.position[0], g.position[1]], xd)
     assert rel_err(s.pixels, grad[0]) < 1e-5
     # the three rules give different answers on a real net (the test would notice a rule mix-up)
     d = zf.project(lens, x, last_conv.name, g.channel, position=g.position, method="deconvnet")

@@ -483,7 +483,9 @@ def _node_adjoint(graph, gm, node, m, values, fx_index, sig):
 
     def sub(a):
         v = values[fx_index[a]]
-        if isinstance(v, torch.Tensor) and v.is_floating_point():
+        # a parameter or buffer the forward fetches (timm's BatchNormAct2d: F.batch_norm(x, running_mean, ...))
+        # is a constant of the adjoint, not a signal path
+        if isinstance(v, torch.Tensor) and v.is_floating_point() and a.op != "get_attr":
             if a not in leaves:
                 leaves[a] = v.detach().clone().requires_grad_(True)
             return leaves[a].clone()
