@@ -159,9 +159,9 @@ def plan(lens, input_size, path) -> Plan | None:
     where the graph has a node below it the walk does not know (then the full backward is the way). Cached."""
     graph = Graph.of(lens, tuple(input_size))
     cache = graph.__dict__.setdefault("_crop_plans", {})
-    if path in cache:
-        return cache[path]
-    cache[path] = result = _build(graph, path)
+    if path not in cache:
+        cache[path] = _build(graph, path)
+    result = cache[path]
     return result if isinstance(result, Plan) else None
 
 
