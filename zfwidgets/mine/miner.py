@@ -300,6 +300,7 @@ def mine(model, data, layers=None, *, k: int = 9, rule: str = "deconvnet", weigh
 
 def _run(lens, specs, source, dist, *, k, rule, weights, out, batch_size, workers, checkpoint, every, resume,
          strict, progress, projections, chunk, stop_after):
+    t_job = time.perf_counter()
     N, B = len(source), batch_size
     nb = -(-N // B)
     first, end = dist.rank * nb // dist.world, (dist.rank + 1) * nb // dist.world
@@ -395,6 +396,7 @@ def _run(lens, specs, source, dist, *, k, rule, weights, out, batch_size, worker
     gallery = _build(lens, specs, source, merged, results, widths, k, rule, weights_name, total, skipped_all,
                      projections)
     gallery.pass_seconds = elapsed   # not in the file: equal jobs give equal files
+    gallery.job_seconds = time.perf_counter() - t_job   # the job without start-up (imports, process group)
     if out is not None:
         gallery.save(out)
         gallery.path = Path(out)
