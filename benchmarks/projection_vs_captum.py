@@ -19,6 +19,7 @@ A model is ``NAME`` (its last conv layer, or its last block on a branching model
 random weights at 224x224.
 
 Run: ``.venv/bin/python benchmarks/projection_vs_captum.py [--models alexnet resnet50 resnet50:layer2] [--runs 20]``
+"""
 from __future__ import annotations
 
 import copy

@@ -3,7 +3,6 @@ MobileNetV2 and on small branching nets of odd geometry, against the full backwa
 recorded forward (autograd, every node of the graph) and against captum's NeuronDeconvolution /
 NeuronGuidedBackprop where captum's rule applies (every ReLU a module); batches of seeds with their own
 windows against one seed at a time."""
-import copy
 import importlib
 import warnings
 
@@ -14,7 +13,7 @@ from torch import nn
 import zfwidgets as zf
 from zfwidgets.core import backward as crop
 
-from .conftest import assert_same_state, model_state
+from .conftest import assert_same_state, model_state, non_inplace_copy
 
 project_mod = importlib.import_module("zfwidgets.core.project")
 
@@ -73,14 +72,6 @@ def test_graph_models_equal_full_backward(arch, monkeypatch):
                     got = zf.project(lens, x, layer, channel, position=pos, method=rule).pixels
                 assert rel_err(got, ref) < 1e-5, (arch, layer, rule, channel, pos)
     assert_same_state(before, model_state(lens.model))
-
-
-def non_inplace_copy(model):
-    m = copy.deepcopy(model)
-    for mod in m.modules():
-        if isinstance(mod, nn.ReLU):
-            mod.inplace = False
-    return m
 
 
 @pytest.mark.parametrize("arch,layer", [("resnet18", "layer3.1"), ("resnet50", "layer4.2"),

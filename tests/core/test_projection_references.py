@@ -20,7 +20,7 @@ import zfwidgets as zf
 from zfwidgets.core import backward as crop
 from zfwidgets.core.project import deconvnet_steps
 
-from .conftest import small_sequential
+from .conftest import non_inplace_copy, small_sequential
 
 captum_attr = pytest.importorskip("captum.attr")
 
@@ -28,14 +28,6 @@ captum_attr = pytest.importorskip("captum.attr")
 def rel_err(a, b):
     a, b = a.detach().double(), b.detach().double()
     return float((a - b).abs().max() / b.abs().max().clamp(min=1e-30))
-
-
-def non_inplace_copy(model):
-    m = copy.deepcopy(model)
-    for mod in m.modules():
-        if isinstance(mod, nn.ReLU):
-            mod.inplace = False
-    return m
 
 
 def captum_reference(lens, x, layer_module_path, method, channel, position):

@@ -19,11 +19,12 @@ on the values of a recorded forward (:func:`values_of_forward`, the lens's, or :
 Example:
     >>> lens = zfwidgets.load("zfnet-fashion")
     >>> fwd = lens.forward(zfwidgets.samples()[0].image)
-    >>> p = plan(lens, fwd.input.shape[1:], "features.10" if False else lens.resolve("conv3")[1])
-    >>> seed = torch.zeros(1, 64, 1, 1); seed[0, 5] = 1.0
-    >>> sig = walk(p, values_of_forward(p, fwd), seed, [3], [4], "deconvnet")
-    >>> sig.g.shape[:2], sig.oy, sig.ox          # conv3's unit (5, 3, 4) reads an 18 x 18 patch of the image
-    (torch.Size([1, 1]), [0], [2])
+    >>> p = plan(lens, fwd.input.shape[1:], lens.resolve("conv3")[1])
+    >>> C = p.shapes[p.target][1]
+    >>> seed = torch.zeros(1, C, 1, 1); seed[0, 5] = 1.0        # conv3's unit (5, 3, 4)
+    >>> sig = walk(p, values_of_forward(p, fwd, "deconvnet"), seed, [3], [4], "deconvnet")
+    >>> tuple(sig.g.shape), sig.oy, sig.ox     # its projection: the patch of the image it reads
+    ((1, 1, 23, 23), [1], [5])
 """
 from __future__ import annotations
 
