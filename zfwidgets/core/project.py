@@ -218,8 +218,12 @@ def _cropped_backward(lens, fwd, path, seed, method):
     y0, x0 = (int(v) for v in nz.min(0).values)
     y1, x1 = (int(v) + 1 for v in nz.max(0).values)
     g = seed[:, :, y0:y1, x0:x1]
-    counts = [0.0, 0.0]
-    crop.walk(p, {}, g, [y0], [x0], method, dry=True, counts=counts)
+    work = p.__dict__.setdefault("_work", {})      # the windows' work depends on the support's box only
+    counts = work.get((y0, y1, x0, x1))
+    if counts is None:
+        counts = [0.0, 0.0]
+        crop.walk(p, {}, g, [y0], [x0], method, dry=True, counts=counts)
+        work[(y0, y1, x0, x1)] = counts
     if counts[1] and counts[0] > (1 - CROP_MIN_SAVING) * counts[1]:
         return None  # the support is (nearly) everything: the native backward is quicker
     values = crop.values_of_forward(p, fwd, method)
