@@ -41,6 +41,16 @@ def vgg16():
     return lens
 
 
+def non_inplace_copy(model):
+    """A copy of the model with every ReLU out of place (captum's module hooks need it)."""
+    import copy
+    m = copy.deepcopy(model)
+    for mod in m.modules():
+        if isinstance(mod, nn.ReLU):
+            mod.inplace = False
+    return m
+
+
 def small_sequential(pool="max", seed=0):
     """conv-relu-maxpool(3x3/2, overlapping)-conv-relu-maxpool-flatten-fc-relu-fc, 1x16x16 input."""
     torch.manual_seed(seed)

@@ -17,9 +17,10 @@ import torch.nn.functional as F
 from torch import nn
 
 import zfwidgets as zf
+from zfwidgets.core import backward as crop
 from zfwidgets.core.project import deconvnet_steps
 
-from .conftest import small_sequential
+from .conftest import non_inplace_copy, small_sequential
 
 captum_attr = pytest.importorskip("captum.attr")
 
@@ -27,14 +28,6 @@ captum_attr = pytest.importorskip("captum.attr")
 def rel_err(a, b):
     a, b = a.detach().double(), b.detach().double()
     return float((a - b).abs().max() / b.abs().max().clamp(min=1e-30))
-
-
-def non_inplace_copy(model):
-    m = copy.deepcopy(model)
-    for mod in m.modules():
-        if isinstance(mod, nn.ReLU):
-            mod.inplace = False
-    return m
 
 
 def captum_reference(lens, x, layer_module_path, method, channel, position):
@@ -179,7 +172,7 @@ def test_cropped_backward_odd_geometry_and_borders(rule, monkeypatch):
         fwd = lens.forward(x)
         convs = [i for i in lens.table if i.kind == "conv"]
         for k, info in enumerate(convs):
-            assert project_mod._chain_plan(lens, fwd, info.path) is not None, "the cropped path was not taken"
+            assert crop.plan(lens, (3, 37, 30), info.path) is not None, "the cropped path was not taken"
             stop = next(i for i, m in enumerate(model) if m is info.module)
             H, W = fwd.activations[info.path].shape[2:]
             for pos in [(0, 0), (H - 1, W - 1), (0, W - 1), (H // 2, W // 3)]:
@@ -218,7 +211,7 @@ def test_module_subclass_with_own_forward_is_backpropagated_by_autograd(rule):
     model(x[None])
     lens = zf.Lens(model, input_size=(3, 14, 14))
     fwd = lens.forward(x)
-    assert project_mod._chain_plan(lens, fwd, lens.table[1].path) is None
+    assert crop.plan(lens, (3, 14, 14), lens.table[1].path) is None
     p = zf.project(lens, x, lens.table[1].name, 2, position=(1, 1), method=rule)
     ref = reference_with_module_hooks(model, x, lens.table[1].path, 2, (1, 1), rule)
     assert rel_err(p.pixels, ref) < 1e-5

@@ -88,3 +88,25 @@ def test_general_path_on_a_non_chain_model():
     g = mine(lens, data, ["conv1", "conv2", "fc"], k=3, rule="guided", progress=False)
     _check(lens, g, data, "guided")
     assert g.hits("fc", 0)[0].position is None and g.hits("fc", 0)[0].box.as_tuple() == (0, 0, 12, 12)
+
+
+@pytest.mark.parametrize("rule", ["deconvnet", "guided"])
+def test_branching_model_walks_the_graph_in_bulk(rule, monkeypatch):
+    """ResNet-18 (random weights, 40 x 40): the winners' projections come from the cropped backward on the graph,
+    batched (no per-hit zfwidgets.project), and equal the full backward through each image's recorded graph."""
+    import importlib
+    project_mod = importlib.import_module("zfwidgets.core.project")
+    torch.manual_seed(0)
+    lens = zf.Lens.from_torchvision("resnet18")
+    lens.input_size = (3, 40, 40)
+    gen = torch.Generator().manual_seed(3)
+    data = [torch.randn(3, 40, 40, generator=gen) for _ in range(9)]
+
+    def refuse(*a, **k):
+        raise AssertionError("a per-hit projection on a model the graph walk handles")
+    with monkeypatch.context() as m:
+        m.setattr(project_mod, "project", refuse)
+        g = mine(lens, data, ["layer1.0", "layer2.1", "layer3.0.conv1", "layer4.1"], k=3, rule=rule, batch_size=4,
+                 chunk=4, progress=False)
+    monkeypatch.setattr(project_mod, "CROP_MIN_SAVING", 2.0)   # the reference: autograd through the whole graph
+    _check(lens, g, data, rule, per_map=3, tol=2e-3)

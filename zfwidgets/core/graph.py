@@ -437,7 +437,8 @@ class Graph:
     def run(self, x: torch.Tensor, keep="shapes", module_fn=None, gm=None, stop: int | None = None):
         """Run the traced graph on ``x`` (eval mode, no gradients). ``keep="shapes"``: every node's output
         shape(s); ``keep="values"``: every node's output (in-place modules run on a copy of their input, so
-        every kept value stays as computed). ``module_fn(node, module, args, kwargs)`` may replace a module call;
+        every kept value stays as computed); a callable ``keep(node, value)`` sees every output, which is freed
+        once no later node reads it. ``module_fn(node, module, args, kwargs)`` may replace a module call;
         ``stop``: the index of the last node to run."""
         gm = self.gm if gm is None else gm
         nodes = self.nodes
@@ -448,7 +449,7 @@ class Graph:
             return fx.node.map_arg(a, lambda n: env[n])
 
         last = {}
-        if keep == "shapes":
+        if keep == "shapes" or callable(keep):
             for node in nodes:
                 for i in node.fx_node.all_input_nodes:
                     last[i] = node.index
@@ -473,10 +474,13 @@ class Graph:
                     else:  # get_attr
                         v = _fetch_attr(gm, n.target)
                 env[n] = v
-                out[node.index] = _tensor_shapes(v) if keep == "shapes" else v
+                if callable(keep):
+                    keep(node, v)
+                else:
+                    out[node.index] = _tensor_shapes(v) if keep == "shapes" else v
                 if stop is not None and node.index >= stop:
                     break
-                if keep == "shapes":   # free what no later node reads
+                if keep == "shapes" or callable(keep):   # free what no later node reads
                     for i in n.all_input_nodes:
                         if last.get(i) == node.index:
                             env.pop(i, None)

@@ -2,8 +2,10 @@
 
 :func:`project` is the one entry point. It uses the lens's recorded forward (so a second projection of
 the same image is a backward pass only, started at the chosen layer) and the ReLU rule of ``method``.
-On sequential conv nets (the bundled ones, AlexNet, VGG) that backward runs on the unit's receptive
-field only, layer by layer (:func:`_cropped_backward`); other models backpropagate through the graph.
+That backward runs on the unit's receptive field only, node by node along the model's graph
+(:func:`_cropped_backward`, :mod:`zfwidgets.core.backward`: convolutions, poolings, ReLUs, batch norm, adds
+and concatenations: ResNets, DenseNets, GoogLeNet, MobileNetV2, the chains); other models backpropagate
+through the whole recorded graph.
 :func:`deconvnet_steps` is the explicit paper form, on the model's graph (any network torch.fx traces):
 unpool with the recorded switches (accumulating where overlapping windows share a switch), rectify, filter
 with the transposed weights, keeping the reconstruction after every node on the way down.
@@ -26,8 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .graph import Trace, macs_per_position
-from .layers import sequential_modules, window_params
+from . import backward as crop
 from .rules import RULES
 
 __all__ = ["Projection", "project", "deconvnet_steps", "render", "select_activation"]
@@ -190,130 +191,51 @@ def project(lens, image, layer, channel=None, *, position="max", method: str = "
     return Projection(pixels, name, channel, pos, value, method)
 
 
-# ----- the cropped backward (sequential conv nets) -------------------------------------------------
-_PASS_THROUGH = (nn.Dropout, nn.Identity)
-
-
-def _chain_plan(lens, fwd, path):
-    """Modules from the input up to ``path`` with their input shapes and ReLU masks' sources, or None.
-
-    None when the model is not a plain chain, or when a module below ``path`` is one the cropped
-    backward does not handle (then :func:`project` backpropagates through the whole recorded graph).
-    """
-    chain = sequential_modules(lens.model, Trace.of_lens(lens))
-    if chain is None:
-        return None
-    idx = next((i for i, (p, _) in enumerate(chain) if p == path), None)
-    if idx is None:
-        return None
-    shape = tuple(fwd.input.shape)
-    plan = []
-    prev = None  # the recorded output of the module below, when there is one
-    for p, m in chain[: idx + 1]:
-        if any(isinstance(m, t) and type(m).forward is not t.forward for t in (nn.Conv2d, nn.MaxPool2d, nn.ReLU)):
-            return None  # a subclass with its own forward: only autograd knows its backward
-        if isinstance(m, nn.Conv2d):
-            if m.padding_mode != "zeros" or isinstance(m.padding, str) or p not in fwd.activations:
-                return None
-            plan.append((m, shape, None))
-            prev = fwd.activations[p]
-            shape = tuple(prev.shape)
-        elif isinstance(m, nn.MaxPool2d):
-            if p not in fwd.switches:
-                return None
-            plan.append((m, shape, fwd.switches[p]))
-            shape, prev = tuple(fwd.switches[p].shape), None
-        elif isinstance(m, nn.ReLU):
-            if prev is None:  # its input (a pooled map, say) was not recorded
-                return None
-            plan.append((m, shape, prev))
-        elif isinstance(m, _PASS_THROUGH):
-            plan.append((m, shape, None))
-        else:
-            return None
-        if len(shape) != 4:
-            return None
-    return plan
-
-
-def _span(lo, hi, size, stride, padding, dilation, kernel):
-    """Input rows [a, a + n) reached by output rows [lo, hi) of a window op, and the clip to [0, size)."""
-    a = lo * stride - padding
-    n = (hi - lo - 1) * stride + dilation * (kernel - 1) + 1
-    start, stop = max(a, 0), min(a + n, size)
-    return a, start, stop
+# ----- the cropped backward (on the model's graph: zfwidgets.core.backward) ------------------------------
+# the cropped backward is used when it skips at least this fraction of the conv layers' work
+CROP_MIN_SAVING = 0.0
 
 
 def _cropped_backward(lens, fwd, path, seed, method):
-    """The projection of ``seed`` computed on its support only, layer by layer; None if not applicable.
+    """The projection of ``seed`` computed on its support only, node by node along the graph; None if not
+    applicable (a node below the layer the walk does not know, a forward without the values it reads, or a
+    support so large that the native backward is quicker).
 
-    A unit's signal reaches only its receptive field: at every layer on the way down the nonzero signal
-    lies in a box that grows by each layer's kernel (AlexNet conv5: 3x3 of 13x13 at conv5's input, 163x163
-    of 224x224 pixels). Each step works on that box: a transposed convolution of the box, the switches'
-    scatter-add inside the box's window span, the ReLU rule with the recorded pre-activation cropped to
-    it. Same sums as the full backward (equal to rounding); the whole-graph backward remains for
-    everything else (non-sequential models, layers below that are not conv/ReLU/max-pool/dropout).
+    A unit's signal reaches only its receptive field: at every node on the way down the nonzero signal lies
+    in a window that grows at each convolution and pooling (AlexNet conv5: 3x3 of 13x13 at conv5's input,
+    163x163 of 224x224 pixels), goes down both branches of an add, is split at a concatenation and united where
+    branches meet (:mod:`zfwidgets.core.backward`). Same sums as the full backward (equal to rounding), and no
+    parameter gradient computed.
     """
     if seed.dim() != 4:
         return None
-    plan = _chain_plan(lens, fwd, path)
-    if plan is None:
+    p = crop.plan(lens, tuple(fwd.input.shape[1:]), path)
+    if p is None or tuple(seed.shape) != tuple(p.shapes[p.target]):
         return None
     nz = seed[0].abs().sum(0).nonzero()
     if nz.numel() == 0:
         return torch.zeros_like(fwd.input[0])
     y0, x0 = (int(v) for v in nz.min(0).values)
     y1, x1 = (int(v) + 1 for v in nz.max(0).values)
-    if _conv_work_fraction(plan, (y0, y1, x0, x1)) > 1 - CROP_MIN_SAVING:
-        return None  # the support is (nearly) everything: the native backward is quicker
     g = seed[:, :, y0:y1, x0:x1]
-    rule = RULES[method]
+    work = p.__dict__.setdefault("_work", {})      # the windows' work depends on the support's box only
+    counts = work.get((y0, y1, x0, x1))
+    if counts is None:
+        counts = [0.0, 0.0]
+        crop.walk(p, {}, g, [y0], [x0], method, dry=True, counts=counts)
+        work[(y0, y1, x0, x1)] = counts
+    if counts[1] and counts[0] > (1 - CROP_MIN_SAVING) * counts[1]:
+        return None  # the support is (nearly) everything: the native backward is quicker
+    values = crop.values_of_forward(p, fwd, method)
+    if values is None:
+        return None
     with torch.no_grad():
-        for m, in_shape, extra in reversed(plan):
-            H, W = in_shape[2:]
-            if isinstance(m, nn.ReLU):
-                positive = None if method == "deconvnet" else (extra[:, :, y0:y1, x0:x1] > 0).to(g.dtype)
-                g = rule.backward(g, positive)
-            elif isinstance(m, (nn.Conv2d, nn.MaxPool2d)):
-                k, s, p, d, _ = window_params(m)
-                ay, ys, ye = _span(y0, y1, H, s[0], p[0], d[0], k[0])
-                ax, xs, xe = _span(x0, x1, W, s[1], p[1], d[1], k[1])
-            if isinstance(m, nn.Conv2d):
-                g = F.conv_transpose2d(g, m.weight, None, s, 0, 0, m.groups, d)
-                g = g[:, :, ys - ay: ye - ay, xs - ax: xe - ax]
-                y0, y1, x0, x1 = ys, ye, xs, xe
-            elif isinstance(m, nn.MaxPool2d):
-                idx = extra[:, :, y0:y1, x0:x1]
-                local = (idx // W - ys) * (xe - xs) + (idx % W - xs)
-                out = g.new_zeros(g.shape[0], g.shape[1], (ye - ys) * (xe - xs))
-                out.scatter_add_(2, local.flatten(2), g.flatten(2))
-                g = out.view(g.shape[0], g.shape[1], ye - ys, xe - xs)
-                y0, y1, x0, x1 = ys, ye, xs, xe
-            # dropout (eval) and identity pass the signal on unchanged
+        sig = crop.walk(p, values, g, [y0], [x0], method)
     pixels = torch.zeros_like(fwd.input[0])
-    pixels[:, y0:y1, x0:x1] = g[0]
+    if sig.g is not None:
+        y, x = sig.oy[0], sig.ox[0]
+        pixels[:, y:y + sig.h, x:x + sig.w] = sig.g[0]
     return pixels
-
-
-# the cropped backward is used when it skips at least this fraction of the conv layers' work
-CROP_MIN_SAVING = 0.2
-
-
-def _conv_work_fraction(plan, box) -> float:
-    """The fraction of the full backward's conv work (weights x output positions) the box's walk does."""
-    y0, y1, x0, x1 = box
-    done = full = 0.0
-    for m, in_shape, extra in reversed(plan):
-        H, W = in_shape[2:]
-        if isinstance(m, (nn.Conv2d, nn.MaxPool2d)):
-            k, s, p, d, _ = window_params(m)
-            oy, ox = y1 - y0, x1 - x0
-            _, y0, y1 = _span(y0, y1, H, s[0], p[0], d[0], k[0])
-            _, x0, x1 = _span(x0, x1, W, s[1], p[1], d[1], k[1])
-            if isinstance(m, nn.Conv2d):  # a transposed conv's work: its multiply-adds per position x positions
-                done += macs_per_position(m) * oy * ox
-                full += macs_per_position(m) * H * W / (s[0] * s[1])
-    return done / full if full else 1.0
 
 
 # ----- the paper form --------------------------------------------------------------------------

@@ -75,6 +75,9 @@ class RuleState:
         self.rule = rule
         self.calls = 0          # rectifications recorded (tests count them)
         self.others: set[str] = set()  # non-ReLU activation functions seen during the forward
+        # every rectification's and hardtanh's (ReLU6's) output in order, with its version: ``(kind, tensor,
+        # version)``; the cropped backward reads its masks from them (the graph's rectifiers, matched in order)
+        self.trail: list = []
 
     @property
     def rule(self) -> str:
@@ -129,7 +132,15 @@ class RectifierSwap(TorchFunctionMode):
             x = args[0] if args else kwargs["input"]
             if isinstance(x, torch.Tensor) and (x.requires_grad or x.grad_fn is not None):
                 self.state.calls += 1
-                return RuleReLU.apply(x, self.state)
+                out = RuleReLU.apply(x, self.state)
+                self.state.trail.append(("relu", out, out._version))
+                return out
         elif func in OTHER_ACTIVATIONS:
-            self.state.others.add(OTHER_ACTIVATIONS[func])
+            name = OTHER_ACTIVATIONS[func]
+            self.state.others.add(name)
+            if name in ("hardtanh", "relu6"):
+                out = func(*args, **kwargs)
+                if isinstance(out, torch.Tensor):
+                    self.state.trail.append(("hardtanh", out, out._version))
+                return out
         return func(*args, **kwargs)

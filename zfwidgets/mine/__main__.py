@@ -56,7 +56,8 @@ def main(argv=None) -> int:
     if args.html:
         g.to_html(args.html)
     n = len(g.skipped)
-    print(f"zfwidgets-mine: {g.count} images, {len(g.layers)} layers, top-{g.k} {g.rule} -> {args.out}"
+    print(f"zfwidgets-mine: {g.count} images, {len(g.layers)} layers, top-{g.k} {g.rule} -> {args.out} in "
+          f"{g.job_seconds:.2f} s (pass {g.pass_seconds:.2f} s; start-up not counted)"
           + (f"; {n} images could not be decoded and were skipped:" if n else ""), file=sys.stderr)
     for e in g.skipped[:20]:
         print(f"  skipped {e['id']}: {e['error']}", file=sys.stderr)

@@ -73,12 +73,12 @@ class ImageFiles(_Source):
         root = Path(root)
         if not root.is_dir():
             raise ValueError(f"{root} is not a folder of images")
-        files = sorted((p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS),
-                       key=lambda p: p.relative_to(root).as_posix())
-        if not files:
+        found = sorted((p.relative_to(root).as_posix(), p) for p in root.rglob("*")
+                       if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        if not found:
             raise ValueError(f"no images found in {root} (looked recursively for {', '.join(IMAGE_EXTENSIONS)})")
-        self.root, self.files, self.spec = root, files, str(root)
-        self.rel = [p.relative_to(root).as_posix() for p in files]
+        self.root, self.files, self.spec = root, [p for _, p in found], str(root)
+        self.rel = [r for r, _ in found]
         self.lens = lens
         self.shape = tuple(shape) if shape is not None else None
 

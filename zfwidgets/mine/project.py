@@ -3,7 +3,9 @@
 The winners' images are numbered in order and cut into fixed chunks; chunk ``q`` goes to rank
 ``q % world`` (so the work, and every number in it, is the same for any number of ranks). A chunk's images
 are decoded once and recorded in one forward; the seeds of each layer walk down their receptive fields
-together (:func:`zfwidgets.mine.walk.walk`). Layers the walk does not handle use :func:`zfwidgets.project`.
+together (:func:`zfwidgets.mine.walk.walk` on chains; on branching models the cropped backward on the
+model's graph, :func:`zfwidgets.core.backward.walk`, batched). Layers neither handles use
+:func:`zfwidgets.project`.
 
 Example (internal: needs the miner's layer specs, top-k states and map widths from its mining pass; not run,
 :func:`zfwidgets.mine` calls it and its gallery holds the result):
@@ -54,6 +56,57 @@ class _Fields:
         return self.cache[pos]
 
 
+def _graph_plan(lens, input_size, path, plans):
+    """The cropped backward's plan on the model's graph for layer ``path`` (cached in ``plans``), or None."""
+    if path not in plans:
+        from ..core.backward import plan
+        plans[path] = plan(lens, tuple(input_size), path)
+    return plans[path]
+
+
+# bytes the signals of one graph walk may take (seeds x the largest map): the seeds go down in groups that fit
+WALK_BYTES = 1 << 28
+
+
+def _walk_graph(lens, xs, hits, plans, rule, row_of, displays, fields, out, bar):
+    """The winners of a chunk on a branching model: one recorded forward of the chunk (the switches and masks the
+    walks read), then each layer's seeds walked down the graph together (:func:`zfwidgets.core.backward.walk`),
+    each projection cut to its receptive field."""
+    from ..core.backward import record, walk
+    layers = {}
+    for h in hits:
+        layers.setdefault(h[1], []).append(h)
+    with torch.inference_mode():
+        rec = record([plans[v[0][2]] for v in layers.values()], xs, rule)
+        for name, seeds in layers.items():
+            p = plans[seeds[0][2]]
+            biggest = max(s[1] * s[2] * s[3] for s in p.shapes.values())
+            per = max(1, min(SEEDS_PER_WALK, WALK_BYTES // (4 * biggest * 3)))
+            C = p.shapes[p.target][1]
+            if name not in fields:
+                fields[name] = _Fields(lens, name)
+            for a in range(0, len(seeds), per):
+                part = seeds[a:a + per]
+                g = xs.new_zeros(len(part), C, 1, 1)
+                g[torch.arange(len(part), device=g.device), torch.tensor([s[3] for s in part], device=g.device)] = 1.0
+                sig = walk(p, rec, g, [s[5][0] for s in part], [s[5][1] for s in part], rule,
+                           rows=[row_of[s[0]] for s in part])
+                for n, s in enumerate(part):
+                    box = fields[name].box(s[5])   # the pixels the unit reads (inside the window)
+                    y0, x0, y1, x1 = box.y0, box.x0, box.y1, box.x1
+                    proj = xs.new_zeros(xs.shape[1], y1 - y0, x1 - x0)
+                    if sig.g is not None:      # the walk's window over the box (it holds the whole field)
+                        wy, wx = sig.oy[n], sig.ox[n]
+                        a0, b0 = max(y0, wy), max(x0, wx)
+                        a1, b1 = min(y1, wy + sig.h), min(x1, wx + sig.w)
+                        if a1 > a0 and b1 > b0:
+                            proj[:, a0 - y0:a1 - y0, b0 - x0:b1 - x0] = sig.g[n, :, a0 - wy:a1 - wy, b0 - wx:b1 - wx]
+                    patch = displays[row_of[s[0]]][y0:y1, x0:x1].copy()
+                    out[(name, s[3], s[4])] = ((y0, x0, y1, x1, *box.unclipped), proj.cpu(), patch)
+                if bar is not None:
+                    bar.update(len(part))
+
+
 def project_winners(lens, source, specs, states, widths, rule, chunk, rank, world, progress) -> dict:
     """``{(layer, channel, rank in the map): (box (y0, x0, y1, x1, uy0, ux0, uy1, ux1), projection over the
     clipped box C x h x w, patch h x w x 3 uint8)}`` for this rank's chunks."""
@@ -77,7 +130,7 @@ def project_winners(lens, source, specs, states, widths, rule, chunk, rank, worl
         from tqdm.auto import tqdm
         bar = tqdm(total=sum(len(by_image[i]) for q in mine for i in chunks[q]), desc="projections", unit="hit",
                    dynamic_ncols=True, leave=True)
-    out, fields, probe = {}, {}, None
+    out, fields, probe, plans = {}, {}, None, {}
     dev = lens.device
     try:
         for q in mine:
@@ -114,6 +167,10 @@ def project_winners(lens, source, specs, states, widths, rule, chunk, rank, worl
                         if bar is not None:
                             bar.update(len(part))
             rest = [h for h in chunk_hits if h[2] not in walked]
+            graph_hits = [h for h in rest if h[5] is not None and _graph_plan(lens, xs.shape[1:], h[2], plans)]
+            if graph_hits:
+                _walk_graph(lens, xs, graph_hits, plans, rule, row_of, displays, fields, out, bar)
+                rest = [h for h in rest if h not in graph_hits]
             if rest:
                 from ..core.project import project
                 for i, name, path, c, j, pos in rest:

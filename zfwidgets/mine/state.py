@@ -55,6 +55,11 @@ class TopK:
                 got = (tuple(t.shape), t.dtype) if isinstance(t, torch.Tensor) else type(t).__name__
                 raise ValueError(f"top-k state {name}: expected {dtype} of shape {(self.channels, self.k)}, got {got}")
 
+    def threshold(self) -> torch.Tensor:
+        """Per map the value a new entry must exceed to enter (its k-th value; ``-inf`` while not full)."""
+        return torch.where(self.indices[:, -1] >= 0, self.values[:, -1], torch.full_like(self.values[:, -1],
+                                                                                           float("-inf")))
+
     def update(self, values: torch.Tensor, positions: torch.Tensor, indices: torch.Tensor) -> None:
         """Add one batch: ``values`` / ``positions`` ``B x C`` (each image's maximum per map and where), ``indices`` ``B``."""
         if values.numel() == 0:

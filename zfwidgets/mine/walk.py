@@ -9,8 +9,9 @@ each window, the ReLU rule with the recorded masks gathered in each window, and 
 input (padding) zeroed at every step. The result of each seed is its projection over its receptive field,
 the box the window ends as, clipped to the input.
 
-Other models take the general path: :func:`zfwidgets.project` per hit (hits of one image share the lens's
-cached forward) and :func:`zfwidgets.receptive_field` for the box.
+Branching models (ResNets, DenseNets, GoogLeNet, MobileNetV2) take the cropped backward on the model's graph,
+batched the same way (:mod:`zfwidgets.core.backward`); the rest :func:`zfwidgets.project` per hit (hits of one
+image share the lens's cached forward). :func:`zfwidgets.receptive_field` gives the boxes.
 
 Example:
     >>> plan = chain_plan(lens, ["conv5"])
@@ -25,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..core.backward import window_of
 from ..core.capture import ModelGuard
 from ..core.layers import sequential_modules, window_params
 from ..core.rules import RULES
@@ -100,16 +102,9 @@ def record(plan, x: torch.Tensor, method: str, upto: int | None = None, shapes_o
 
 
 def _window(t: torch.Tensor, rows, y0, x0, h: int, w: int):
-    """``t[rows[j], :, y0[j]:y0[j]+h, x0[j]:x0[j]+w]`` for every seed j (indices clamped to the map; the caller
-    zeroes what lies outside), and the in-bounds mask ``n x 1 x h x w``."""
-    H, W = t.shape[2:]
-    iy = y0[:, None] + torch.arange(h, device=t.device)[None]
-    ix = x0[:, None] + torch.arange(w, device=t.device)[None]
-    vy, vx = (iy >= 0) & (iy < H), (ix >= 0) & (ix < W)
-    c = torch.arange(t.shape[1], device=t.device)
-    out = t[rows[:, None, None, None], c[None, :, None, None], iy.clamp(0, H - 1)[:, None, :, None],
-            ix.clamp(0, W - 1)[:, None, None, :]]
-    return out, (vy[:, None, :, None] & vx[:, None, None, :])
+    """``t[rows[j], :, y0[j]:y0[j]+h, x0[j]:x0[j]+w]`` for every seed j and the in-bounds mask (see
+    :func:`zfwidgets.core.backward.window_of`)."""
+    return window_of(t, rows, y0, x0, h, w)
 
 
 def walk(plan, rec: dict, path: str, rows, channels, ys, xs, method: str):
