@@ -217,6 +217,13 @@ def test_layer_aliasing_projects_each_maps_strongest_activation():
     assert a.other is not None and a.other.model == "allconv-fashion"
     assert a.other.score.shape == a.other.image_index.shape == (len(a.other.projections),)
     assert a.white == 8 * 19 ** 2 / 114 ** 2 and "alias" in a.summary()   # 28 px -> 114 bins, squares of 19
+    few = layer_aliasing(lens, samples, "conv2", period=3, channels=3, progress=False)       # the first 3 maps
+    np.testing.assert_allclose(few.score, a.score[:3])
+    picked = layer_aliasing(lens, samples, "conv2", period=3, channels=[5, 1], progress=False)
+    np.testing.assert_allclose(picked.score, a.score[[5, 1]])
+    np.testing.assert_array_equal(picked.image_index, a.image_index[[5, 1]])
+    with pytest.raises(ValueError, match="channels"):
+        layer_aliasing(lens, samples, "conv2", period=3, channels=[64], progress=False)
     with pytest.raises(ValueError, match="period"):
         layer_aliasing(lens, samples, "conv2", period=1)
     with pytest.raises(ValueError, match="spatial"):

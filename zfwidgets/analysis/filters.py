@@ -220,7 +220,7 @@ class Aliasing:
         return self.summary()
 
 
-def _aliasing_one(lens, images, layer, period, batch_size, show_progress) -> Aliasing:
+def _aliasing_one(lens, images, layer, period, channels, batch_size, show_progress) -> Aliasing:
     from ..core.project import project
     name, path, _ = lens.resolve(layer)
     data = gather(lens, images)
@@ -241,8 +241,17 @@ def _aliasing_one(lens, images, layer, period, batch_size, show_progress) -> Ali
             best_img = torch.where(better, idx + start, best_img)
         start += a.shape[0]
     xs = data.tensor()
+    if channels is None:
+        channels = range(len(best_img))
+    elif isinstance(channels, (int, np.integer)) and not isinstance(channels, bool):
+        channels = range(min(int(channels), len(best_img)))      # the first n maps (all, if fewer)
+    channels = [int(c) for c in channels]
+    if not channels or any(not 0 <= c < len(best_img) for c in channels):
+        raise ValueError(f"channels must be a non-empty list of maps of {name!r} (0..{len(best_img) - 1}), "
+                         f"got {channels!r}")
+    best_img = best_img[channels]
     projections = np.stack([project(lens, xs[int(i)], name, c, method="deconvnet").pixels.cpu().float().numpy()
-                            for c, i in enumerate(best_img.tolist())])
+                            for c, i in zip(channels, best_img.tolist())])
     score = alias_energy(projections, period)
     relative = alias_energy(projections, period, relative=True)
     side = max(projections.shape[2:])
@@ -251,13 +260,15 @@ def _aliasing_one(lens, images, layer, period, batch_size, show_progress) -> Ali
     return Aliasing(lens.name, name, int(period), score, projections, best_img.numpy(), white, relative)
 
 
-def layer_aliasing(lens, images, layer="conv2", period: int = 3, *, other=None,
+def layer_aliasing(lens, images, layer="conv2", period: int = 3, *, other=None, channels=None,
                    batch_size: int = DEFAULT_BATCH_SIZE, progress=True, show_progress=None) -> Aliasing:
     """Aliasing in a layer's projections (ZF Fig. 6 (c-e)): the energy near a stride's alias frequencies.
 
     The strongest activation of each map of ``layer`` over ``images`` is projected back to the input with
     the deconvnet; :func:`alias_energy` scores each projection at the alias frequencies of ``period`` (a
     first layer's stride). ``other`` (a second lens) is measured on the same images, layer and period.
+    ``channels``: the maps scored: a list, or an int n for the first n (all of them if the layer has fewer);
+    default every map (each costs a projection: 192 of them on AlexNet's conv2).
 
     Example:
         >>> a = layer_aliasing(zfwidgets.load("zfnet-fashion"), zfwidgets.samples(), "conv2", period=3,
@@ -271,9 +282,9 @@ def layer_aliasing(lens, images, layer="conv2", period: int = 3, *, other=None,
         check_lens(other)
     if isinstance(period, bool) or not isinstance(period, (int, np.integer)) or period < 2:
         raise ValueError(f"period must be an int >= 2 (a stride), got {period!r}")
-    result = _aliasing_one(lens, images, layer, period, batch_size, show_progress)
+    result = _aliasing_one(lens, images, layer, period, channels, batch_size, show_progress)
     if other is not None:
-        result.other = _aliasing_one(other, images, layer, period, batch_size, show_progress)
+        result.other = _aliasing_one(other, images, layer, period, channels, batch_size, show_progress)
     return result
 
 

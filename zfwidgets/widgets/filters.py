@@ -36,9 +36,9 @@ def _top(lens, images, layer, channels, k):
     return top_activations(lens, images, layer, channels=channels, k=k, progress=False)
 
 
-def layer_aliasing(lens, images, layer, period, progress=False):
+def layer_aliasing(lens, images, layer, period, channels=None, progress=False):
     from ..analysis.filters import layer_aliasing as aliasing
-    return aliasing(lens, images, layer, period, progress=progress)
+    return aliasing(lens, images, layer, period, channels=channels, progress=progress)
 
 
 def _width(lens, name: str) -> int:
@@ -69,7 +69,7 @@ class FilterPanel(Panel):
         channels: how many second-layer maps each model shows (their strongest image's projection).
         k: images per clicked filter (ZF: 9).
         alias_period: the stride whose alias frequencies the second layer's projections are scored at
-            (:func:`zfwidgets.analysis.filters.layer_aliasing`, every map, both models); default the larger
+            (:func:`zfwidgets.analysis.filters.layer_aliasing`, the first 64 maps, both models); default the larger
             first-layer stride of the two models, no score when that is 1.
 
     Everything shown is one :func:`zfwidgets.filter_health` result (both models), drawn with
@@ -160,7 +160,8 @@ class FilterPanel(Panel):
                 view.value = figure_png(top.plot(cols=4), dpi=60)
                 score = ""
                 if alias_period > 1:
-                    a = layer_aliasing(lens, images, name, int(alias_period), progress=False)
+                    # every map of a small layer, the first 64 of a wide one (a projection per map)
+                    a = layer_aliasing(lens, images, name, int(alias_period), channels=64, progress=False)
                     self.aliasing.append((a.mean, float(np.nanmedian(a.relative))))
                     score = (f"<br>energy near the stride-{a.period} alias frequencies {a.mean:.3f} (white "
                              f"{a.white:.3f}); {self.aliasing[-1][1]:.2f}x the same radii elsewhere (1: no grid)")
