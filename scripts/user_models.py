@@ -23,11 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # "XPASS" and fails the step (strict), so that this list shrinks when the cause is fixed.
 EXPECTED_FAILURES = {}
 # (notebook, model): why it is not run: work the notebook's parameters cannot make small enough for CI.
-NOT_RUN = {
-    ("02_top9", "resnet18"): "the miner's bulk projections fall back to one zf.project per winner on a branching model "
-                             "(every block's top-9: about 6 minutes for 6 images at 224x224 on 2 cores); the cropped "
-                             "backward on graphs (issue 15) is the fix",
-}
+NOT_RUN = {}
 
 
 def write_weights(torch_home: Path, arch: str, seed: int = 0) -> Path:
@@ -99,6 +95,7 @@ def overrides(arch: str, images: list, work: Path) -> dict:
         "N_TRAIN, N_TEST": "4, 2", "N_PER_CLASS": "(1,)",
         "BASELINE": repr("alexnet"),
         "OCCLUDER_STRIDE": "32", "REPEATS": "1", "SCRATCH_STEPS": "2",
+        "MINE_LAST": "1",   # the miner on the last conv layer only (a ResNet's every block: ~12,000 projections)
         # 30 + 30 of the digits (every class in both parts) instead of 899 + 898 through a 224x224 model
         "NEW_DATA": ("(lambda d: (d[0][:30], d[1][:30], d[2][:30], d[3][:30]))("
                      "__import__('zfwidgets.zoo.data', fromlist=['x']).load_digits28(seed=0))"),
