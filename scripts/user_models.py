@@ -95,7 +95,7 @@ def overrides(arch: str, images: list, work: Path) -> dict:
         "N_TRAIN, N_TEST": "4, 2", "N_PER_CLASS": "(1,)",
         "BASELINE": repr("alexnet"),
         "OCCLUDER_STRIDE": "32", "REPEATS": "1", "SCRATCH_STEPS": "2",
-        "MINE_LAST": "1",   # the miner on the last conv layer only (a ResNet's every block: ~12,000 projections)
+        "MINE_LAYERS": repr(["conv1"]),   # the miner on the first conv layer only (a ResNet's every block: ~12,000 projections)
         # 30 + 30 of the digits (every class in both parts) instead of 899 + 898 through a 224x224 model
         "NEW_DATA": ("(lambda d: (d[0][:30], d[1][:30], d[2][:30], d[3][:30]))("
                      "__import__('zfwidgets.zoo.data', fromlist=['x']).load_digits28(seed=0))"),
