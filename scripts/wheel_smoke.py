@@ -27,9 +27,11 @@ assert not (dist.read_text("direct_url.json") or "").count('"editable": true'), 
 
 torch.set_num_threads(1)
 lenses = {name: zf.load(name) for name in zf.available()}
-assert set(lenses) == {"zfnet-fashion", "allconv-fashion"}, sorted(lenses)
+assert set(lenses) == {"zfnet-fashion", "allconv-fashion", "zfnet-fashion-coarse", "zfnet-fashion-half"}, sorted(lenses)
 epochs = zf.snapshot_epochs("zfnet-fashion")
 snap = zf.load("zfnet-fashion", epoch=epochs[0])
+assert zf.snapshot_epochs("zfnet-fashion-half") == [1, 2, 3, 4, 6, 8, 12, 17]
+assert zf.load("zfnet-fashion-half", epoch=3).epoch == 3 and len(lenses["zfnet-fashion-half"].class_names) == 5
 samples = zf.samples()
 assert len(samples) == 40, len(samples)
 lens = lenses["zfnet-fashion"]
