@@ -138,6 +138,11 @@ def _radial_expectation(power: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return out
 
 
+def _alias_fft_size(side: int, period: int) -> int:
+    """At least 4 times the image's side, a multiple of ``period`` (so the alias frequencies fall on bins)."""
+    return period * int(np.ceil(4 * side / period))
+
+
 def alias_energy(images, period: int, *, relative: bool = False) -> np.ndarray:
     """Share of each image's energy near the alias frequencies of a stride ``period`` (see the module docstring).
 
@@ -167,8 +172,7 @@ def alias_energy(images, period: int, *, relative: bool = False) -> np.ndarray:
     # a Hann window: without it the image's edges (a step to the zero padding) put a cross of sidelobes along
     # both frequency axes, through the alias points (a/s, 0) and (0, b/s)
     x = x * np.outer(np.hanning(x.shape[1] + 2)[1:-1], np.hanning(x.shape[2] + 2)[1:-1])
-    side = max(x.shape[1:])
-    n = period * int(np.ceil(4 * side / period))
+    n = _alias_fft_size(max(x.shape[1:]), period)
     power = np.abs(np.fft.fft2(x, s=(n, n))) ** 2
     total = power.sum(axis=(1, 2))
     mask = _alias_mask(n, int(period))
@@ -254,9 +258,7 @@ def _aliasing_one(lens, images, layer, period, channels, batch_size, show_progre
                             for c, i in zip(channels, best_img.tolist())])
     score = alias_energy(projections, period)
     relative = alias_energy(projections, period, relative=True)
-    side = max(projections.shape[2:])
-    n = period * int(np.ceil(4 * side / period))
-    white = float(_alias_mask(n, period).mean())
+    white = float(_alias_mask(_alias_fft_size(max(projections.shape[2:]), period), period).mean())
     return Aliasing(lens.name, name, int(period), score, projections, best_img.numpy(), white, relative)
 
 

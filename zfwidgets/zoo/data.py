@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["load_fashion_mnist", "load_digits28", "load_fashion_transfer", "FASHION_CLASSES", "FASHION_MEAN", "FASHION_STD",
+__all__ = ["load_fashion_mnist", "load_digits28", "load_fashion_transfer", "keep_classes", "FASHION_CLASSES", "FASHION_MEAN", "FASHION_STD",
            "find_fashion_mnist"]
 
 FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -110,6 +110,20 @@ def load_digits28(seed: int = 0, test_fraction: float = 0.5):
     return x[train_idx], y[train_idx], x[test_idx], y[test_idx]
 
 
+def keep_classes(x: np.ndarray, y: np.ndarray, classes) -> list:
+    """``[x, y]`` of the images of ``classes`` only, labels renumbered 0..len(classes)-1 in that order.
+
+    Example:
+        >>> keep_classes(np.arange(4), np.array([3, 1, 3, 0]), [3, 0])
+        [array([0, 2, 3]), array([0, 0, 1])]
+    """
+    classes = np.asarray(classes, dtype=np.int64)
+    keep = np.isin(y, classes)
+    remap = np.full(max(int(y.max()), int(classes.max())) + 1, -1, np.int64)
+    remap[classes] = np.arange(len(classes))
+    return [x[keep], remap[y[keep]]]
+
+
 def load_fashion_transfer(classes=None, root=None, train: int | None = None, test: int | None = None):
     """The Fashion-MNIST classes ``zfnet-fashion-half`` was *not* trained on: the target of the within-domain
     transfer (ZF Sec. 5.2 at small scale).
@@ -131,11 +145,7 @@ def load_fashion_transfer(classes=None, root=None, train: int | None = None, tes
         raise ValueError(f"classes must be distinct Fashion-MNIST classes 0..9, got {classes!r}")
     out = []
     for split in ("train", "test"):
-        x, y = load_fashion_mnist(split, root)
-        keep = np.isin(y, classes)
-        remap = np.full(10, -1, np.int64)
-        remap[classes] = np.arange(len(classes))
-        out += [x[keep], remap[y[keep]]]
+        out += keep_classes(*load_fashion_mnist(split, root), classes)
     if train is not None:
         out[0], out[1] = out[0][:train], out[1][:train]
     if test is not None:

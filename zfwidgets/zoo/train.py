@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data import FASHION_CLASSES, FASHION_MEAN, FASHION_STD, load_fashion_mnist
+from .data import FASHION_CLASSES, FASHION_MEAN, FASHION_STD, keep_classes, load_fashion_mnist
 from .models import ARCHITECTURES, HALF_CLASSES, SPECS, VARIANTS, build
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -127,15 +127,6 @@ def _classes_of(arch: str):
     return HALF_CLASSES if SPECS[arch]["classes"] == 5 else None
 
 
-def _keep_classes(x: torch.Tensor, y: torch.Tensor, classes) -> tuple:
-    """The images of ``classes`` only, their labels renumbered 0..len(classes)-1 in that order."""
-    classes = torch.as_tensor(classes)
-    keep = torch.isin(y, classes)
-    remap = torch.full((10,), -1, dtype=torch.long)
-    remap[classes] = torch.arange(len(classes))
-    return x[keep], remap[y[keep]]
-
-
 def train(arch: str, *, epochs: int, seed: int, variant: str = "base", batch_size: int = 128,
           lr: float = 2e-3, snapshots=SNAPSHOT_EPOCHS, out: Path | None = None, root=None,
           subset: int | None = None, train_eval: int | None = None, resume: bool = False,
@@ -145,11 +136,11 @@ def train(arch: str, *, epochs: int, seed: int, variant: str = "base", batch_siz
     torch.manual_seed(seed)
     np.random.seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    xtr, ytr = (torch.from_numpy(a.copy()) for a in load_fashion_mnist("train", root))
-    xte, yte = (torch.from_numpy(a.copy()) for a in load_fashion_mnist("test", root))
     classes = _classes_of(arch)
+    splits = [load_fashion_mnist(split, root) for split in ("train", "test")]
     if classes is not None:
-        (xtr, ytr), (xte, yte) = _keep_classes(xtr, ytr, classes), _keep_classes(xte, yte, classes)
+        splits = [keep_classes(x, y, classes) for x, y in splits]
+    (xtr, ytr), (xte, yte) = ((torch.from_numpy(x.copy()), torch.from_numpy(y.copy())) for x, y in splits)
     if subset is not None:  # a fixed random subset of the training set (ablations: cheaper, same for all)
         keep = torch.randperm(len(xtr), generator=torch.Generator().manual_seed(seed))[:subset]
         xtr, ytr = xtr[keep], ytr[keep]
