@@ -41,6 +41,30 @@ def test_curves_and_plateau_from_a_written_table(tmp_path):
         old.plot_curves()
 
 
+def test_plateau_check_change_from_a_written_table(tmp_path):
+    """A table trained with the plateau check: the change across it is test error after minus after the recipe,
+    read from the rows (not from the curves), and the table prints both."""
+    rows = [{"variant": "base", "description": "the full model", "parameters": 10, "train_error": 0.05,
+             "test_error": 0.10, "recipe_test_error": 0.11, "history": _curve([0.3, 0.2, 0.11, 0.12, 0.10])},
+            {"variant": "no-fc6-fc7", "description": "fc removed", "parameters": 5, "train_error": 0.15,
+             "test_error": 0.2, "recipe_test_error": 0.195, "history": _curve([0.4, 0.3, 0.195, 0.25, 0.2])}]
+    p = tmp_path / "t.json"
+    p.write_text(json.dumps({"name": "m", "epochs": 5, "recipe_epochs": 3, "check_epochs": 2, "seed": 0,
+                             "train_images": 600, "rows": rows}))
+    t = ablation_table(path=p)
+    np.testing.assert_allclose(t.check_change(), [-0.01, 0.005])
+    text = t.table()
+    assert "after 3 ep  change" in text and "-1.00%" in text and "+0.50%" in text and "plateau check" in text
+    assert "range" not in text
+    fig = t.plot_curves()
+    assert len(fig.axes[0].lines) == 3                                # two curves and the check's marker
+    # without the check the change is None
+    for r in rows:
+        del r["recipe_test_error"]
+    p.write_text(json.dumps({"name": "m", "epochs": 5, "seed": 0, "rows": rows}))
+    assert ablation_table(path=p).check_change() is None
+
+
 def test_shipped_table_is_trained_to_its_plateau():
     """Issue 19: every Table 3 variant trained with the bundled recipe (17 epochs) on the full training set; the
     base row is the shipped model's own card; each test error moved by under a point over the last 3 epochs."""

@@ -117,7 +117,9 @@ class AblationTable:
     """ZF Table 3 at small scale: train and test error of retrained architecture variants.
 
     ``history`` has, per variant, its per-epoch curve (dicts with ``epoch``, ``train_accuracy``,
-    ``test_accuracy``); empty lists for a table written without curves.
+    ``test_accuracy``); empty lists for a table written without curves. A table trained with the plateau
+    check (``check_epochs`` > 0: the recipe's last stage once more, after ``recipe_epochs``) also has
+    ``recipe_test_error``, each variant's test error when the recipe ended; ``test_error`` is after the check.
     """
     name: str
     epochs: int
@@ -130,21 +132,35 @@ class AblationTable:
     command: str = ""
     history: list = field(default_factory=list)
     train_images: int = 0
+    recipe_epochs: int = 0
+    check_epochs: int = 0
+    recipe_test_error: np.ndarray | None = None
 
     def table(self) -> str:
-        """Text like ZF Table 3 (with, when the table has curves, each variant's last-3-epoch test error range)."""
+        """Text like ZF Table 3; with a plateau check, each variant's test error after the recipe and the check's
+        change of it; with curves only, each variant's last-3-epoch test error range."""
         w = max(len(d) for d in self.descriptions)
-        moves = self.plateau()
-        head = f"{'variant':<{w}}  {'params':>9}  train err  test err" + ("  last 3 epochs" if moves is not None else "")
+        change = self.check_change()
+        moves = self.plateau() if change is None else None
+        head = f"{'variant':<{w}}  {'params':>9}  train err  test err"
+        if change is not None:
+            head += f"  after {self.recipe_epochs} ep  change"
+        elif moves is not None:
+            head += "  last 3 epochs"
         lines = [head]
         for k, (d, p, tr, te) in enumerate(zip(self.descriptions, self.parameters, self.train_error,
                                                 self.test_error)):
             line = f"{d:<{w}}  {p:>9,}  {tr:>8.2%}  {te:>8.2%}"
-            if moves is not None:
+            if change is not None:
+                line += f"  {self.recipe_test_error[k]:>{len(str(self.recipe_epochs)) + 9}.2%}  {change[k]:>+6.2%}"
+            elif moves is not None:
                 line += f"  {moves[k]:>9.2%} range"
             lines.append(line)
         images = f" on {self.train_images:,} images" if self.train_images else ""
-        return "\n".join(lines) + f"\n({self.name}, retrained {self.epochs} epochs each{images}, seed {self.seed})"
+        check = (f"; the last {self.check_epochs} the recipe's second stage again, the plateau check"
+                 if change is not None else "")
+        return "\n".join(lines) + (f"\n({self.name}, retrained {self.epochs} epochs each{images}{check}, "
+                                   f"seed {self.seed})")
 
     def plateau(self, last: int = 3):
         """Per variant, the range (max - min) of the test error over its ``last`` epochs: how much it still
@@ -152,6 +168,14 @@ class AblationTable:
         if not self.history or any(len(h) < last for h in self.history):
             return None
         return np.array([np.ptp([1 - r["test_accuracy"] for r in h[-last:]]) for h in self.history])
+
+    def check_change(self):
+        """Per variant, the test error after the plateau check minus after the recipe (negative: the check still
+        improved it); ``None`` for a table without the check. Both ends are annealed to a learning rate of
+        zero, so this is how far each variant's recipe result was from its plateau."""
+        if not self.check_epochs or self.recipe_test_error is None:
+            return None
+        return self.test_error - self.recipe_test_error
 
     def __str__(self):
         return self.table()
@@ -217,7 +241,10 @@ def ablation_table(name: str = "zfnet-fashion", path=None) -> AblationTable:
                              np.array([int(r.get("parameters", 0)) for r in rows]),
                              np.array([float(r["train_error"]) for r in rows]),
                              np.array([float(r["test_error"]) for r in rows]), d.get("command", ""),
-                             history, int(d.get("train_images", 0)))
+                             history, int(d.get("train_images", 0)), int(d.get("recipe_epochs", 0)),
+                             int(d.get("check_epochs", 0)),
+                             np.array([float(r["recipe_test_error"]) for r in rows])
+                             if all("recipe_test_error" in r for r in rows) else None)
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"{path} is not an ablation table ({type(e).__name__}: {e})") from None
 

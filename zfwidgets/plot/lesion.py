@@ -42,6 +42,10 @@ def plot_ablation_curves(table) -> Figure:
     ax = fig.add_subplot()
     for d, h in zip(table.descriptions, table.history):
         ax.plot([r["epoch"] for r in h], [1 - r["test_accuracy"] for r in h], marker=".", label=d)
+    if table.check_epochs:
+        ax.axvline(table.recipe_epochs + 0.5, color="0.6", lw=1, ls=":")
+        ax.text(table.recipe_epochs + 0.6, 0.98, "plateau check", transform=ax.get_xaxis_transform(),
+                fontsize=7, va="top", color="0.4")
     ax.set_xlabel("epoch")
     ax.set_ylabel("test error")
     ax.set_title(f"retrained ablations (ZF Table 3): {table.name}, test error per epoch", fontsize=9)

@@ -295,11 +295,13 @@ class OcclusionPanel(Panel):
 
     def _use_engine(self) -> bool:
         """Whether moves go through the lens's occlusion engine: where the engine's own estimate says an
-        occluder of the panel's size costs less recomputed incrementally than the model's forward
-        (:meth:`zfwidgets.inference.GraphOcclusion.pays_for`); elsewhere (the bundled 28x28 models, models fx
-        cannot trace) the moves run the model's forward directly."""
+        occluder of the panel's size costs less recomputed incrementally than the model's forward, and timing
+        one move each way confirms it (:meth:`zfwidgets.inference.GraphOcclusion.measured_pays_for`);
+        elsewhere (the bundled 28x28 models, models fx cannot trace, a ResNet-50 whose plan is slower than its
+        forward) the moves run the model's forward directly."""
         self._engine = _engine(self.lens, self.x)      # builds the engine's cached forward
-        return self._engine is not None and self._engine.pays_for(self.size)
+        return self._engine is not None and self._engine.measured_pays_for(self.size, [self.layer],
+                                                                           fill=self.fill)
 
     # ----- controls --------------------------------------------------------------------------------
     def _set_size(self, size: int) -> None:

@@ -4,7 +4,8 @@ Writes into ``--out`` (default: the package's ``zoo/weights`` folder):
   ``<arch>.pt``            final weights (state dict, float16; loaded with ``weights_only=True``)
   ``<arch>.epoch<k>.pt``   snapshots for the feature-evolution view
   ``<arch>.json``          the model card: seed, epochs, per-epoch train/test accuracy, commit, timings
-With ``--ablation`` it trains ZF Table 3's variants instead and writes ``<arch>.ablation.json``.
+With ``--ablation`` it trains ZF Table 3's variants instead (the recipe, then :data:`PLATEAU_CHECK`) and writes
+``<arch>.ablation.json``.
 
 Commands (each reproduces what ships; --recipe runs the bundled model's two stages, :data:`RECIPE`):
     python -m zfwidgets.zoo.train --arch zfnet-fashion --epochs 14 --dropout 0.3 --batchnorm --train-eval 10000
@@ -13,7 +14,7 @@ Commands (each reproduces what ships; --recipe runs the bundled model's two stag
     python -m zfwidgets.zoo.train --arch allconv-fashion --epochs 14 --dropout 0.3 --batchnorm --train-eval 10000
     python -m zfwidgets.zoo.train --arch zfnet-fashion-coarse --recipe --threads 1
     python -m zfwidgets.zoo.train --arch zfnet-fashion-half --recipe --threads 1 --snapshots 1,2,3,4,6,8,12
-    python -m zfwidgets.zoo.train --arch zfnet-fashion --ablation --threads 1 [--variants a,b --out DIR]
+    python -m zfwidgets.zoo.train --arch zfnet-fashion --ablation --threads 1 [--variants a,b --out DIR --keep DIR]
 """
 from __future__ import annotations
 
@@ -252,49 +253,74 @@ def _write_atomic(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-def ablation(arch: str, *, seed: int, out: Path, root=None, variants=None, log=print) -> dict:
-    """ZF Table 3 at small scale: every variant trained with :data:`RECIPE` on the full training set.
+# The ablation table's plateau check: the recipe's second stage once more, from each variant's final weights.
+# Both ends of it are annealed to a learning rate of zero, so the change of the test error across it is how far
+# the recipe's result still was from its plateau (the table reports both).
+PLATEAU_CHECK = dict(epochs=3, lr=3e-4, resume=True, augment=False, dropout=0.1)
 
-    The ``base`` row is the shipped model itself (trained with the same recipe; its card has the curve).
-    The table (with every variant's per-epoch curve) is rewritten after each variant, so a long run can be
-    stopped and continued: variants already in the table are kept (pass ``variants`` to retrain some).
+
+def ablation(arch: str, *, seed: int, out: Path, root=None, variants=None, keep: Path | None = None,
+             log=print) -> dict:
+    """ZF Table 3 at small scale: every variant trained with :data:`RECIPE` on the full training set, then
+    :data:`PLATEAU_CHECK` (the second stage again) to show whether its test error had settled.
+
+    The ``base`` row is the shipped model itself (trained with the same recipe; its card has the curve), which
+    gets the check stage only. The table (with every variant's per-epoch curve) is rewritten after each
+    variant, so a long run can be stopped and continued: rows already in the table are kept unless named in
+    ``variants``. ``keep``: a folder to leave each variant's final weights and card in (``<variant>/``), so a
+    later, longer check can start from them; by default they are discarded.
     """
+    import shutil
     import tempfile
     path = out / f"{arch}.ablation.json"
     old = json.loads(path.read_text()) if path.exists() else {}
     done = {r["variant"]: r for r in old.get("rows", []) if "history" in r}
-    todo = [v for v in VARIANTS if v != "base"] if variants is None else list(variants)
-    rows = {}
+    todo = list(VARIANTS) if variants is None else list(variants)
+    unknown = [v for v in todo if v not in VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown variants {unknown}; the variants are {list(VARIANTS)}")
+    rows = {v: r for v, r in done.items() if v not in todo and v in VARIANTS}  # kept, written with each new row
+    table = None
     for variant, what in VARIANTS.items():
+        if variant not in todo:
+            continue
         n_params = sum(p.numel() for p in build(arch, variant).parameters())
-        if variant == "base" and "base" not in todo:
-            card = json.loads((WEIGHTS_DIR / f"{arch}.json").read_text())
-            source = f"the shipped {arch} (its card)"
-        elif variant in todo:
-            with tempfile.TemporaryDirectory() as tmp:
-                card = train_recipe(arch, seed=seed, variant=variant, out=Path(tmp), root=root, snapshots=(),
-                                    log=log)
-            source = "trained for this table"
-        elif variant in done:
-            rows[variant] = done[variant]
-            continue
-        else:
-            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            work = Path(keep) / variant if keep is not None else Path(tmp)
+            work.mkdir(parents=True, exist_ok=True)
+            if variant == "base":  # the shipped model: the recipe already ran; its card has the curve
+                for ext in ("pt", "json"):
+                    shutil.copyfile(WEIGHTS_DIR / f"{arch}.{ext}", work / f"{arch}.{ext}")
+                source = f"the shipped {arch} (its card), then the plateau check"
+            else:
+                train_recipe(arch, seed=seed, variant=variant, out=work, root=root, snapshots=(), log=log)
+                source = "trained for this table"
+            recipe = json.loads((work / f"{arch}.json").read_text())
+            card = train(arch, seed=seed, variant=variant, out=work, root=root, train_eval=10000, snapshots=(),
+                         channels_last=True, log=log, **PLATEAU_CHECK)
+        recipe_error = round(1 - recipe["test_accuracy"], 5)
         rows[variant] = {"variant": variant, "description": what, "parameters": n_params,
                          "train_error": round(1 - card["train_accuracy"], 5),
                          "test_error": round(1 - card["test_accuracy"], 5),
+                         "recipe_epochs": recipe["epochs"], "recipe_test_error": recipe_error,
                          "history": card["history"], "source": source,
                          "command": card["command"], "commit": card.get("commit"),
-                         "seconds": round(sum(h["seconds"] for h in card["history"]
-                                              if h["epoch"] in (RECIPE[0]["epochs"], card["epochs"])), 1)}
-        table = {"name": arch, "seed": seed, "epochs": sum(st["epochs"] for st in RECIPE),
-                 "train_images": 60000, "recipe": "the bundled model's two stages (zoo.train.RECIPE)",
-                 "rows": [rows[v] for v in VARIANTS if v in rows], "commit": _commit(),
-                 "torch": torch.__version__, "threads": torch.get_num_threads(),
-                 "command": f"python -m zfwidgets.zoo.train --arch {arch} --ablation --seed {seed}"}
+                         "seconds": card["seconds"]}
+        table = _ablation_table(arch, seed, [rows[v] for v in VARIANTS if v in rows])
         _write_atomic(path, json.dumps(table, indent=1) + "\n")
-        log(f"[ablation] {variant}: test error {rows[variant]['test_error']:.4f}")
-    return table
+        log(f"[ablation] {variant}: test error {recipe_error:.4f} after the recipe, "
+            f"{rows[variant]['test_error']:.4f} after the check")
+    return table if table is not None else _ablation_table(arch, seed, [rows[v] for v in VARIANTS if v in rows])
+
+
+def _ablation_table(arch: str, seed: int, rows: list) -> dict:
+    recipe_epochs = sum(st["epochs"] for st in RECIPE)
+    return {"name": arch, "seed": seed, "epochs": recipe_epochs + PLATEAU_CHECK["epochs"],
+            "recipe_epochs": recipe_epochs, "check_epochs": PLATEAU_CHECK["epochs"], "train_images": 60000,
+            "recipe": "the bundled model's two stages (zoo.train.RECIPE), then its second stage again "
+                      "(zoo.train.PLATEAU_CHECK)",
+            "rows": rows, "commit": _commit(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "command": f"python -m zfwidgets.zoo.train --arch {arch} --ablation --seed {seed}"}
 
 
 def main(argv=None) -> int:
@@ -317,7 +343,10 @@ def main(argv=None) -> int:
     p.add_argument("--subset", type=int, default=None, help="train on a fixed random subset of N images")
     p.add_argument("--recipe", action="store_true",
                    help="train with the bundled model's two-stage recipe (zoo.train.RECIPE) into --out")
-    p.add_argument("--variants", default=None, help="with --ablation: comma-separated variants to train")
+    p.add_argument("--variants", default=None,
+                   help="with --ablation: comma-separated variants to train (base: the check stage only)")
+    p.add_argument("--keep", type=Path, default=None,
+                   help="with --ablation: a folder to keep each variant's final weights in")
     p.add_argument("--channels-last", action="store_true", help="train in channels-last memory layout")
     p.add_argument("--snapshots", default=None,
                    help="comma-separated epochs to keep snapshots of (default 1,2,4,8)")
@@ -330,7 +359,7 @@ def main(argv=None) -> int:
     snapshots = tuple(int(e) for e in a.snapshots.split(",")) if a.snapshots else SNAPSHOT_EPOCHS
     if a.ablation:
         ablation(a.arch, seed=a.seed, out=a.out, root=a.data_root, log=log,
-                 variants=a.variants.split(",") if a.variants else None)
+                 variants=a.variants.split(",") if a.variants else None, keep=a.keep)
     elif a.recipe:
         train_recipe(a.arch, seed=a.seed, out=a.out, root=a.data_root, snapshots=snapshots, log=log)
     else:
