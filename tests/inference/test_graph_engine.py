@@ -185,6 +185,38 @@ def test_estimate_and_auto_mode():
     assert forced.last_mode == "full" and not forced.pays_for(32)
 
 
+def test_measured_choice_follows_the_clock(monkeypatch):
+    """The panel's choice: the estimate first, then one move timed each way; the engine's mode is restored and
+    the answer is remembered per size. A fake clock makes the incremental path the slower one, then the faster."""
+    lens = tv_lens("resnet18", 96, seed=3)
+    e = GraphOcclusion(lens, image(lens.input_size, 3))
+    assert e.pays_for(16)
+    calls = []
+    real_run = GraphOcclusion.run
+
+    def run(self, boxes, layers=(), **kw):
+        calls.append(self.mode)
+        return real_run(self, boxes, layers, **kw)
+    monkeypatch.setattr(GraphOcclusion, "run", run)
+    clock = iter([])
+
+    def fake_perf_counter():
+        return next(clock)
+    # each timed call reads the clock twice; incremental runs take 3 s, full forwards 2 s
+    clock = iter([v for _ in range(3) for v in (0.0, 3.0, 0.0, 2.0)])
+    monkeypatch.setattr(GraphOcclusion, "_clock", staticmethod(fake_perf_counter))
+    assert not e.measured_pays_for(16, ["layer3"])
+    assert calls == ["incremental", "full"] * 4 and e.mode == "auto"
+    assert not e.measured_pays_for(16, ["layer3"]) and len(calls) == 8        # remembered: nothing re-run
+    clock = iter([v for _ in range(3) for v in (0.0, 1.0, 0.0, 2.0)])
+    assert e.measured_pays_for(12, ["layer3"]) and e.mode == "auto"
+    with pytest.raises(ValueError, match="runs"):
+        e.measured_pays_for(20, runs=0)
+    small = zf.Lens(build("zfnet-fashion"), input_size=(1, 28, 28))
+    n = len(calls)
+    assert not GraphOcclusion(small, image(small.input_size)).measured_pays_for(8) and len(calls) == n
+
+
 def test_a_plan_that_does_not_reproduce_the_model_falls_back(monkeypatch):
     lens = tv_lens("resnet18", 64, seed=2)
     engine = GraphOcclusion(lens, image(lens.input_size, 2), mode="incremental")

@@ -57,7 +57,8 @@ def main(argv=None) -> int:
         g.to_html(args.html)
     n = len(g.skipped)
     print(f"zfwidgets-mine: {g.count} images, {len(g.layers)} layers, top-{g.k} {g.rule} -> {args.out} in "
-          f"{g.job_seconds:.2f} s (pass {g.pass_seconds:.2f} s; start-up not counted)"
+          f"{g.job_seconds:.2f} s (pass {g.pass_seconds:.2f} s; start-up not counted; "
+          + ", ".join(f"{k} {v:.2f} s" for k, v in g.timings.items()) + ")"
           + (f"; {n} images could not be decoded and were skipped:" if n else ""), file=sys.stderr)
     for e in g.skipped[:20]:
         print(f"  skipped {e['id']}: {e['error']}", file=sys.stderr)

@@ -373,6 +373,8 @@ def _run(lens, specs, source, dist, *, k, rule, weights, out, batch_size, worker
     if todo or (ck is not None and not ck.exists()):
         save()
     elapsed = time.perf_counter() - t0
+    timings = {"pass": elapsed}
+    t = time.perf_counter()
 
     # ----- merge the ranks' states ---------------------------------------------------------------
     parts = dist.all_gather(({n: (s.values, s.indices, s.positions) for n, s in states.items()}, count, skipped))
@@ -381,6 +383,7 @@ def _run(lens, specs, source, dist, *, k, rule, weights, out, batch_size, worker
         merged[s[0]] = TopK.merge(TopK(s[3], k, *p[0][s[0]]) for p in parts)
     total = sum(p[1] for p in parts)
     skipped_all = sorted((e for p in parts for e in p[2]), key=lambda e: e["index"])
+    timings["merge"], t = time.perf_counter() - t, time.perf_counter()
 
     # ----- projections in bulk -------------------------------------------------------------------
     results = {}
@@ -388,20 +391,57 @@ def _run(lens, specs, source, dist, *, k, rule, weights, out, batch_size, worker
         from .project import project_winners
         mine_part = project_winners(lens, source, specs, merged, widths, rule, chunk, dist.rank, dist.world,
                                     progress and dist.rank == 0)
-        for part in dist.gather(mine_part) or []:
-            results.update(part)
+        timings["projections"], t = time.perf_counter() - t, time.perf_counter()
+        mine_part = _finish(mine_part)
+        for part in dist.gather(_pack(mine_part) if dist.world > 1 else mine_part) or []:
+            results.update(_unpack(part) if dist.world > 1 else part)
+        timings["gather"], t = time.perf_counter() - t, time.perf_counter()
     if dist.rank != 0:
         dist.barrier()
         return None
     gallery = _build(lens, specs, source, merged, results, widths, k, rule, weights_name, total, skipped_all,
                      projections)
-    gallery.pass_seconds = elapsed   # not in the file: equal jobs give equal files
-    gallery.job_seconds = time.perf_counter() - t_job   # the job without start-up (imports, process group)
+    timings["build"], t = time.perf_counter() - t, time.perf_counter()
     if out is not None:
         gallery.save(out)
         gallery.path = Path(out)
+        timings["save"] = time.perf_counter() - t
+    gallery.pass_seconds = elapsed   # not in the file: equal jobs give equal files
+    gallery.job_seconds = time.perf_counter() - t_job   # the job without start-up (imports, process group)
+    gallery.timings = timings        # rank 0's seconds per phase of the job
     dist.barrier()
     return gallery
+
+
+def _finish(part: dict) -> dict:
+    """Each winner's stored form, computed on the rank that projected it: ``(box, the projection divided by its
+    largest magnitude as float16, flattened; that magnitude; the patch, flattened)``."""
+    out = {}
+    for q, (box, proj, patch) in part.items():
+        m = float(proj.abs().max()) if proj.numel() else 0.0
+        out[q] = (box, (proj / m if m > 0 else proj).to(torch.float16).flatten(), m,
+                  torch.from_numpy(patch).flatten())
+    return out
+
+
+def _pack(part: dict) -> tuple:
+    """One rank's finished winners as a few large buffers (pickling thousands of small tensors is what made the
+    gather slow: 0.5 s for 5 MB): keys, boxes, scales and lengths, every projection in one float16 tensor and
+    every patch in one uint8 tensor. :func:`_unpack` gives back views of them, value for value."""
+    keys = list(part)
+    lengths = [(part[q][1].numel(), part[q][3].numel()) for q in keys]
+    projs = torch.cat([part[q][1] for q in keys]) if keys else torch.zeros(0, dtype=torch.float16)
+    patches = torch.cat([part[q][3] for q in keys]) if keys else torch.zeros(0, dtype=torch.uint8)
+    return keys, [part[q][0] for q in keys], [part[q][2] for q in keys], lengths, projs, patches
+
+
+def _unpack(packed: tuple) -> dict:
+    keys, boxes, scales, lengths, projs, patches = packed
+    out, a, b = {}, 0, 0
+    for q, box, m, (n, k) in zip(keys, boxes, scales, lengths):
+        out[q] = (box, projs[a:a + n], m, patches[b:b + k])
+        a, b = a + n, b + k
+    return out
 
 
 def _build(lens, specs, source, merged, results, widths, k, rule, weights_name, total, skipped, projections):
@@ -429,12 +469,11 @@ def _build(lens, specs, source, merged, results, widths, k, rule, weights_name, 
                 r = results.get((name, c, j))
                 if r is None:
                     continue
-                box, proj, patch = r
+                box, proj, m, patch = r
                 boxes[c, j] = torch.tensor(box)
-                m = float(proj.abs().max()) if proj.numel() else 0.0
                 scale[c, j] = m
-                projs.append((proj / m if m > 0 else proj).to(torch.float16).flatten())
-                patches.append(torch.from_numpy(patch).flatten())
+                projs.append(proj)
+                patches.append(patch)
         small = {"values": st.values.clone(), "indices": st.indices.clone(), "positions": positions,
                  "boxes": boxes, "scale": scale}
         big = {"projections": torch.cat(projs) if projs else torch.zeros(0, dtype=torch.float16),
