@@ -10,7 +10,8 @@ Four figures, each a ratio of the plain forward's time to the miner's (>= 1 woul
   Goal 0.5.
 - **Fig. 2, AlexNet conv5**: the same over 2,048 seeded random 224x224 inputs (random weights). Goal 0.4.
 - **torchrun**: the bundled Fig. 2 job by the CLI, ``torchrun --nproc_per_node=2`` (one thread each) against
-  one process with one thread (wall time of the commands). Goal 1.8.
+  one process with one thread (the job's own time as the CLI reports it, and the wall time of the commands).
+  Goal 1.8. Beside it the machine's own bound: two plain-forward processes side by side against one.
 
 With each Fig. 2 figure the projection work's multiply-add bound: the walks' transposed convolutions
 (counted) and the winners' re-forward, against the plain forward's multiply-adds: the ratio the job would
@@ -168,6 +169,43 @@ def maps_only(n):
     return r
 
 
+_PLAIN_SHARD = """
+import sys, time, torch
+from PIL import Image
+import zfwidgets as zf
+from zfwidgets.zoo.data import load_fashion_mnist
+torch.set_num_threads(1)
+a, b = int(sys.argv[1]), int(sys.argv[2])
+lens = zf.load("zfnet-fashion")
+x, _ = load_fashion_mnist("test")
+t = time.perf_counter()
+with torch.inference_mode():
+    for i in range(a, b, 64):
+        lens.model(torch.stack([lens.transform(Image.fromarray(v)) for v in x[i:min(b, i + 64)]]))
+print(time.perf_counter() - t)
+"""
+
+
+def plain_scaling(n, runs=3):
+    """The machine's own bound for two processes: the plain forward of n images (decoding included) in one
+    1-thread process, against two 1-thread processes running at once on the two halves (time of the slower;
+    start-up excluded on both sides). Medians of ``runs`` interleaved runs."""
+    import statistics
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    one, two = [], []
+    for _ in range(runs):
+        r = subprocess.run([sys.executable, "-c", _PLAIN_SHARD, "0", str(n)], env=env, check=True,
+                           capture_output=True, text=True)
+        one.append(float(r.stdout.split()[-1]))
+        ps = [subprocess.Popen([sys.executable, "-c", _PLAIN_SHARD, str(a), str(b)], env=env, text=True,
+                               stdout=subprocess.PIPE) for a, b in ((0, n // 2), (n // 2, n))]
+        two.append(max(float(p.communicate()[0].split()[-1]) for p in ps))
+    r = statistics.median(one) / statistics.median(two)
+    print(f"== the machine's bound: plain forward of {n} images, 1 process x 1 thread {C.fmt_s(statistics.median(one))}"
+          f" against 2 processes x 1 thread side by side {C.fmt_s(statistics.median(two))}: {r:.2f}x")
+    return r
+
+
 def torchrun(n, runs=3):
     """One process against two, ``runs`` times each, interleaved; medians (the pass of two processes on two
     cores varies by a second or two from run to run)."""
@@ -242,6 +280,7 @@ def main():
              "ResNet-18 layer2.1 + layer4.1 (random weights, 224; graph walks, no goal)", 0.0)
     if "torchrun" in a.only:
         torchrun(a.torchrun_images or 10000 // q)
+        plain_scaling(a.torchrun_images or 10000 // q)
 
 
 def _Limited(lens, n):
