@@ -457,12 +457,13 @@ def _build(lens, specs, source, merged, results, widths, k, rule, weights_name, 
         if w is not None:
             positions[..., 0] = torch.where(flat >= 0, flat // w, -1)
             positions[..., 1] = torch.where(flat >= 0, flat % w, -1)
-        boxes = torch.zeros((C, k, 8), dtype=torch.long)
-        scale = torch.zeros((C, k), dtype=torch.float32)
+        boxes = [[[0] * 8 for _ in range(k)] for _ in range(C)]
+        scale = [[0.0] * k for _ in range(C)]
         projs, patches = [], []
+        indices = st.indices.tolist()
         for c in range(C):
             for j in range(k):
-                i = int(st.indices[c, j])
+                i = indices[c][j]
                 if i < 0:
                     continue
                 ids[str(i)] = source.ids(i)
@@ -470,10 +471,12 @@ def _build(lens, specs, source, merged, results, widths, k, rule, weights_name, 
                 if r is None:
                     continue
                 box, proj, m, patch = r
-                boxes[c, j] = torch.tensor(box)
-                scale[c, j] = m
+                boxes[c][j] = list(box)
+                scale[c][j] = m
                 projs.append(proj)
                 patches.append(patch)
+        boxes = torch.tensor(boxes, dtype=torch.long).reshape(C, k, 8)
+        scale = torch.tensor(scale, dtype=torch.float32).reshape(C, k)
         small = {"values": st.values.clone(), "indices": st.indices.clone(), "positions": positions,
                  "boxes": boxes, "scale": scale}
         big = {"projections": torch.cat(projs) if projs else torch.zeros(0, dtype=torch.float16),

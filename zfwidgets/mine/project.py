@@ -27,11 +27,12 @@ def _hits(specs, states, widths):
     out = []
     for name, path, kind, C, cin in specs:
         st, w = states[name], widths[name]
+        indices, positions = st.indices.tolist(), st.positions.tolist()   # python ints: no tensor indexing
         for c in range(C):
             for j in range(st.k):
-                i = int(st.indices[c, j])
+                i = indices[c][j]
                 if i >= 0:
-                    f = int(st.positions[c, j])
+                    f = positions[c][j]
                     pos = None if w is None else (f // w, f % w)
                     out.append((i, name, path, c, j, pos))
     return out
