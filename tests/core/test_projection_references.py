@@ -40,15 +40,60 @@ def captum_reference(lens, x, layer_module_path, method, channel, position):
 
 
 def float64_activation(model, x, path):
-    """A float64 copy of ``model`` on ``x`` (C x H x W): the input batch (requires grad) and ``path``'s output."""
-    m = copy.deepcopy(model).double().eval()
+    """A float64 copy of ``model`` on ``x`` (C x H x W): the input batch (requires grad) and ``path``'s output.
+
+    The copy takes the float32 model's branches: each ``nn.ReLU`` passes where the float32 one passed and each
+    ``nn.MaxPool2d`` picks the float32 winner. Elsewhere it is float64. A random VGG16 has pre-activations so
+    close to zero that float32 and float64 rounding put some on different sides (and which ones depends on the
+    CPU's kernels: AVX2 or AVX-512); the gradient through a flipped ReLU is legitimately different, 6e-3
+    relative on an AVX2 machine. Following the float32 branches keeps the reference independent of the
+    library's code (plain autograd through the model's own modules) and exact up to float64 rounding.
+    """
+    gates, handles = {}, []
+
+    def record(name):
+        def hook(mod, inp, out):
+            if isinstance(mod, nn.ReLU):
+                gate = out > 0
+            else:
+                _, gate = F.max_pool2d(inp[0], mod.kernel_size, mod.stride, mod.padding, mod.dilation,
+                                       ceil_mode=mod.ceil_mode, return_indices=True)
+            gates.setdefault(name, []).append(gate)      # a module called twice (ResNet's ReLU): one per call
+        return hook
+
+    def follow(name):
+        def hook(mod, inp, out):
+            if not gates.get(name):
+                return None
+            gate = gates[name].pop(0)
+            if isinstance(mod, nn.ReLU):
+                return inp[0] * gate.to(inp[0].dtype)
+            return inp[0].flatten(2).gather(2, gate.flatten(2)).view_as(out)
+        return hook
+
+    f32 = non_inplace_copy(model).eval()
+    m = copy.deepcopy(f32).double().eval()
+    kinds = (nn.ReLU, nn.MaxPool2d)
+    try:
+        for name, mod in f32.named_modules():
+            if isinstance(mod, kinds) and not (isinstance(mod, nn.MaxPool2d) and mod.return_indices):
+                handles.append(mod.register_forward_hook(record(name)))
+        with torch.no_grad():
+            f32(x[None])
+    finally:
+        while handles:
+            handles.pop().remove()
     xd = x.double()[None].requires_grad_(True)
     out = {}
-    h = dict(m.named_modules())[path].register_forward_hook(lambda mod, i, o: out.setdefault("a", o))
+    handles.append(dict(m.named_modules())[path].register_forward_hook(lambda mod, i, o: out.setdefault("a", o)))
     try:
+        for name, mod in m.named_modules():
+            if isinstance(mod, kinds):
+                handles.insert(0, mod.register_forward_hook(follow(name)))
         m(xd)
     finally:
-        h.remove()
+        while handles:
+            handles.pop().remove()
     return xd, out["a"]
 
 
