@@ -1,7 +1,9 @@
 """The projection phase of the miner: each winner's projection and image patch, in bulk.
 
-The winners' images are numbered in order and cut into fixed chunks; chunk ``q`` goes to rank
-``q % world`` (so the work, and every number in it, is the same for any number of ranks). A chunk's images
+The winners' images are numbered in order and cut into fixed chunks; the chunks are dealt to the ranks in
+a snake order (0, 1, ..., w-1, w-1, ..., 1, 0, 0, 1, ...: :func:`_owner`), so that the cost growing along
+the order (the images are sorted by the deepest layer they won in) evens out. A chunk's contents do not
+depend on the number of ranks, so neither does any number computed from it. A chunk's images
 are decoded once and recorded in one forward; the seeds of each layer walk down their receptive fields
 together (:func:`zfwidgets.mine.walk.walk` on chains; on branching models the cropped backward on the
 model's graph, :func:`zfwidgets.core.backward.walk`, batched). Layers neither handles use
@@ -21,6 +23,16 @@ from .walk import chain_plan, record, walk
 __all__ = ["project_winners", "SEEDS_PER_WALK"]
 
 SEEDS_PER_WALK = 128
+
+
+def _owner(q: int, world: int) -> int:
+    """The rank that projects chunk ``q``: the snake order 0..w-1, w-1..0, 0..w-1, ...
+
+    >>> [_owner(q, 2) for q in range(8)], [_owner(q, 3) for q in range(7)]
+    ([0, 1, 1, 0, 0, 1, 1, 0], [0, 1, 2, 2, 1, 0, 0])
+    """
+    r, i = divmod(q, world)
+    return i if r % 2 == 0 else world - 1 - i
 
 
 def _hits(specs, states, widths):
@@ -119,7 +131,7 @@ def project_winners(lens, source, specs, states, widths, rule, chunk, rank, worl
         depth[h[0]] = max(depth.get(h[0], -1), order[h[1]])
     images = sorted(depth, key=lambda i: (depth[i], i))
     chunks = [images[a:a + chunk] for a in range(0, len(images), chunk)]
-    mine = [q for q in range(len(chunks)) if q % world == rank]
+    mine = [q for q in range(len(chunks)) if _owner(q, world) == rank]
     conv_paths = [s[1] for s in specs if s[2] == "conv"]
     plan = chain_plan(lens, conv_paths) if conv_paths else None
     walked = {s[1] for s in specs if s[2] == "conv"} if plan is not None else set()
