@@ -392,9 +392,8 @@ def _run(lens, specs, source, dist, *, k, rule, weights, out, batch_size, worker
         mine_part = project_winners(lens, source, specs, merged, widths, rule, chunk, dist.rank, dist.world,
                                     progress and dist.rank == 0)
         timings["projections"], t = time.perf_counter() - t, time.perf_counter()
-        mine_part = _finish(mine_part)
-        for part in dist.gather(_pack(mine_part) if dist.world > 1 else mine_part) or []:
-            results.update(_unpack(part) if dist.world > 1 else part)
+        for part in dist.gather(_pack(_finish(mine_part))) or []:
+            results.update(_unpack(part))
         timings["gather"], t = time.perf_counter() - t, time.perf_counter()
     if dist.rank != 0:
         dist.barrier()
