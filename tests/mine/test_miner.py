@@ -186,3 +186,44 @@ def test_state_merge_is_exact_and_order_free():
     few = TopK(3, 7)
     few.update(vals[:2], pos[:2], torch.arange(2))
     assert few.indices[0].tolist()[2:] == [-1] * 5 and torch.isinf(few.values[0, 2:]).all()
+
+
+def test_the_collector_is_given_back(lens):
+    """The miner keeps the process's old objects out of the garbage collector's passes during the job only."""
+    import gc
+    assert gc.get_freeze_count() == 0
+    mine(lens, "fashion-mnist:test", ["conv1"], limit=20, progress=False, projections=False)
+    assert gc.get_freeze_count() == 0 and gc.isenabled()
+    with pytest.raises(ValueError, match="unknown layer"):
+        mine(lens, "fashion-mnist:test", ["conv9"], limit=20, progress=False)
+    assert gc.get_freeze_count() == 0
+    gc.freeze()                       # a process that froze its objects itself keeps them frozen
+    try:
+        n = gc.get_freeze_count()
+        mine(lens, "fashion-mnist:test", ["conv1"], limit=20, progress=False, projections=False)
+        assert gc.get_freeze_count() == n
+    finally:
+        gc.unfreeze()
+
+
+def test_the_ranks_share_out_every_winner_once(lens):
+    """Each rank's projections (its chunks of the cost-balanced deal) together are one process's, exactly."""
+    from zfwidgets.mine import project as P
+    got = {}
+    real = P.project_winners
+
+    def spy(*a):
+        got["args"] = a
+        return real(*a)
+    P.project_winners = spy
+    try:
+        mine(lens, "fashion-mnist:test", limit=300, progress=False)
+    finally:
+        P.project_winners = real
+    lens_, source, specs, states, widths, rule, chunk = got["args"][:7]
+    one = real(lens_, source, specs, states, widths, rule, 8, 0, 1, False)
+    parts = [real(lens_, source, specs, states, widths, rule, 8, r, 3, False) for r in range(3)]
+    assert sum(len(p) for p in parts) == len(one) and all(len(p) > 0 for p in parts)
+    for p in parts:
+        for q, (box, proj, patch) in p.items():
+            assert one[q][0] == box and torch.equal(one[q][1], proj) and np.array_equal(one[q][2], patch), q

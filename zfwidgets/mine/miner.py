@@ -21,6 +21,8 @@ Example:
 """
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import os
 import subprocess
@@ -290,12 +292,29 @@ def mine(model, data, layers=None, *, k: int = 9, rule: str = "deconvnet", weigh
     if threads is not None:
         torch.set_num_threads(int(threads))
     try:
-        return _run(lens, specs, source, dist, k=k, rule=rule, weights=weights, out=out, batch_size=batch_size,
-                    workers=workers, checkpoint=checkpoint, every=checkpoint_every, resume=resume, strict=strict,
-                    progress=progress, projections=projections, chunk=chunk, stop_after=_stop_after)
+        with _old_objects_frozen():
+            return _run(lens, specs, source, dist, k=k, rule=rule, weights=weights, out=out, batch_size=batch_size,
+                        workers=workers, checkpoint=checkpoint, every=checkpoint_every, resume=resume, strict=strict,
+                        progress=progress, projections=projections, chunk=chunk, stop_after=_stop_after)
     finally:
         torch.set_num_threads(n_threads)
         dist.close()
+
+
+@contextlib.contextmanager
+def _old_objects_frozen():
+    """The objects that exist before the job kept out of the cyclic garbage collector's passes during it
+    (``gc.freeze``), given back to it after (``gc.unfreeze``). The job's hits and boxes set off a full
+    collection, which would walk every object of the process (torch's modules and functions: 0.12 s on a
+    2-core CPU) once in every rank. Left alone where the process had frozen objects itself."""
+    if gc.get_freeze_count():
+        yield
+        return
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def _run(lens, specs, source, dist, *, k, rule, weights, out, batch_size, workers, checkpoint, every, resume,

@@ -1,9 +1,10 @@
 """The projection phase of the miner: each winner's projection and image patch, in bulk.
 
-The winners' images are numbered in order and cut into fixed chunks; the chunks are dealt to the ranks in
-a snake order (0, 1, ..., w-1, w-1, ..., 1, 0, 0, 1, ...: :func:`_owner`), so that the cost growing along
-the order (the images are sorted by the deepest layer they won in) evens out. A chunk's contents do not
-depend on the number of ranks, so neither does any number computed from it. A chunk's images
+The winners' images are numbered in order and cut into fixed chunks; the chunks are dealt to the ranks by
+their estimated cost (:func:`_deal`: the costliest first, each to the least loaded rank), the cost counted
+in multiply-adds from the layers' shapes (:func:`_chain_costs`: one image's recorded forward up to the
+chunk's deepest layer, one seed's walk down its window, and a fixed share per hit). A chunk's contents do
+not depend on the number of ranks, so neither does any number computed from it. A chunk's images
 are decoded once and recorded in one forward; the seeds of each layer walk down their receptive fields
 together (:func:`zfwidgets.mine.walk.walk` on chains; on branching models the cropped backward on the
 model's graph, :func:`zfwidgets.core.backward.walk`, batched). Layers neither handles use
@@ -17,22 +18,83 @@ Example (internal: needs the miner's layer specs, top-k states and map widths fr
 from __future__ import annotations
 
 import torch
+from torch import nn
 
+from ..core.layers import window_params
 from .walk import chain_plan, record, walk
 
 __all__ = ["project_winners", "SEEDS_PER_WALK"]
 
 SEEDS_PER_WALK = 128
 
+# The seeds of one walk go down in batches padded to a multiple of this (copies of the first seed, their results
+# dropped): the transposed convolutions then see few distinct shapes. Each new shape costs about 1 ms of oneDNN
+# set-up once per process, a cost that does not shrink with more ranks (unpadded: 0.18 s of a rank's 1.0 s of
+# projections on the bundled model; padded to 8: 0.05 s, for 4% more work; padded to 16: 12% more work).
+SEED_BUCKET = 8
 
-def _owner(q: int, world: int) -> int:
-    """The rank that projects chunk ``q``: the snake order 0..w-1, w-1..0, 0..w-1, ...
 
-    >>> [_owner(q, 2) for q in range(8)], [_owner(q, 3) for q in range(7)]
-    ([0, 1, 1, 0, 0, 1, 1, 0], [0, 1, 2, 2, 1, 0, 0])
+def _bucket(n: int) -> int:
+    """``n`` rounded up to a multiple of :data:`SEED_BUCKET`, at most :data:`SEEDS_PER_WALK`.
+
+    >>> [_bucket(n) for n in (1, 8, 9, 125, 128)]
+    [8, 8, 16, 128, 128]
     """
-    r, i = divmod(q, world)
-    return i if r % 2 == 0 else world - 1 - i
+    return min(SEEDS_PER_WALK, -(-n // SEED_BUCKET) * SEED_BUCKET)
+
+
+# A hit's fixed work (its share of a walk call, its box, crop and patch, the Python around them) counted as
+# multiply-adds, for the deal only: fitted to the bundled model's chunk times on a 2-core CPU, where the
+# per-hit work is 0.1-0.2 ms beside 15 G multiply-adds/s. On larger inputs the counted work dominates.
+HIT_MACS = 2_000_000
+
+
+def _deal(costs, world: int) -> list:
+    """The rank that projects each chunk: the costliest chunk first, each to the rank with the least cost so
+    far (ties: the chunk with the lower number, the lower rank). Every rank computes the same deal.
+
+    >>> _deal([5, 1, 4, 2, 3], 2), _deal([1, 1, 1, 1], 3), _deal([3, 2], 1)
+    ([0, 0, 1, 0, 1], [0, 1, 2, 0], [0, 0])
+    """
+    load, owner = [0] * world, [0] * len(costs)
+    for q in sorted(range(len(costs)), key=lambda q: (-costs[q], q)):
+        r = min(range(world), key=lambda r: (load[r], r))
+        owner[q], load[r] = r, load[r] + costs[q]
+    return owner
+
+
+def _chain_costs(plan, shapes) -> dict:
+    """``{module index of each conv of the chain: (multiply-adds of one image's forward up to and including
+    it, of one seed's walk from it down to the input)}``, from the chain's input shapes for one image (the
+    windows grow as in :func:`zfwidgets.mine.walk.walk`)."""
+    mods, _ = plan
+
+    def out_hw(i):
+        if i + 1 < len(shapes):
+            return shapes[i + 1][2:]
+        k, s, p, d, _ = window_params(mods[i])
+        return tuple((shapes[i][2 + a] + 2 * p[a] - d[a] * (k[a] - 1) - 1) // s[a] + 1 for a in (0, 1))
+
+    out, forward = {}, 0
+    for top, m in enumerate(mods):
+        if not isinstance(m, nn.Conv2d):
+            continue
+        forward += sum(mods[i].weight.numel() * out_hw(i)[0] * out_hw(i)[1]
+                       for i in range(max(out, default=-1) + 1, top + 1) if isinstance(mods[i], nn.Conv2d))
+        h = w = 1
+        full, macs = False, 0
+        for i in range(top, -1, -1):
+            if not isinstance(mods[i], (nn.Conv2d, nn.MaxPool2d)):
+                continue
+            H, W = shapes[i][2:]
+            if isinstance(mods[i], nn.Conv2d):
+                oh, ow = out_hw(i) if full else (h, w)
+                macs += mods[i].weight.numel() * oh * ow
+            k, s, p, d, _ = window_params(mods[i])
+            h, w = (h - 1) * s[0] + d[0] * (k[0] - 1) + 1, (w - 1) * s[1] + d[1] * (k[1] - 1) + 1
+            full = full or (h >= H and w >= W)
+        out[top] = (forward, macs)
+    return out
 
 
 def _hits(specs, states, widths):
@@ -131,20 +193,32 @@ def project_winners(lens, source, specs, states, widths, rule, chunk, rank, worl
         depth[h[0]] = max(depth.get(h[0], -1), order[h[1]])
     images = sorted(depth, key=lambda i: (depth[i], i))
     chunks = [images[a:a + chunk] for a in range(0, len(images), chunk)]
-    mine = [q for q in range(len(chunks)) if _owner(q, world) == rank]
     conv_paths = [s[1] for s in specs if s[2] == "conv"]
     plan = chain_plan(lens, conv_paths) if conv_paths else None
     walked = {s[1] for s in specs if s[2] == "conv"} if plan is not None else set()
     by_image = {}
     for h in hits:
         by_image.setdefault(h[0], []).append(h)
+    dev = lens.device
+    probe, costs = None, {}
+    if plan is not None and chunks:   # the chain's shapes for one image; the walks' costs from them
+        probe = record(plan, torch.zeros_like(source[chunks[0][0]][0][None]).to(dev), "gradient")["shapes"]
+        costs = _chain_costs(plan, probe)
+
+    def cost(ims):
+        hs = [h for i in ims for h in by_image[i]]
+        walks = [plan[1][h[2]] for h in hs if h[2] in walked]
+        return (HIT_MACS * len(hs) + sum(costs[t][1] for t in walks)
+                + (len(ims) * costs[max(walks)][0] if walks else 0))
+
+    owner = _deal([cost(c) for c in chunks], world) if world > 1 else [0] * len(chunks)
+    mine = [q for q in range(len(chunks)) if owner[q] == rank]
     bar = None
     if progress:
         from tqdm.auto import tqdm
         bar = tqdm(total=sum(len(by_image[i]) for q in mine for i in chunks[q]), desc="projections", unit="hit",
                    dynamic_ncols=True, leave=True)
-    out, fields, probe, plans = {}, {}, None, {}
-    dev = lens.device
+    out, fields, plans = {}, {}, {}
     try:
         for q in mine:
             ims = chunks[q]
@@ -155,15 +229,14 @@ def project_winners(lens, source, specs, states, widths, rule, chunk, rank, worl
             chunk_hits = [h for i in ims for h in by_image[i]]
             if plan is not None and any(h[2] in walked for h in chunk_hits):
                 deepest = max(plan[1][h[2]] for h in chunk_hits if h[2] in walked)
-                if probe is None:   # the chain's shapes for one image
-                    probe = record(plan, torch.zeros_like(xs[:1]), "gradient")["shapes"]
                 rec = record(plan, xs, rule, upto=deepest, shapes_of=probe)
                 for name, path, kind, C, cin in specs:
                     seeds = [h for h in chunk_hits if h[1] == name and path in walked]
                     for a in range(0, len(seeds), SEEDS_PER_WALK):
                         part = seeds[a:a + SEEDS_PER_WALK]
-                        g, origin, (h, w), full = walk(plan, rec, path, [row_of[s[0]] for s in part], [s[3] for s in part],
-                                                 [s[5][0] for s in part], [s[5][1] for s in part], rule)
+                        run = part + part[:1] * (_bucket(len(part)) - len(part))   # padded: few distinct shapes
+                        g, origin, (h, w), full = walk(plan, rec, path, [row_of[s[0]] for s in run], [s[3] for s in run],
+                                                       [s[5][0] for s in run], [s[5][1] for s in run], rule)
                         g, origin = g.cpu(), origin.cpu()
                         if name not in fields:
                             fields[name] = _Fields(lens, name)
