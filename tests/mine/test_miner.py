@@ -227,3 +227,27 @@ def test_the_ranks_share_out_every_winner_once(lens):
     for p in parts:
         for q, (box, proj, patch) in p.items():
             assert one[q][0] == box and torch.equal(one[q][1], proj) and np.array_equal(one[q][2], patch), q
+
+
+def test_offered_entries_settle_to_the_sorted_top_k():
+    """Entries offered in pieces, settled at arbitrary points, give the top-k of a plain sort of all of them
+    (value descending, image index ascending), ties included."""
+    from zfwidgets.mine.state import TopK
+    g = torch.Generator().manual_seed(1)
+    C, k, n = 4, 5, 300
+    vals = torch.randint(0, 6, (n,), generator=g).float()          # many ties
+    maps = torch.randint(0, C, (n,), generator=g)
+    idx = torch.randperm(1000, generator=g)[:n]                    # distinct image indices, in no order
+    pos = torch.randint(0, 49, (n,), generator=g)
+    s = TopK(C, k)
+    for a in range(0, n, 37):
+        s.offer(vals[a:a + 37], pos[a:a + 37], idx[a:a + 37], maps[a:a + 37])
+        if a % 74 == 0:
+            s.settle()
+    for c in range(C):
+        ref = sorted((-float(vals[j]), int(idx[j]), int(pos[j])) for j in range(n) if int(maps[j]) == c)[:k]
+        s.settle()
+        assert s.values[c].tolist() == [-r[0] for r in ref] + [float("-inf")] * (k - len(ref)), c
+        assert s.indices[c].tolist() == [r[1] for r in ref] + [-1] * (k - len(ref)), c
+        assert s.positions[c].tolist() == [r[2] for r in ref] + [-1] * (k - len(ref)), c
+    assert s.pending == 0

@@ -65,6 +65,17 @@ class _Source(Dataset):
         return self.ids(i)
 
 
+def _image_files(root: Path):
+    """``(relative posix path, path)`` of every image file under ``root``; ``os.walk`` reads the file types
+    from the directory entries (no ``stat`` per file, as ``Path.is_file`` would make)."""
+    for folder, _, names in os.walk(root):
+        here = Path(folder)
+        for name in names:
+            if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
+                p = here / name
+                yield p.relative_to(root).as_posix(), p
+
+
 class ImageFiles(_Source):
     """Every image file under ``root`` (recursively, sorted by relative path: a torchvision ``ImageFolder`` or a
     flat folder). Labels are the first folder of the relative path where there is one (ImageFolder's classes)."""
@@ -73,8 +84,7 @@ class ImageFiles(_Source):
         root = Path(root)
         if not root.is_dir():
             raise ValueError(f"{root} is not a folder of images")
-        found = sorted((p.relative_to(root).as_posix(), p) for p in root.rglob("*")
-                       if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        found = sorted(_image_files(root))
         if not found:
             raise ValueError(f"no images found in {root} (looked recursively for {', '.join(IMAGE_EXTENSIONS)})")
         self.root, self.files, self.spec = root, [p for _, p in found], str(root)

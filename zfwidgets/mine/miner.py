@@ -148,35 +148,33 @@ class _Dist:
 
 
 # ----- the pass ---------------------------------------------------------------------------------------
-def _reduce(a: torch.Tensor, name: str, threshold: torch.Tensor | None = None):
-    """Each image's maximum per map and its flat position (first in row-major order): ``B x C`` each.
-
-    With ``threshold`` (``C``: the value a map's top-k state must be beaten by, ``-inf`` where it is not full),
-    the position is found only where the maximum beats it (elsewhere ``-1``: it cannot enter the state). The
-    maxima are one vectorised pass (``amax``), ten times quicker than ``max`` with its indices; after the first
-    batches few maps of few images are candidates."""
+def _reduce(a: torch.Tensor, name: str, threshold: torch.Tensor):
+    """Each image's maximum per map (``B x C``, for the NaN check) and the entries that can enter the maps'
+    top-k states: ``(image row, map, flat position of the maximum)`` where the maximum beats ``threshold``
+    (``C``: the state's k-th value, ``-inf`` while not full), the position the first maximum in row-major
+    order (``-1`` for a fully connected layer). The maxima are one vectorised pass (``amax``), ten times
+    quicker than ``max`` with its indices; after the first batches few maps of few images are candidates,
+    and only theirs are searched for the position."""
     if a.dim() == 4:
         flat = a.flatten(2)
-        if threshold is None:
-            val, pos = flat.max(2)           # the first maximum in row-major order
-        else:
-            val = flat.amax(2)
-            pos = torch.full(val.shape, -1, dtype=torch.long, device=a.device)
-            b, c = (val > threshold.to(val.device, val.dtype)).nonzero(as_tuple=True)
-            if b.numel():
-                pos[b, c] = flat[b, c].argmax(1)   # the first maximum in row-major order
+        val = flat.amax(2)
     elif a.dim() == 2:
-        val, pos = a, torch.full(a.shape, -1, dtype=torch.long, device=a.device)
+        flat, val = None, a
     else:
         raise ValueError(f"layer {name!r} has output shape {tuple(a.shape)}; expected N x C x H x W or N x K")
-    return val.float().cpu(), pos.cpu()
+    b, c = (val > threshold.to(val.device, val.dtype)).nonzero(as_tuple=True)
+    if flat is None:
+        pos = torch.full_like(b, -1)
+    else:
+        pos = flat[b, c].argmax(1) if b.numel() else b
+    return val, (val[b, c].float().cpu(), pos.cpu(), b.cpu(), c.cpu())
 
 
 class _MaxHooks:
     """Forward hooks that reduce each mined layer's output to its per-map maximum and position as it is made
     (no copy of the maps is kept), the forward stopped once every layer is in. Removed on leaving."""
 
-    def __init__(self, lens, names, states=None):
+    def __init__(self, lens, names, states):
         from ..core.capture import StopForward
         self.lens, self.names, self.stop = lens, list(names), StopForward
         self.states = states    # {name: TopK}: positions are found only for the maxima that can enter
@@ -186,7 +184,7 @@ class _MaxHooks:
         def hook(module, args, output):
             if not isinstance(output, torch.Tensor):
                 raise TypeError(f"layer {name!r} returns {type(output).__name__}, not a tensor")
-            self.out[name] = _reduce(output, name, None if self.states is None else self.states[name].threshold())
+            self.out[name] = _reduce(output, name, self.states[name].threshold())
             if len(self.out) == len(self.names):
                 raise self.stop
         return hook
@@ -217,6 +215,13 @@ class _MaxHooks:
         if missing:
             raise ValueError(f"layer {missing[0]!r} did not run during the forward; choose another layer")
         return self.out
+
+
+def _collate(items):
+    """A batch of ``(input, ok)`` items: the inputs stacked and the flags as a list. From a worker the stack
+    comes as one shared tensor; the flags as a second tensor would cost a second file descriptor passed per
+    batch (0.8 ms), so they travel in the pickle."""
+    return torch.stack([x for x, _ in items]), [bool(ok) for _, ok in items]
 
 
 def _progress_bar(total, desc, enabled, rank):
@@ -348,7 +353,7 @@ def _run(lens, specs, source, dist, *, k, rule, weights, out, batch_size, worker
     widths = _map_widths(lens, source, names)
     todo = [list(range(b * B, min(N, (b + 1) * B))) for b in range(start, end)]
     bar = _progress_bar(sum(len(t) for t in todo), f"mining {len(names)} layers", progress, dist.rank)
-    loader = DataLoader(source, batch_sampler=todo, num_workers=workers) if todo else []
+    loader = DataLoader(source, batch_sampler=todo, num_workers=workers, collate_fn=_collate) if todo else []
     b_next, since = start, 0
     t0 = time.perf_counter()
     hooks = _MaxHooks(lens, names, states)
@@ -356,8 +361,8 @@ def _run(lens, specs, source, dist, *, k, rule, weights, out, batch_size, worker
         hooks.__enter__()
         for (x, ok), ids in zip(loader, todo):
             idx = torch.tensor(ids, dtype=torch.long)
-            if not bool(ok.all()):
-                bad = [ids[j] for j in range(len(ids)) if not bool(ok[j])]
+            if not all(ok):
+                bad = [ids[j] for j in range(len(ids)) if not ok[j]]
                 if strict:
                     err = source.error_of(bad[0]) if hasattr(source, "error_of") else "cannot be decoded"
                     raise ValueError(f"cannot decode image {source.name_of(bad[0])} ({err}); without strict it "
@@ -365,15 +370,19 @@ def _run(lens, specs, source, dist, *, k, rule, weights, out, batch_size, worker
                 skipped.extend({"index": i, "id": source.ids(i),
                                 "error": source.error_of(i) if hasattr(source, "error_of") else "cannot be decoded"}
                                for i in bad)
-                x, idx = x[ok], idx[ok]
+                keep = torch.tensor(ok)
+                x, idx = x[keep], idx[keep]
             if x.shape[0]:
                 got = hooks.run(x.to(lens.device))
                 for name in names:
-                    val, pos = got[name]
+                    val, (v, pos, rows, maps) = got[name]
                     if bool(torch.isnan(val).any()):
                         row = int(torch.isnan(val).any(1).nonzero()[0])
                         raise ValueError(f"layer {name!r} gives NaN for image {source.name_of(int(idx[row]))}")
-                    states[name].update(val, pos, idx)
+                    st = states[name]
+                    st.offer(v, pos, idx[rows], maps)
+                    if st.pending >= st.channels * st.k:   # select now and then: the bar rises with the state
+                        st.settle()
             count += int(x.shape[0])
             b_next += 1
             since += len(ids)
@@ -389,6 +398,8 @@ def _run(lens, specs, source, dist, *, k, rule, weights, out, batch_size, worker
         if bar is not None:
             bar.close()
     b_next = end
+    for st in states.values():
+        st.settle()
     if todo or (ck is not None and not ck.exists()):
         save()
     elapsed = time.perf_counter() - t0

@@ -54,14 +54,50 @@ class TopK:
             if not isinstance(t, torch.Tensor) or t.dtype != dtype or tuple(t.shape) != (self.channels, self.k):
                 got = (tuple(t.shape), t.dtype) if isinstance(t, torch.Tensor) else type(t).__name__
                 raise ValueError(f"top-k state {name}: expected {dtype} of shape {(self.channels, self.k)}, got {got}")
+        self._pending, self.pending = [], 0     # offered entries not yet selected (see offer)
+        self._threshold = None
 
     def threshold(self) -> torch.Tensor:
-        """Per map the value a new entry must exceed to enter (its k-th value; ``-inf`` while not full)."""
-        return torch.where(self.indices[:, -1] >= 0, self.values[:, -1], torch.full_like(self.values[:, -1],
-                                                                                           float("-inf")))
+        """Per map the value a new entry must exceed to enter (its k-th value; ``-inf`` while not full), as of
+        the last selection (entries offered since may have raised it: this bar is never too high)."""
+        if self._threshold is None:
+            self._threshold = torch.where(self.indices[:, -1] >= 0, self.values[:, -1],
+                                          torch.full_like(self.values[:, -1], float("-inf")))
+        return self._threshold
+
+    def offer(self, values: torch.Tensor, positions: torch.Tensor, indices: torch.Tensor,
+              channels: torch.Tensor) -> None:
+        """Set entries aside for the next :meth:`settle`: 1-D ``values``, ``positions``, image ``indices`` and
+        map ``channels``, one per entry (the miner offers only maxima above :meth:`threshold`). Selecting every
+        few batches instead of after each one is the same selection over the same union of entries."""
+        if values.numel():
+            self._pending.append((values.float(), positions.long(), indices.long(), channels.long()))
+            self.pending += values.numel()
+
+    def settle(self) -> None:
+        """Select the top ``k`` of each map from the state and the entries offered since the last call."""
+        if not self._pending:
+            return
+        v, p, i, c = (torch.cat(t) for t in zip(*self._pending))
+        self._pending, self.pending = [], 0
+        C = self.channels
+        counts = torch.bincount(c, minlength=C)
+        order = torch.argsort(c, stable=True)
+        c = c[order]
+        slot = torch.arange(c.numel()) - (torch.cumsum(counts, 0) - counts)[c]   # rank of an entry in its map
+        m = int(counts.max())
+        V = torch.full((C, m), float("-inf"))
+        I = torch.full((C, m), -1, dtype=torch.long)
+        P = torch.full((C, m), -1, dtype=torch.long)
+        V[c, slot], I[c, slot], P[c, slot] = v[order], i[order], p[order]
+        self.values, self.indices, self.positions = select(torch.cat([self.values, V], 1),
+                                                           torch.cat([self.indices, I], 1),
+                                                           torch.cat([self.positions, P], 1), self.k)
+        self._threshold = None
 
     def update(self, values: torch.Tensor, positions: torch.Tensor, indices: torch.Tensor) -> None:
         """Add one batch: ``values`` / ``positions`` ``B x C`` (each image's maximum per map and where), ``indices`` ``B``."""
+        self.settle()
         if values.numel() == 0:
             return
         if bool((self.indices[:, -1] >= 0).all()):
@@ -76,11 +112,14 @@ class TopK:
         i = torch.cat([self.indices, indices.view(1, -1).expand(self.channels, -1)], 1)
         p = torch.cat([self.positions, positions.T.long()], 1)
         self.values, self.indices, self.positions = select(v, i, p, self.k)
+        self._threshold = None
 
     @classmethod
     def merge(cls, states) -> "TopK":
         """One state from several (shards of a data set): the same selection over all their entries."""
         states = list(states)
+        for s in states:
+            s.settle()
         C, k = states[0].channels, states[0].k
         if any(s.channels != C or s.k != k for s in states):
             raise ValueError("cannot merge top-k states of different shapes")
@@ -89,6 +128,7 @@ class TopK:
         return cls(C, k, v, i, p)
 
     def tensors(self, prefix: str) -> dict:
+        self.settle()
         return {f"{prefix}/values": self.values.contiguous(), f"{prefix}/indices": self.indices.contiguous(),
                 f"{prefix}/positions": self.positions.contiguous()}
 
@@ -101,5 +141,7 @@ class TopK:
             raise ValueError(f"top-k state of {prefix!r} is missing {e.args[0]!r}") from None
 
     def equal(self, other: "TopK") -> bool:
+        self.settle()
+        other.settle()
         return (torch.equal(self.values, other.values) and torch.equal(self.indices, other.indices)
                 and torch.equal(self.positions, other.positions))
