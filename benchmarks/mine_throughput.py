@@ -206,9 +206,9 @@ def plain_scaling(n, runs=3):
     return r
 
 
-def torchrun(n, runs=3):
-    """One process against two, ``runs`` times each, interleaved; medians (the pass of two processes on two
-    cores varies by a second or two from run to run)."""
+def torchrun(n, runs=5):
+    """One process against two, ``runs`` times each, interleaved; medians (on a shared 2-core machine a job of
+    a few seconds varies by 5-10% from run to run)."""
     import re
     import statistics
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo")
@@ -257,6 +257,7 @@ def main():
     p.add_argument("--maps-images", type=int, default=None, help="maps-only PNG files (default 4096, --quick 1024)")
     p.add_argument("--alexnet-images", type=int, default=None, help="AlexNet images (default 2048, --quick 512)")
     p.add_argument("--torchrun-images", type=int, default=None, help="torchrun job images (default 10000)")
+    p.add_argument("--torchrun-runs", type=int, default=5, help="interleaved runs of each side (default 5)")
     p.add_argument("--resnet-images", type=int, default=64, help="ResNet-18 images (--only resnet18; default 64)")
     a = p.parse_args()
     q = 4 if a.quick else 1
@@ -280,7 +281,7 @@ def main():
         fig2(lens, Noise(n, (3, 224, 224)), Noise(n, (3, 224, 224)), ["layer2.1", "layer4.1"], n,
              "ResNet-18 layer2.1 + layer4.1 (random weights, 224; graph walks, no goal)", 0.0)
     if "torchrun" in a.only:
-        torchrun(a.torchrun_images or 10000 // q)
+        torchrun(a.torchrun_images or 10000 // q, a.torchrun_runs)
         plain_scaling(a.torchrun_images or 10000 // q)
 
 
