@@ -66,13 +66,18 @@ def test_plateau_check_change_from_a_written_table(tmp_path):
 
 
 def test_shipped_table_is_trained_to_its_plateau():
-    """Issue 19: every Table 3 variant trained with the bundled recipe (17 epochs) on the full training set; the
-    base row is the shipped model's own card; each test error moved by under a point over the last 3 epochs."""
+    """Issue 19: every Table 3 variant trained with the bundled recipe (17 epochs) on the full training set, then
+    the plateau check (the recipe's second stage once more, 3 epochs, both ends annealed to a learning rate of
+    zero); the base row is the shipped model, its recipe result its card's. The check moved no variant's test
+    error by more than half a point (two sampling errors at 7% on 10,000 test images): each was at its plateau."""
     t = ablation_table("zfnet-fashion")
-    assert t.variants == list(VARIANTS) and t.train_images == 60000 and t.epochs == 17
+    assert t.variants == list(VARIANTS) and t.train_images == 60000
+    assert (t.recipe_epochs, t.check_epochs, t.epochs) == (17, 3, 20)
     card = zfwidgets.model_card("zfnet-fashion")
-    assert t.test_error[0] == pytest.approx(1 - card["test_accuracy"])
-    assert all(len(h) == 17 and h[-1]["epoch"] == 17 for h in t.history)
-    for v, h, err in zip(t.variants, t.history, t.test_error):
-        assert 1 - h[-1]["test_accuracy"] == pytest.approx(err), v
-    assert (t.plateau() < 0.01).all(), dict(zip(t.variants, t.plateau()))
+    assert t.recipe_test_error[0] == pytest.approx(1 - card["test_accuracy"])
+    assert all(len(h) == 20 and [r["epoch"] for r in h] == list(range(1, 21)) for h in t.history)
+    for v, h, err, before in zip(t.variants, t.history, t.test_error, t.recipe_test_error):
+        assert 1 - h[16]["test_accuracy"] == pytest.approx(before), v      # epoch 17: the recipe's end
+        assert 1 - h[-1]["test_accuracy"] == pytest.approx(err), v         # epoch 20: the check's end
+    change = t.check_change()
+    assert (np.abs(change) < 0.005).all(), dict(zip(t.variants, change))

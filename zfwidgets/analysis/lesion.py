@@ -157,10 +157,10 @@ class AblationTable:
                 line += f"  {moves[k]:>9.2%} range"
             lines.append(line)
         images = f" on {self.train_images:,} images" if self.train_images else ""
-        check = (f"; the last {self.check_epochs} the recipe's second stage again, the plateau check"
-                 if change is not None else "")
-        return "\n".join(lines) + (f"\n({self.name}, retrained {self.epochs} epochs each{images}{check}, "
-                                   f"seed {self.seed})")
+        if change is not None:
+            return "\n".join(lines) + (f"\n({self.name}: the recipe's {self.recipe_epochs} epochs, then the plateau "
+                                       f"check's {self.check_epochs} (its second stage again){images}, seed {self.seed})")
+        return "\n".join(lines) + f"\n({self.name}, retrained {self.epochs} epochs each{images}, seed {self.seed})"
 
     def plateau(self, last: int = 3):
         """Per variant, the range (max - min) of the test error over its ``last`` epochs: how much it still
@@ -210,14 +210,14 @@ def ablation_table(name: str = "zfnet-fashion", path=None) -> AblationTable:
     Example:
         >>> t = ablation_table("zfnet-fashion")
         >>> print(t.table())
-        variant                                    params  train err  test err  last 3 epochs
-        the full model                            543,882     4.20%     6.80%      0.76% range
-        fully connected layers 6 and 7 removed    223,370     3.33%     6.43%      0.86% range
-        conv layers 3 and 4 removed               387,018     5.03%     7.29%      0.73% range
-        both groups removed                        66,506     4.87%     7.25%      0.48% range
-        conv3, conv4, conv5 twice as wide       1,276,298     3.62%     6.60%      0.65% range
-        fc6 and fc7 four times as wide          2,322,570     4.08%     6.61%      0.87% range
-        (zfnet-fashion, retrained 17 epochs each on 60,000 images, seed 0)
+        variant                                    params  train err  test err  after 17 ep  change
+        the full model                            543,882     3.35%     6.66%        6.80%  -0.14%
+        fully connected layers 6 and 7 removed    223,370     2.43%     6.73%        6.74%  -0.01%
+        conv layers 3 and 4 removed               387,018     4.44%     6.84%        7.09%  -0.25%
+        both groups removed                        66,506     4.21%     7.32%        7.45%  -0.13%
+        conv3, conv4, conv5 twice as wide       1,276,298     2.44%     6.48%        6.54%  -0.06%
+        fc6 and fc7 four times as wide          2,322,570     3.30%     6.76%        6.83%  -0.07%
+        (zfnet-fashion: the recipe's 17 epochs, then the plateau check's 3 (its second stage again) on 60,000 images, seed 0)
     """
     from ..zoo import WEIGHTS_DIR, available
     if path is None:
