@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..core.layers import window_params
-from .walk import chain_plan, record, walk
+from .walk import chain_plan, grown, record, walk
 
 __all__ = ["project_winners", "SEEDS_PER_WALK"]
 
@@ -66,7 +66,7 @@ def _deal(costs, world: int) -> list:
 def _chain_costs(plan, shapes) -> dict:
     """``{module index of each conv of the chain: (multiply-adds of one image's forward up to and including
     it, of one seed's walk from it down to the input)}``, from the chain's input shapes for one image (the
-    windows grow as in :func:`zfwidgets.mine.walk.walk`)."""
+    windows grow as in :func:`zfwidgets.mine.walk.walk`: :func:`~zfwidgets.mine.walk.grown`)."""
     mods, _ = plan
 
     def out_hw(i):
@@ -79,8 +79,7 @@ def _chain_costs(plan, shapes) -> dict:
     for top, m in enumerate(mods):
         if not isinstance(m, nn.Conv2d):
             continue
-        forward += sum(mods[i].weight.numel() * out_hw(i)[0] * out_hw(i)[1]
-                       for i in range(max(out, default=-1) + 1, top + 1) if isinstance(mods[i], nn.Conv2d))
+        forward += m.weight.numel() * out_hw(top)[0] * out_hw(top)[1]
         h = w = 1
         full, macs = False, 0
         for i in range(top, -1, -1):
@@ -91,7 +90,7 @@ def _chain_costs(plan, shapes) -> dict:
                 oh, ow = out_hw(i) if full else (h, w)
                 macs += mods[i].weight.numel() * oh * ow
             k, s, p, d, _ = window_params(mods[i])
-            h, w = (h - 1) * s[0] + d[0] * (k[0] - 1) + 1, (w - 1) * s[1] + d[1] * (k[1] - 1) + 1
+            h, w = grown(h, w, k, s, d)
             full = full or (h >= H and w >= W)
         out[top] = (forward, macs)
     return out

@@ -96,23 +96,12 @@ class TopK:
         self._threshold = None
 
     def update(self, values: torch.Tensor, positions: torch.Tensor, indices: torch.Tensor) -> None:
-        """Add one batch: ``values`` / ``positions`` ``B x C`` (each image's maximum per map and where), ``indices`` ``B``."""
+        """Add one batch: ``values`` / ``positions`` ``B x C`` (each image's maximum per map and where), ``indices`` ``B``:
+        every entry offered, then selected (:meth:`settle`)."""
+        B, C = values.shape
+        self.offer(values.reshape(-1), positions.reshape(-1), indices.repeat_interleave(C),
+                   torch.arange(C).repeat(B))
         self.settle()
-        if values.numel() == 0:
-            return
-        if bool((self.indices[:, -1] >= 0).all()):
-            # a full state: only a value above a map's k-th can enter (an equal one has a larger index, so it
-            # comes after); most batches of a long pass hold none, and skip the selection
-            better = values > self.values[:, -1]
-            rows = better.any(1)
-            if not bool(rows.any()):
-                return
-            values, positions, indices = values[rows], positions[rows], indices[rows]
-        v = torch.cat([self.values, values.T.float()], 1)
-        i = torch.cat([self.indices, indices.view(1, -1).expand(self.channels, -1)], 1)
-        p = torch.cat([self.positions, positions.T.long()], 1)
-        self.values, self.indices, self.positions = select(v, i, p, self.k)
-        self._threshold = None
 
     @classmethod
     def merge(cls, states) -> "TopK":

@@ -31,7 +31,7 @@ from ..core.capture import ModelGuard
 from ..core.layers import sequential_modules, window_params
 from ..core.rules import RULES
 
-__all__ = ["chain_plan", "record", "walk"]
+__all__ = ["chain_plan", "grown", "record", "walk"]
 
 _PASS = (nn.Dropout, nn.Dropout2d, nn.Identity)
 
@@ -101,6 +101,12 @@ def record(plan, x: torch.Tensor, method: str, upto: int | None = None, shapes_o
     return {"shapes": shapes, "switches": switches, "masks": masks}
 
 
+def grown(h: int, w: int, k, s, d):
+    """The window (``h x w`` at a layer's output) a unit's signal covers at the layer's input (kernel ``k``,
+    stride ``s``, dilation ``d``; padding only shifts it)."""
+    return (h - 1) * s[0] + d[0] * (k[0] - 1) + 1, (w - 1) * s[1] + d[1] * (k[1] - 1) + 1
+
+
 def _window(t: torch.Tensor, rows, y0, x0, h: int, w: int):
     """``t[rows[j], :, y0[j]:y0[j]+h, x0[j]:x0[j]+w]`` for every seed j and the in-bounds mask (see
     :func:`zfwidgets.core.backward.window_of`)."""
@@ -143,7 +149,7 @@ def walk(plan, rec: dict, path: str, rows, channels, ys, xs, method: str):
                 g = rule.backward(g, positive)
             elif isinstance(m, (nn.Conv2d, nn.MaxPool2d)):
                 k, s, p, d, _ = window_params(m)
-                ny, nx = (h - 1) * s[0] + d[0] * (k[0] - 1) + 1, (w - 1) * s[1] + d[1] * (k[1] - 1) + 1
+                ny, nx = grown(h, w, k, s, d)
                 ay, ax = y0 * s[0] - p[0], x0 * s[1] - p[1]
                 if full:
                     if isinstance(m, nn.Conv2d):
