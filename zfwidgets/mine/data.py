@@ -96,9 +96,8 @@ class ImageFiles(_Source):
         return len(self.files)
 
     def _decode(self, i):
-        with Image.open(self.files[i]) as im:
-            im.load()
-            return _to_input(self.lens, im.copy())
+        with Image.open(self.files[i]) as im:   # decoded by the transform while the file is open (no copy)
+            return _to_input(self.lens, im)
 
     def __getitem__(self, i):
         try:

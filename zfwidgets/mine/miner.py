@@ -149,12 +149,13 @@ class _Dist:
 
 # ----- the pass ---------------------------------------------------------------------------------------
 def _reduce(a: torch.Tensor, name: str, threshold: torch.Tensor):
-    """Each image's maximum per map (``B x C``, for the NaN check) and the entries that can enter the maps'
-    top-k states: ``(image row, map, flat position of the maximum)`` where the maximum beats ``threshold``
-    (``C``: the state's k-th value, ``-inf`` while not full), the position the first maximum in row-major
-    order (``-1`` for a fully connected layer). The maxima are one vectorised pass (``amax``), ten times
-    quicker than ``max`` with its indices; after the first batches few maps of few images are candidates,
-    and only theirs are searched for the position."""
+    """The entries of one batch that can enter the maps' top-k states: ``(value, flat position of the maximum,
+    image row, map)`` for each image's maximum per map that beats ``threshold`` (``C``: the state's k-th value,
+    ``-inf`` while not full), the position the first maximum in row-major order (``-1`` for a fully connected
+    layer). A maximum that is NaN is an entry too (it is never below the bar), so that the miner can name its
+    image without a second pass over the maxima. The maxima are one vectorised pass (``amax``), ten times
+    quicker than ``max`` with its indices; after the first batches few maps of few images are candidates, and
+    only theirs are searched for the position."""
     if a.dim() == 4:
         flat = a.flatten(2)
         val = flat.amax(2)
@@ -162,12 +163,12 @@ def _reduce(a: torch.Tensor, name: str, threshold: torch.Tensor):
         flat, val = None, a
     else:
         raise ValueError(f"layer {name!r} has output shape {tuple(a.shape)}; expected N x C x H x W or N x K")
-    b, c = (val > threshold.to(val.device, val.dtype)).nonzero(as_tuple=True)
+    b, c = val.le(threshold.to(val.device, val.dtype)).logical_not_().nonzero(as_tuple=True)
     if flat is None:
         pos = torch.full_like(b, -1)
     else:
         pos = flat[b, c].argmax(1) if b.numel() else b
-    return val, (val[b, c].float().cpu(), pos.cpu(), b.cpu(), c.cpu())
+    return val[b, c].float().cpu(), pos.cpu(), b.cpu(), c.cpu()
 
 
 class _MaxHooks:
@@ -204,9 +205,10 @@ class _MaxHooks:
         return False
 
     def run(self, x):
-        from ..core.capture import ModelGuard
+        """One batch's entries per layer (in ``inference_mode``); the model must be in eval mode (the pass
+        puts it there once, not per batch)."""
         self.out = {}
-        with torch.inference_mode(), ModelGuard(self.lens.model):
+        with torch.inference_mode():
             try:
                 self.lens.model(x)
             except self.stop:
@@ -356,9 +358,11 @@ def _run(lens, specs, source, dist, *, k, rule, weights, out, batch_size, worker
     loader = DataLoader(source, batch_sampler=todo, num_workers=workers, collate_fn=_collate) if todo else []
     b_next, since = start, 0
     t0 = time.perf_counter()
-    hooks = _MaxHooks(lens, names, states)
+    hooks, stack = _MaxHooks(lens, names, states), contextlib.ExitStack()
+    from ..core.capture import ModelGuard
     try:
         hooks.__enter__()
+        stack.enter_context(ModelGuard(lens.model))   # eval mode for the pass, each module's flag restored after
         for (x, ok), ids in zip(loader, todo):
             idx = torch.tensor(ids, dtype=torch.long)
             if not all(ok):
@@ -375,9 +379,10 @@ def _run(lens, specs, source, dist, *, k, rule, weights, out, batch_size, worker
             if x.shape[0]:
                 got = hooks.run(x.to(lens.device))
                 for name in names:
-                    val, (v, pos, rows, maps) = got[name]
-                    if bool(torch.isnan(val).any()):
-                        row = int(torch.isnan(val).any(1).nonzero()[0])
+                    v, pos, rows, maps = got[name]
+                    nan = torch.isnan(v)
+                    if bool(nan.any()):
+                        row = int(rows[nan.nonzero()[0, 0]])
                         raise ValueError(f"layer {name!r} gives NaN for image {source.name_of(int(idx[row]))}")
                     st = states[name]
                     st.offer(v, pos, idx[rows], maps)
@@ -394,6 +399,7 @@ def _run(lens, specs, source, dist, *, k, rule, weights, out, batch_size, worker
                 if stop_after is not None and b_next * B >= stop_after:   # tests: a run that ends early
                     return None
     finally:
+        stack.close()
         hooks.__exit__()
         if bar is not None:
             bar.close()
