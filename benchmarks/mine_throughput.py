@@ -150,7 +150,7 @@ def fig2(lens, data, plain_ds, layers, n, what, goal, workers=1):
     return ratio
 
 
-def maps_only(n):
+def maps_only(n, runs=7):
     lens = zf.load("zfnet-fashion")
     x, _ = load_fashion_mnist("test")
     with tempfile.TemporaryDirectory() as d:
@@ -161,11 +161,13 @@ def maps_only(n):
         # both sides read the folder from scratch: its listing, the decoding and the forwards
         times = C.interleaved({"plain": lambda: plain(lens.model, Pngs(d, lens.transform)),
                                "mine": lambda: zf.mine(lens, d, workers=1, progress=False, projections=False)},
-                              runs=3, warmup=0)
+                              runs=runs, warmup=1)
     r = C.median(times["plain"]) / C.median(times["mine"])
-    print(f"== maps only, bundled, {n} PNG files, every conv layer, 1 decoding worker each: plain "
-          f"{C.fmt_s(C.median(times['plain']))}, miner {C.fmt_s(C.median(times['mine']))}: ratio {r:.2f}x (goal 0.95x) "
-          f"{'met' if r >= 0.95 else 'NOT met'}")
+    print(f"== maps only, bundled, {n} PNG files, every conv layer, 1 decoding worker each, medians of {runs} "
+          f"interleaved runs: plain {C.fmt_s(C.median(times['plain']))}, miner {C.fmt_s(C.median(times['mine']))}: "
+          f"ratio {r:.2f}x (goal 0.95x) {'met' if r >= 0.95 else 'NOT met'}")
+    print(f"   seconds, plain: {', '.join(f'{v:.2f}' for v in times['plain'])}; miner: "
+          f"{', '.join(f'{v:.2f}' for v in times['mine'])}")
     return r
 
 
@@ -255,6 +257,8 @@ def main():
     p.add_argument("--quick", action="store_true", help="a quarter of the images")
     p.add_argument("--only", nargs="*", default=["maps", "bundled", "alexnet", "torchrun"])
     p.add_argument("--maps-images", type=int, default=None, help="maps-only PNG files (default 4096, --quick 1024)")
+    p.add_argument("--maps-runs", type=int, default=7, help="interleaved maps-only runs of each side, after one "
+                   "untimed round (default 7)")
     p.add_argument("--alexnet-images", type=int, default=None, help="AlexNet images (default 2048, --quick 512)")
     p.add_argument("--torchrun-images", type=int, default=None, help="torchrun job images (default 10000)")
     p.add_argument("--torchrun-runs", type=int, default=5, help="interleaved runs of each side (default 5)")
@@ -263,7 +267,7 @@ def main():
     q = 4 if a.quick else 1
     print(C.machine())
     if "maps" in a.only:
-        maps_only(a.maps_images or 4096 // q)
+        maps_only(a.maps_images or 4096 // q, a.maps_runs)
     if "bundled" in a.only:
         lens = zf.load("zfnet-fashion")
         x, _ = load_fashion_mnist("test")

@@ -66,14 +66,16 @@ class _Source(Dataset):
 
 
 def _image_files(root: Path):
-    """``(relative posix path, path)`` of every image file under ``root``; ``os.walk`` reads the file types
-    from the directory entries (no ``stat`` per file, as ``Path.is_file`` would make)."""
-    for folder, _, names in os.walk(root):
-        here = Path(folder)
+    """``(relative posix path, path)`` of every image file under ``root``, as strings: ``os.walk`` reads the file
+    types from the directory entries (no ``stat`` per file, as ``Path.is_file`` would make), and no ``Path`` is
+    made per file (a third of the listing's time)."""
+    top = os.fspath(root)
+    for folder, _, names in os.walk(top):
+        rel = os.path.relpath(folder, top)
+        prefix = "" if rel == os.curdir else rel.replace(os.sep, "/") + "/"
         for name in names:
             if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
-                p = here / name
-                yield p.relative_to(root).as_posix(), p
+                yield prefix + name, os.path.join(folder, name)
 
 
 class ImageFiles(_Source):

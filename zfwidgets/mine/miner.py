@@ -148,14 +148,15 @@ class _Dist:
 
 
 # ----- the pass ---------------------------------------------------------------------------------------
-def _reduce(a: torch.Tensor, name: str, threshold: torch.Tensor):
+def _reduce(a: torch.Tensor, name: str, threshold: torch.Tensor, k: int):
     """The entries of one batch that can enter the maps' top-k states: ``(value, flat position of the maximum,
     image row, map)`` for each image's maximum per map that beats ``threshold`` (``C``: the state's k-th value,
     ``-inf`` while not full), the position the first maximum in row-major order (``-1`` for a fully connected
     layer). A maximum that is NaN is an entry too (it is never below the bar), so that the miner can name its
     image without a second pass over the maxima. The maxima are one vectorised pass (``amax``), ten times
     quicker than ``max`` with its indices; after the first batches few maps of few images are candidates, and
-    only theirs are searched for the position."""
+    only theirs are searched for the position. While a state is not full (the first batch) only the batch's
+    own ``k`` best per map (ties included) can enter, and only they are searched."""
     if a.dim() == 4:
         flat = a.flatten(2)
         val = flat.amax(2)
@@ -163,7 +164,11 @@ def _reduce(a: torch.Tensor, name: str, threshold: torch.Tensor):
         flat, val = None, a
     else:
         raise ValueError(f"layer {name!r} has output shape {tuple(a.shape)}; expected N x C x H x W or N x K")
-    b, c = val.le(threshold.to(val.device, val.dtype)).logical_not_().nonzero(as_tuple=True)
+    threshold = threshold.to(val.device, val.dtype)
+    cand = val.le(threshold).logical_not_()
+    if val.shape[0] > k and bool(torch.isneginf(threshold).any()):
+        cand &= val.lt(val.topk(k, dim=0).values[-1]).logical_not_()   # the k-th best of the batch (NaN stays in)
+    b, c = cand.nonzero(as_tuple=True)
     if flat is None:
         pos = torch.full_like(b, -1)
     else:
@@ -185,7 +190,8 @@ class _MaxHooks:
         def hook(module, args, output):
             if not isinstance(output, torch.Tensor):
                 raise TypeError(f"layer {name!r} returns {type(output).__name__}, not a tensor")
-            self.out[name] = _reduce(output, name, self.states[name].threshold())
+            st = self.states[name]
+            self.out[name] = _reduce(output, name, st.threshold(), st.k)
             if len(self.out) == len(self.names):
                 raise self.stop
         return hook
