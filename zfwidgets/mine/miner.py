@@ -367,7 +367,7 @@ def _run(lens, specs, source, dist, *, k, rule, weights, out, batch_size, worker
     hooks, stack = _MaxHooks(lens, names, states), contextlib.ExitStack()
     from ..core.capture import ModelGuard
     try:
-        hooks.__enter__()
+        stack.enter_context(hooks)
         stack.enter_context(ModelGuard(lens.model))   # eval mode for the pass, each module's flag restored after
         for (x, ok), ids in zip(loader, todo):
             idx = torch.tensor(ids, dtype=torch.long)
@@ -406,7 +406,6 @@ def _run(lens, specs, source, dist, *, k, rule, weights, out, batch_size, worker
                     return None
     finally:
         stack.close()
-        hooks.__exit__()
         if bar is not None:
             bar.close()
     b_next = end
