@@ -25,12 +25,13 @@ from PIL import Image
 from torch import nn
 
 from .core.capture import Capture, ModelGuard
-from .core.images import as_pil, check_input_tensor
 from .core.graph import ACTIVATIONS, Trace
-from .core.layers import LayerInfo, _conv_fc_table, layer_table, resolve_layer
+from .core.inputs import as_batch, as_input
+from .core.layers import LayerInfo, layer_table, resolve_layer
+from .core.layers import conv_fc_table as _conv_fc_table
 from .core.rules import RectifierSwap, RuleState
 
-__all__ = ["Lens", "Forward"]
+__all__ = ["Lens", "Forward", "DefaultTransform"]
 
 # activation modules the ReLU rules do not cover (the graph's table of activations, and GLU)
 _OTHER_ACTIVATION_MODULES = tuple(a for a in ACTIVATIONS if a is not nn.ReLU) + (nn.GLU,)
@@ -65,7 +66,7 @@ def _to_tensor(img: Image.Image) -> torch.Tensor:
     return torch.from_numpy(arr.copy()).permute(2, 0, 1)
 
 
-class _DefaultTransform:
+class DefaultTransform:
     """PIL image → float tensor in [0, 1], optionally resized and normalised."""
 
     def __init__(self, size=None, mean=None, std=None):
@@ -129,7 +130,7 @@ class Lens:
             mean, std = transform.mean, transform.std
         self.mean = None if mean is None else [float(m) for m in np.broadcast_to(mean, (self.channels,))]
         self.std = None if std is None else [float(s) for s in np.broadcast_to(std, (self.channels,))]
-        self.transform = transform if transform is not None else _DefaultTransform(
+        self.transform = transform if transform is not None else DefaultTransform(
             None if input_size is None else input_size[1:], self.mean, self.std)
         self.class_names = list(class_names) if class_names is not None else None
         self.name = name or type(model).__name__
@@ -183,30 +184,13 @@ class Lens:
 
     # ----- images -------------------------------------------------------------------------------
     def to_input(self, image) -> torch.Tensor:
-        """One image as model input, 1 x C x H x W on the model's device (validated)."""
-        size = None if self.input_size is None else self.input_size[1:]
-        if isinstance(image, torch.Tensor):
-            return check_input_tensor(image, self.channels, size, self.device)
-        x = self.transform(as_pil(image, self.channels))
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"the lens's transform returned {type(x).__name__}, expected a tensor CxHxW")
-        return check_input_tensor(x.to(self.device), self.channels, size, self.device)
+        """One image (or data-set item) as model input, 1 x C x H x W on the model's device (validated); see
+        :func:`zfwidgets.core.inputs.as_input`."""
+        return as_input(self, image)
 
     def to_batch(self, images) -> torch.Tensor:
         """Several images (a list, or an N x C x H x W tensor of preprocessed input) as one batch."""
-        if isinstance(images, torch.Tensor) and images.dim() == 4:
-            if not images.shape[0]:
-                return images
-            self.to_input(images[:1])            # dtype, channels, size, device: one image speaks for all
-            finite = torch.isfinite(images).flatten(1).all(1)
-            if not bool(finite.all()):
-                raise ValueError(f"image {int((~finite).nonzero()[0])} of the batch contains NaN or infinite "
-                                 "values")
-            return images.clone()
-        xs = [self.to_input(im) for im in images]
-        if not xs:
-            raise ValueError("no images given")
-        return torch.cat(xs)
+        return as_batch(self, images)
 
     def to_display(self, x: torch.Tensor) -> np.ndarray:
         """Model input (C x H x W or 1 x C x H x W) back to an H x W x 3 uint8 image for display."""

@@ -1,5 +1,5 @@
-"""Helpers the analysis functions share: argument checks, default layers, a layer-capturing forward and the
-occluder fill. Images and labels come in through :mod:`zfwidgets.analysis._inputs`.
+"""Helpers the analysis functions share: argument checks, default layers and a layer-capturing forward.
+Images, labels, boxes and fills come in through the core's input layer, :mod:`zfwidgets.core.inputs`.
 
 Everything here is private to ``zfwidgets.analysis``; other analysis modules may import it.
 
@@ -10,10 +10,11 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from numbers import Integral, Real
+from numbers import Integral
 
-import numpy as np
 import torch
+
+from ..core.inputs import fill_tensor  # re-exported until every user imports it from the core
 
 __all__ = ["check_lens", "check_int", "check_flag", "progress_flag", "run_layers", "default_conv_layer",
            "first_conv_layer", "last_hidden_layer", "fill_tensor", "layer_names"]
@@ -90,32 +91,3 @@ def layer_names(lens, layers) -> list:
     if not isinstance(layers, Sequence) or not layers:
         raise TypeError(f"layers must be a layer name, a module, or a non-empty list of them; got {layers!r}")
     return [lens.resolve(l)[0] for l in layers]
-
-
-def fill_tensor(lens, fill) -> torch.Tensor:
-    """The occluder fill as C values in model-input space: ``"mean"`` (the lens's :attr:`fill_value`, the data
-    set's mean pixel), a number, or one number per channel."""
-    C = lens.channels
-    if isinstance(fill, str):
-        if fill != "mean":
-            raise ValueError(f"fill must be 'mean', a number or {C} per-channel numbers; got {fill!r}")
-        value = lens.fill_value.detach().float()
-    elif isinstance(fill, bool):
-        raise TypeError("fill must be 'mean', a number or a per-channel sequence, got a bool")
-    elif isinstance(fill, Real):
-        value = torch.full((C,), float(fill))
-    elif isinstance(fill, (Sequence, np.ndarray, torch.Tensor)):
-        try:
-            value = torch.as_tensor(np.asarray(fill, dtype=np.float64) if not isinstance(fill, torch.Tensor)
-                                    else fill.detach().cpu(), dtype=torch.float32).flatten()
-        except (TypeError, ValueError):
-            raise TypeError(f"fill must be 'mean', a number or {C} per-channel numbers; got {fill!r}") from None
-        if value.numel() == 1:
-            value = value.expand(C).clone()
-        if value.numel() != C:
-            raise ValueError(f"fill has {value.numel()} values but the model takes {C}-channel input")
-    else:
-        raise TypeError(f"fill must be 'mean', a number or {C} per-channel numbers; got {type(fill).__name__}")
-    if not torch.isfinite(value).all():
-        raise ValueError(f"fill must be finite, got {value.tolist()}")
-    return value.to(lens.device)

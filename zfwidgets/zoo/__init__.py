@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..core.inputs import image_of, label_of
 from .data import FASHION_CLASSES, FASHION_MEAN, FASHION_STD
 from .models import ARCHITECTURES, build
 
@@ -97,7 +98,7 @@ def load(name: str = "zfnet-fashion", epoch: int | None = None):
         >>> zfwidgets.load("zfnet-fashion", epoch=1).epoch
         1
     """
-    from ..lens import Lens, _DefaultTransform
+    from ..lens import DefaultTransform, Lens
     _check_name(name)
     card = model_card(name)
     if epoch is None or epoch == card["epochs"]:
@@ -110,7 +111,7 @@ def load(name: str = "zfnet-fashion", epoch: int | None = None):
     model = build(name)
     model.load_state_dict(load_weights(path))
     model.eval()
-    transform = _DefaultTransform((28, 28), [FASHION_MEAN], [FASHION_STD])
+    transform = DefaultTransform((28, 28), [FASHION_MEAN], [FASHION_STD])
     classes = card.get("class_names", FASHION_CLASSES)   # zfnet-fashion-half: its five classes, in output order
     lens = Lens(model, transform=transform, class_names=list(classes), input_size=(1, 28, 28),
                 mean=[FASHION_MEAN], std=[FASHION_STD], name=name if epoch is None else f"{name}@{epoch}")
@@ -137,13 +138,12 @@ class Sample:
 def image_and_label(item) -> tuple:
     """``(image, label or None)`` of one item: a :class:`Sample` (or anything with ``.image`` and ``.label``),
     an ``(image, int label)`` pair, an ``{"image", "label"}`` dict, or a bare image (PIL, uint8 array, tensor),
-    as the analyses' input pipeline (:mod:`zfwidgets.analysis._inputs`) reads it.
+    as every reader takes it (:func:`zfwidgets.core.inputs.image_of`).
 
     Example:
         >>> image, label = image_and_label(zfwidgets.samples()[0]); label
         0
     """
-    from ..analysis._inputs import image_of, label_of   # the input pipeline says what an item is
     return image_of(item), label_of(item)
 
 
