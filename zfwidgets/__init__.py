@@ -60,10 +60,6 @@ def __getattr__(name):
         value = getattr(importlib.import_module(_LAZY[name]), name)
         globals()[name] = value
         return value
-    if name == "mine":  # the function, not the subpackage of the same name
-        value = importlib.import_module("zfwidgets.mine.miner").mine
-        globals()[name] = value
-        return value
     if name == "plot":
         return importlib.import_module("zfwidgets.plot")
     raise AttributeError(f"module 'zfwidgets' has no attribute {name!r}")
