@@ -333,7 +333,7 @@ class Lens:
             (['conv1.0', 'conv1.3', 'conv1.6'], (3, 64, 64), 'tench')
             >>> lens = Lens.from_timm("resnet50", weights="resnet50.safetensors")  # a checkpoint on disk  # doctest: +SKIP
         """
-        from .zoo.timm_models import build_timm
+        from .core.timm_models import build_timm
         own = {"transform", "class_names", "input_size", "mean", "std", "name"}
         create_kwargs = {k: v for k, v in kwargs.items() if k not in own}
         kwargs = {k: v for k, v in kwargs.items() if k in own}
@@ -362,7 +362,7 @@ class Lens:
             >>> from torchvision.models import VGG16_Weights
             >>> lens = Lens.from_torchvision("vgg16", VGG16_Weights.IMAGENET1K_V1)  # offline only with the file in TORCH_HOME  # doctest: +SKIP
         """
-        from .zoo.torchvision_models import build_torchvision
+        from .core.torchvision_models import build_torchvision
         own = {"transform", "class_names", "input_size", "mean", "std", "name"}
         builder_kwargs = {k: v for k, v in kwargs.items() if k not in own}
         kwargs = {k: v for k, v in kwargs.items() if k in own}

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 from torchvision.models import AlexNet_Weights, ResNet18_Weights
 
-from zfwidgets.zoo.torchvision_models import _resolve_weights
+from zfwidgets.core.torchvision_models import _resolve_weights
 
 
 def _png(arr) -> bytes:
