@@ -26,7 +26,7 @@ from torch import nn
 
 from .core.capture import Capture, ModelGuard
 from .core.graph import ACTIVATIONS, Trace
-from .core.inputs import as_batch, as_input
+from .core.inputs import to_batch, to_input
 from .core.layers import LayerInfo, layer_table, resolve_layer
 from .core.layers import conv_fc_table as _conv_fc_table
 from .core.rules import RectifierSwap, RuleState
@@ -184,13 +184,12 @@ class Lens:
 
     # ----- images -------------------------------------------------------------------------------
     def to_input(self, image) -> torch.Tensor:
-        """One image (or data-set item) as model input, 1 x C x H x W on the model's device (validated); see
-        :func:`zfwidgets.core.inputs.as_input`."""
-        return as_input(self, image)
+        """One image as model input, 1 x C x H x W on the model's device (validated)."""
+        return to_input(self, image)
 
     def to_batch(self, images) -> torch.Tensor:
         """Several images (a list, or an N x C x H x W tensor of preprocessed input) as one batch."""
-        return as_batch(self, images)
+        return to_batch(self, images)
 
     def to_display(self, x: torch.Tensor) -> np.ndarray:
         """Model input (C x H x W or 1 x C x H x W) back to an H x W x 3 uint8 image for display."""
@@ -366,7 +365,8 @@ class Lens:
         own = {"transform", "class_names", "input_size", "mean", "std", "name"}
         builder_kwargs = {k: v for k, v in kwargs.items() if k not in own}
         kwargs = {k: v for k, v in kwargs.items() if k in own}
-        model, transform, classes, size, w = build_torchvision(arch, weights, **builder_kwargs)
+        model, transform, classes, size, w = build_torchvision(arch, weights, kwargs.get("input_size"),
+                                                             **builder_kwargs)
         lens = cls(model, **{"transform": transform, "class_names": classes, "input_size": size, "name": arch,
                              **kwargs})
         lens.weights = w

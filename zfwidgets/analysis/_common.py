@@ -14,10 +14,8 @@ from numbers import Integral
 
 import torch
 
-from ..core.inputs import fill_tensor  # re-exported until every user imports it from the core
-
 __all__ = ["check_lens", "check_int", "check_flag", "progress_flag", "run_layers", "default_conv_layer",
-           "first_conv_layer", "last_hidden_layer", "fill_tensor", "layer_names"]
+           "first_conv_layer", "last_hidden_layer", "layer_names"]
 
 
 def check_lens(lens):

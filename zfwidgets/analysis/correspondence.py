@@ -40,8 +40,8 @@ import numpy as np
 import torch
 
 from .._progress import progress as _progress
+from ..core.inputs import DEFAULT_BATCH_SIZE, as_box, fill_tensor, gather
 from ._common import check_lens, progress_flag, run_layers
-from ._inputs import DEFAULT_BATCH_SIZE, gather
 
 __all__ = ["Correspondence", "correspondence", "hamming_consistency"]
 
@@ -135,47 +135,6 @@ class Correspondence:
         return plot_correspondence(self)
 
 
-def _check_box(box, H, W, where):
-    if isinstance(box, torch.Tensor):
-        box = box.tolist()
-    if not isinstance(box, (tuple, list, np.ndarray)) or len(box) != 4:
-        raise TypeError(f"{where}: a box must be (y0, x0, y1, x1), got {box!r}")
-    vals = []
-    for v in box:
-        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (Integral, np.integer)):
-            raise TypeError(f"{where}: box coordinates must be ints, got {box!r}")
-        vals.append(int(v))
-    y0, x0, y1, x1 = vals
-    if not (0 <= y0 < y1 <= H and 0 <= x0 < x1 <= W):
-        raise ValueError(f"{where}: box {tuple(vals)} is empty or outside the {H}x{W} input; expected "
-                         f"0 <= y0 < y1 <= {H} and 0 <= x0 < x1 <= {W}")
-    return tuple(vals)
-
-
-def _fill(lens, fill) -> torch.Tensor:
-    C = lens.channels
-    if isinstance(fill, str):
-        if fill != "mean":
-            raise ValueError(f"fill must be 'mean', a number or {C} per-channel numbers; got {fill!r}")
-        value = lens.fill_value.detach().float().cpu()
-    elif isinstance(fill, bool):
-        raise TypeError("fill must be 'mean', a number or per-channel numbers, got a bool")
-    elif isinstance(fill, Real):
-        value = torch.full((C,), float(fill))
-    elif isinstance(fill, (list, tuple, np.ndarray, torch.Tensor)):
-        value = torch.as_tensor(np.asarray(fill if not isinstance(fill, torch.Tensor) else fill.cpu(),
-                                           dtype=np.float32)).flatten()
-        if value.numel() == 1:
-            value = value.expand(C).clone()
-        if value.numel() != C:
-            raise ValueError(f"fill has {value.numel()} values but the model takes {C}-channel input")
-    else:
-        raise TypeError(f"fill must be 'mean', a number or per-channel numbers; got {type(fill).__name__}")
-    if not torch.isfinite(value).all():
-        raise ValueError("fill must be finite")
-    return value
-
-
 def _default_layers(lens) -> list:
     """ZF's layers 5 and 7: the last conv layer and the last hidden (fc) layer, when there is one."""
     convs = [i.name for i in lens.table if i.kind == "conv"]
@@ -248,13 +207,13 @@ def correspondence(lens, images, boxes, *, layers=None, fill="mean", random_cont
             raise TypeError(f"part {name!r}: expected one (y0, x0, y1, x1) box per image ({n} boxes), got {bs!r}")
         if len(bs) != n:
             raise ValueError(f"part {name!r}: {len(bs)} boxes for {n} images; give one box per image")
-        checked[name] = [_check_box(b, H, W, f"part {name!r}, image {i}") for i, b in enumerate(bs)]
+        checked[name] = [as_box(b, H, W, where=f"part {name!r}, image {i}") for i, b in enumerate(bs)]
     layer_list = _default_layers(lens) if layers is None else (
         [layers] if isinstance(layers, (str, torch.nn.Module)) else list(layers))
     if not layer_list:
         raise ValueError("layers is empty")
     names = [lens.resolve(l)[0] for l in layer_list]
-    value = _fill(lens, fill).to(x.device).view(-1, 1, 1)
+    value = fill_tensor(lens, fill).to(x.device).view(-1, 1, 1)
 
     # control groups: one per distinct set of box sizes
     sizes = {p: tuple((b[2] - b[0], b[3] - b[1]) for b in bs) for p, bs in checked.items()}

@@ -38,8 +38,8 @@ import torch
 from torch import nn
 
 from .._progress import progress as _progress
+from ..core.inputs import DEFAULT_BATCH_SIZE, gather
 from ._common import check_lens, progress_flag, run_layers
-from ._inputs import DEFAULT_BATCH_SIZE, gather
 
 __all__ = ["FeatureEvolution", "feature_evolution", "SnapshotSaver", "load_snapshots", "shift_cosine"]
 

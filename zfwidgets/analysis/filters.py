@@ -47,8 +47,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..core.inputs import DEFAULT_BATCH_SIZE, gather
 from ._common import check_lens, progress_flag, run_layers
-from ._inputs import DEFAULT_BATCH_SIZE, gather
 
 __all__ = ["FilterHealth", "filter_health", "band_energies", "filter_spectrum", "BAND_EDGES", "BAND_NAMES",
            "alias_energy", "Aliasing", "layer_aliasing"]

@@ -34,8 +34,8 @@ import numpy as np
 import torch
 
 from .._progress import progress as _progress
-from ._common import check_flag, check_int, check_lens, fill_tensor, first_conv_layer, last_hidden_layer, layer_names
-from ._inputs import gather, is_single_image
+from ..core.inputs import fill_tensor, gather, is_single_image
+from ._common import check_flag, check_int, check_lens, first_conv_layer, last_hidden_layer, layer_names
 
 __all__ = ["Invariance", "invariance", "transform_input", "TRANSFORMS"]
 

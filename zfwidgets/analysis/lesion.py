@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..core.inputs import DEFAULT_BATCH_SIZE, gather
 from ._common import check_lens, progress_flag
-from ._inputs import DEFAULT_BATCH_SIZE, gather
 
 __all__ = ["Lesion", "LesionSweep", "AblationTable", "lesion", "lesion_sweep", "ablation_table"]
 

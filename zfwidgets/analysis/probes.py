@@ -43,8 +43,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._progress import progress as _progress
+from ..core.inputs import DEFAULT_BATCH_SIZE, Inputs, gather
 from ._common import check_lens, last_hidden_layer, progress_flag, run_layers
-from ._inputs import DEFAULT_BATCH_SIZE, Inputs, gather
 
 __all__ = ["LayerProbes", "Generalisation", "layer_probes", "feature_generalisation", "fit_softmax",
            "layer_features"]
@@ -209,7 +209,7 @@ def layer_probes(lens, train_images, train_labels=None, test_images=None, test_l
     Args:
         lens: a :class:`zfwidgets.Lens`.
         train_images, train_labels: images to fit the probes (any collection
-            :func:`~zfwidgets.analysis._inputs.gather` accepts: a list, a uint8 array N x H x W [x C], a float
+            :func:`~zfwidgets.core.inputs.gather` accepts: a list, a uint8 array N x H x W [x C], a float
             tensor N x C x H x W of model input, a ``Dataset`` or ``DataLoader``) and their class indices
             (``None``: the labels the data carries).
         test_images, test_labels: held-out images and labels to measure them.

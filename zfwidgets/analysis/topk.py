@@ -28,9 +28,9 @@ import numpy as np
 import torch
 
 from .._progress import progress as _progress
+from ..core.inputs import DEFAULT_BATCH_SIZE, gather
 from ..core.project import METHODS, project
 from ._common import check_flag, check_int, check_lens
-from ._inputs import DEFAULT_BATCH_SIZE, gather
 from .receptive import Box, FieldMap
 
 __all__ = ["Hit", "TopActivations", "top_activations"]

@@ -1,4 +1,6 @@
-"""Turning what users pass (PIL images, uint8 arrays, tensors, files) into model input, with clear errors."""
+"""The pixel end of the input layer (:mod:`.inputs`): image files and bytes decoded into PIL images (with a
+decompression-bomb limit), images in the model's colour mode, and model-input tensors checked, with clear
+errors."""
 from __future__ import annotations
 
 import io

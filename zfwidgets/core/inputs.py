@@ -5,10 +5,12 @@ and the panels read their inputs here, so one item means one image everywhere.
 The lens is duck-typed (``transform``, ``channels``, ``input_size``, ``device``, ``fill_value``): the core
 imports nothing above it. Decoding files and bytes, and checking a tensor, live in :mod:`.images`.
 
-One image (:func:`as_input`): a PIL image, a uint8 array H x W [x C], a uint8 tensor (H x W, C x H x W or
-H x W x C), a file path, an image file's bytes, or a float tensor C x H x W / 1 x C x H x W (already
-preprocessed model input); or any data-set item holding one (:func:`image_of`). Pixels go through the lens's
-own preprocessing; float tensors are taken as model input.
+One image (:func:`as_input`, what the analyses and panels read): a PIL image, a uint8 array H x W [x C], a
+uint8 tensor (H x W, C x H x W or H x W x C), a file path, an image file's bytes, or a float tensor C x H x W /
+1 x C x H x W (already preprocessed model input); or any data-set item holding one (:func:`image_of`). Pixels
+go through the lens's own preprocessing; float tensors are taken as model input. :func:`to_input` (the lens's
+``to_input``) is the strict form: one image, float tensors already on the model's device; :func:`cpu_input`
+is the miner's unchecked form for its loader workers.
 
 Collections (:func:`gather`):
 
@@ -44,8 +46,8 @@ from PIL import Image
 from .._progress import progress as _progress
 from .images import as_pil, check_input_tensor
 
-__all__ = ["DEFAULT_BATCH_SIZE", "Inputs", "gather", "as_labels", "image_of", "label_of", "as_input", "as_batch",
-           "cpu_input", "is_single_image", "as_box", "fill_tensor"]
+__all__ = ["DEFAULT_BATCH_SIZE", "Inputs", "gather", "as_labels", "image_of", "label_of", "as_input", "to_input",
+           "to_batch", "cpu_input", "is_single_image", "as_box", "fill_tensor"]
 
 #: images per forward, the same default for every analysis
 DEFAULT_BATCH_SIZE = 64
@@ -147,45 +149,50 @@ def _transformed(lens, image) -> torch.Tensor:
     return x
 
 
-def _is_model_input(image) -> bool:
-    return isinstance(image, torch.Tensor) and image.dtype != torch.uint8
+def to_input(lens, image) -> torch.Tensor:
+    """One image as model input 1 x C x H x W, checked (float, finite, the model's channels, size and device):
+    pixels (PIL, uint8 array, path, bytes) go through the lens's transform, a tensor is taken as model input.
+    :meth:`Lens.to_input <zfwidgets.Lens.to_input>`; :func:`as_input` is the lenient form the analyses read."""
+    size = None if lens.input_size is None else lens.input_size[1:]
+    if isinstance(image, torch.Tensor):
+        return check_input_tensor(image, lens.channels, size, lens.device)
+    return check_input_tensor(_transformed(lens, image).to(lens.device), lens.channels, size, lens.device)
 
 
 def as_input(lens, image) -> torch.Tensor:
-    """One image, or the image of one data-set item (:func:`image_of`), as model input 1 x C x H x W on the
-    model's device, checked (float, finite, the model's channels and size)."""
+    """:func:`to_input` of one image or of the image in one data-set item (:func:`image_of`), also taking uint8
+    tensors as pixels and moving float tensors to the model's device."""
     image = image_of(image)
-    size = None if lens.input_size is None else lens.input_size[1:]
-    if _is_model_input(image):
-        x = image.to(lens.device) if torch.is_floating_point(image) else image
-    else:
-        x = _transformed(lens, image).to(lens.device)
-    return check_input_tensor(x, lens.channels, size, lens.device)
+    if isinstance(image, torch.Tensor):
+        if image.dtype == torch.uint8:
+            image = _pixels(image)
+        elif torch.is_floating_point(image):
+            image = image.to(lens.device)
+    return to_input(lens, image)
 
 
 def cpu_input(lens, image) -> torch.Tensor:
     """:func:`as_input` as the miner's loader workers read it: C x H x W on the CPU and not checked (a float
     tensor is taken as it is; the miner reports a NaN map itself, naming the image)."""
     image = image_of(image)
-    if _is_model_input(image) and torch.is_floating_point(image):
+    if isinstance(image, torch.Tensor) and torch.is_floating_point(image):
         x = image.detach()
         return (x[0] if x.dim() == 4 and x.shape[0] == 1 else x).cpu()
     return _transformed(lens, image).detach().cpu()
 
 
-def as_batch(lens, images) -> torch.Tensor:
-    """Several images (a list of images or items, or an N x C x H x W tensor of model input) as one checked
-    batch on the model's device."""
+def to_batch(lens, images) -> torch.Tensor:
+    """Several images (a list, or an N x C x H x W tensor of model input) as one batch, each checked as
+    :func:`to_input` checks it (:meth:`Lens.to_batch <zfwidgets.Lens.to_batch>`)."""
     if isinstance(images, torch.Tensor) and images.dim() == 4:
         if not images.shape[0]:
             return images
-        as_input(lens, images[:1])            # dtype, channels, size, device: one image speaks for all
+        to_input(lens, images[:1])            # dtype, channels, size, device: one image speaks for all
         finite = torch.isfinite(images).flatten(1).all(1)
         if not bool(finite.all()):
             raise ValueError(f"image {int((~finite).nonzero()[0])} of the batch contains NaN or infinite values")
-        x = images.to(lens.device)
-        return x.clone() if x is images else x
-    xs = [as_input(lens, im) for im in images]
+        return images.clone()
+    xs = [to_input(lens, im) for im in images]
     if not xs:
         raise ValueError("no images given")
     return torch.cat(xs)
@@ -349,7 +356,7 @@ class Inputs:
             x = self._tensor if self._tensor is not None else self.source
             for start in range(0, self.n, batch_size):
                 chunk = x[start:start + batch_size]
-                yield start, chunk if self._tensor is not None else as_batch(lens, chunk)
+                yield start, chunk if self._tensor is not None else to_batch(lens, chunk.to(lens.device))
             return
         if self.kind == "DataLoader":
             start = 0
@@ -375,7 +382,7 @@ class Inputs:
                             "or uint8 pixels")
         if x.dim() == 3:
             x = x.unsqueeze(1)
-        return as_batch(lens, x)
+        return to_batch(lens, x.to(lens.device))
 
     def tensor(self) -> torch.Tensor:
         """Every image as one N x C x H x W batch of model input (computed once)."""

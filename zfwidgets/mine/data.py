@@ -17,38 +17,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, IterableDataset, SequentialSampler
 
-from ..core.images import as_pil
+from ..core.inputs import cpu_input
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageFiles", "FashionSplit", "Wrapped", "open_data"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
-
-
-def _to_input(lens, image) -> torch.Tensor:
-    """One image (PIL, uint8 array, path, or a float tensor already preprocessed) as model input C x H x W (CPU)."""
-    if isinstance(image, torch.Tensor) and torch.is_floating_point(image):
-        x = image.detach()
-        return (x[0] if x.dim() == 4 and x.shape[0] == 1 else x).cpu()
-    x = lens.transform(as_pil(image, lens.channels))
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"the lens's transform returned {type(x).__name__}, expected a tensor C x H x W")
-    return x.detach().cpu()
-
-
-def _image_of(item):
-    """The image in a data set item: a bare image, ``(image, label)``, a dict with ``'image'``, or a ``Sample``."""
-    if isinstance(item, dict) and "image" in item:
-        return item["image"]
-    if isinstance(item, (tuple, list)) and item:
-        return item[0]
-    if hasattr(item, "image") and not isinstance(item, (torch.Tensor, np.ndarray, Image.Image)):
-        return item.image
-    return item
 
 
 class _Source(Dataset):
@@ -99,7 +76,7 @@ class ImageFiles(_Source):
 
     def _decode(self, i):
         with Image.open(self.files[i]) as im:   # decoded by the transform while the file is open (no copy)
-            return _to_input(self.lens, im)
+            return cpu_input(self.lens, im)
 
     def __getitem__(self, i):
         try:
@@ -153,14 +130,15 @@ class FashionSplit(_Source):
         return len(self.images)
 
     def __getitem__(self, i):
-        return _to_input(self.lens, Image.fromarray(self.images[i])), True
+        return cpu_input(self.lens, Image.fromarray(self.images[i])), True
 
     def describe(self) -> dict:
         return {"spec": self.spec, "kind": "fashion-mnist", "images": len(self)}
 
 
 class Wrapped(_Source):
-    """A map-style ``Dataset`` from Python; its items are images, ``(image, label)`` pairs or dicts."""
+    """A map-style ``Dataset`` from Python; its items are images or data-set items holding one, read as
+    :func:`zfwidgets.core.inputs.image_of` says."""
 
     def __init__(self, dataset, lens, spec=None):
         try:
@@ -176,7 +154,7 @@ class Wrapped(_Source):
         return self.n
 
     def __getitem__(self, i):
-        return _to_input(self.lens, _image_of(self.dataset[i])), True
+        return cpu_input(self.lens, self.dataset[i]), True
 
     def describe(self) -> dict:
         return {"spec": self.spec, "kind": "python", "images": len(self)}

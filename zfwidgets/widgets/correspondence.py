@@ -9,6 +9,7 @@ import math
 import ipywidgets as W
 import numpy as np
 
+from ..core.inputs import as_input, image_of
 from ..plot.colours import PART_COLOURS, RANDOM_COLOUR
 from ._common import Panel, display_factor, png_bytes, upscale
 from ._events import Coalescer
@@ -21,11 +22,6 @@ def _correspondence(lens, images, boxes, layers, random_controls, seed):
     from ..analysis.correspondence import correspondence
     return correspondence(lens, images, boxes, layers=layers, random_controls=random_controls, seed=seed,
                           progress=False)
-
-
-def _image_and_label(item):
-    from ..zoo import image_and_label
-    return image_and_label(item)
 
 
 class CorrespondencePanel(Panel):
@@ -73,10 +69,10 @@ class CorrespondencePanel(Panel):
 
     def _build(self, images, boxes, layers, random_controls, seed, size, display_size):
         lens = self.lens
-        self.images = [_image_and_label(item)[0] for item in images]
+        self.images = [image_of(item) for item in images]
         if len(self.images) < 2:
             raise ValueError(f"the correspondence panel needs at least 2 images, got {len(self.images)}")
-        xs = [lens.to_input(im).detach() for im in self.images]
+        xs = [as_input(lens, im).detach() for im in self.images]
         self.H, self.W = (int(v) for v in xs[0].shape[-2:])
         n = len(self.images)
         if boxes is None:

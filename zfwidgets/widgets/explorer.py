@@ -15,6 +15,7 @@ import html
 import ipywidgets as W
 import numpy as np
 
+from ..core.inputs import image_of, label_of
 from ..core.project import METHODS as PROJECTION_METHODS
 from ._common import (Panel, display_factor, image_widget, mosaic, png_bytes, probs_html, show_png,
                       to_uint8_map, upscale)
@@ -62,8 +63,7 @@ def _default_images():
 
 def _entry(item, k: int) -> tuple:
     """``(name, image, label)`` for one item: a sample, an ``(image, label)`` pair or a bare image."""
-    from ..zoo import image_and_label
-    image, label = image_and_label(item)
+    image, label = image_of(item), label_of(item)
     if image is not item and hasattr(item, "class_name"):
         name = f"{k}: {item.class_name}"
         if hasattr(item, "index"):
@@ -71,7 +71,7 @@ def _entry(item, k: int) -> tuple:
         return name, image, label
     if label is not None:
         return f"image {k} (label {label})", image, label
-    return f"image {k}", item, None
+    return f"image {k}", image, None
 
 
 

@@ -16,6 +16,7 @@ import io
 import ipywidgets as W
 import numpy as np
 
+from ..core.inputs import as_input, image_of, label_of
 from ._common import Panel, display_factor, image_widget, show_png, upscale
 
 __all__ = ["InvariancePanel"]
@@ -72,14 +73,13 @@ class InvariancePanel(Panel):
             raise
 
     def _build(self, image, transform, values, layers, label, display_size):
-        from ..zoo import image_and_label
-        image, sample_label = image_and_label(image)
+        image, sample_label = image_of(image), label_of(image)
         label = sample_label if label is None else label
         if transform not in TRANSFORMS:
             raise ValueError(f"transform must be one of {list(TRANSFORMS)}, got {transform!r}")
         self.image, self.label = image, label
         self.values_asked, self.layers_asked = values, layers
-        self.x = self.lens.to_input(image).detach()
+        self.x = as_input(self.lens, image).detach()
         self.factor = display_factor(*self.x.shape[-2:], display_size)
         self.transform = self._first_transform = transform
         self.result = None

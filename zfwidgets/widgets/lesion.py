@@ -8,6 +8,7 @@ import html
 import ipywidgets as W
 import numpy as np
 
+from ..core.inputs import as_input, image_of, label_of
 from ..plot.colours import LESION_COLOUR
 from ._common import Panel, display_factor, image_widget, mosaic, png_bytes, show_png, to_uint8_map, upscale
 
@@ -24,11 +25,6 @@ def _class_means(lens, images, layer):
     """N x C: each image's mean rectified activation per map of ``layer`` (the probes' features, 1x1 grid)."""
     from ..analysis.probes import layer_features
     return layer_features(lens, images, [layer], grid=1, progress=False)[layer].numpy()
-
-
-def _image_and_label(item):
-    from ..zoo import image_and_label
-    return image_and_label(item)
 
 
 class LesionPanel(Panel):
@@ -89,14 +85,14 @@ class LesionPanel(Panel):
         if mode != "zero":
             raise ValueError(f"the lesion panel knocks maps out with mode='zero', got {mode!r}")
         self.mode = mode
-        image, sample_label = _image_and_label(image)
+        image, sample_label = image_of(image), label_of(image)
         self.image = image
-        self.x = lens.to_input(image).detach()
+        self.x = as_input(lens, image).detach()
         if images is None:
             from ..zoo import samples
             images = samples()
         if labels is None:
-            pairs = [_image_and_label(item) for item in images]
+            pairs = [(image_of(item), label_of(item)) for item in images]
             if any(l is None for _, l in pairs):
                 raise TypeError("labels must be given unless images are labelled samples")
             images, labels = [im for im, _ in pairs], [l for _, l in pairs]

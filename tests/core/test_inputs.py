@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 import zfwidgets as zf
-from zfwidgets.analysis._inputs import gather
+from zfwidgets.core.inputs import gather
 
 N = 12
 
