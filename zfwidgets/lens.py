@@ -349,7 +349,9 @@ class Lens:
         ``weights`` as in torchvision: ``None`` (random initialisation), ``"DEFAULT"``, a weights name
         (``"IMAGENET1K_V1"``) or an enum. Preprocessing and the ImageNet class names come from the
         weights' metadata, which torchvision has offline (without weights: those of the default weights, so
-        ``"inception_v3"`` takes 299 x 299). Keyword arguments of :class:`Lens` (``transform``,
+        ``"inception_v3"`` takes 299 x 299); ``input_size=(3, H, W)`` crops to ``H x W`` after a resize in the
+        weights' proportion (256 → 224 becomes 146 → 128), as :meth:`from_timm` does. Keyword arguments of
+        :class:`Lens` (``transform``,
         ``class_names``, ``input_size``, ``mean``, ``std``, ``name``) go to the lens, any other to torchvision's
         builder (``aux_logits=False``). If the weights file is not in ``TORCH_HOME`` and cannot be downloaded,
         the error says where to put it.

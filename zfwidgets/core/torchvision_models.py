@@ -54,12 +54,24 @@ def _default_weights(arch: str):
         return None
 
 
-def build_torchvision(arch: str, weights=None, **builder_kwargs):
+def _at_size(transform: ImageNetTransform, input_size) -> tuple:
+    """The weights' preprocessing at another input size: the same resize-to-crop ratio (256 → 224 becomes
+    146 → 128 for 128 x 128), centre-cropped to ``(H, W)``; ``(transform, (H, W))``."""
+    if not (isinstance(input_size, (tuple, list)) and len(input_size) == 3
+            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in input_size)):
+        raise ValueError(f"input_size must be (channels, height, width) of positive ints, got {input_size!r}")
+    h, w = input_size[1:]
+    resize = round(min(h, w) * transform.resize / transform.crop)
+    return ImageNetTransform(resize, [h, w], transform.mean, transform.std), (h, w)
+
+
+def build_torchvision(arch: str, weights=None, input_size=None, **builder_kwargs):
     """``(model in eval mode, transform, class names, input size, weights enum or None)``.
 
     ``builder_kwargs`` go to torchvision's builder (``aux_logits=False``, ``num_classes=10``...). Without
     weights the preprocessing and input size are still those of the architecture's default weights
-    (Inception-v3: 342 → 299), read from torchvision's metadata."""
+    (Inception-v3: 342 → 299), read from torchvision's metadata. ``input_size=(C, H, W)`` crops to ``H x W``
+    instead, after a resize in the weights' proportion (256 → 224 becomes 146 → 128 at 128 x 128)."""
     if not isinstance(arch, str):
         raise TypeError(f"arch must be a torchvision model name (str), got {type(arch).__name__}")
     classification = list_models(module=torchvision.models)
@@ -99,4 +111,7 @@ def build_torchvision(arch: str, weights=None, **builder_kwargs):
         transform = ImageNetTransform(t.resize_size[0], crop, t.mean, t.std)
         classes = list(w.meta["categories"])
     model.eval()
+    if input_size is not None:
+        transform, (h, w_) = _at_size(transform, input_size)
+        return model, transform, classes, (3, h, w_), w
     return model, transform, classes, (3, crop, crop), w
