@@ -167,7 +167,7 @@ def bench(name: str, moves: int = 100) -> dict:
                                                                            if goal_share else "") +
                                                 f": {'met' if med <= goal else 'NOT met'}")
     print(f"\n{name} ({weights}), input {'x'.join(map(str, lens.input_size))}, occluder {panel.size} px, "
-          f"layer {panel.layer}, the panel's forward: {'incremental' if panel.incremental else 'full'}:")
+          f"layer {panel.layer}, the panel's forward (the engine's choice): {panel.state['forward']}:")
     print(f"  one move, kernel side, median over {len(wall)} moves: wall {med:.2f} ms on "
           f"{torch.get_num_threads()} threads ({goal_text}; 90th percentile {p90:.2f} ms); CPU {cpu_med:.2f} ms "
           f"(summed over threads)")
@@ -177,7 +177,7 @@ def bench(name: str, moves: int = 100) -> dict:
     for part, ms in parts.items():
         print(f"    {part:<40} {ms:7.2f} ms")
     return {"model": name, "wall_ms": med, "cpu_ms": cpu_med, "p90_ms": p90, "moves": len(wall), "goal_ms": goal,
-            "mode": "incremental" if panel.incremental else "full", "parts": parts, "weights": weights,
+            "mode": panel.state["forward"], "parts": parts, "weights": weights,
             "full_run_ms": parts["(for reference) full lens.run"], "forward_ms": fwd, "bound": bound}
 
 

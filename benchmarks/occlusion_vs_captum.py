@@ -8,7 +8,8 @@ GoogLeNet, MobileNetV2 (random weights), the bundled model.
 
 - **zfwidgets**: ``zfwidgets.occlusion(lens, x, size=..., stride=..., target=t)``, whose per-position
   evaluation runs on the lens's engine (:func:`zfwidgets.inference.occlusion_engine`: incremental where the
-  engine's estimate says it pays, batched full forwards otherwise); when it is not wired, the engine directly
+  engine's estimate says it pays and its timing of both ways confirms it, batched full forwards otherwise);
+  when it is not wired, the engine directly
   (``GraphOcclusion(lens, x)`` built inside the timed call, every grid position in chunks of 64).
 - **captum**: ``Occlusion(forward_func).attribute(x, sliding_window_shapes=(C, s, s), strides=(C, st, st),
   baselines=fill, target=t, perturbations_per_eval=n)`` with ``n`` the fastest of a pilot over a few values.
@@ -58,7 +59,7 @@ PPE = {"alexnet": (1, 16, 64), "vgg16": (1, 16, 32), "bundled": (1, 16, 64, 144)
 def occlusion_is_incremental() -> bool:
     """Whether ``zfwidgets.occlusion`` evaluates positions with the incremental engine."""
     src = inspect.getsource(occ_mod)
-    return any(k in src for k in ("occluded_run", "occlusion_engine", "IncrementalOcclusion"))
+    return any(k in src for k in ("occluded_run", "occlusion_engine"))
 
 
 def lens_for(name: str):
@@ -174,7 +175,7 @@ def bench(name: str, runs: int, quick: bool = False) -> dict:
     mean = {"tight": 1 / bound, "batched": planned}
     print(f"   multiply-adds recomputed per position: {1 / bound:.1%} (each box's own region: geometric bound "
           f"{bound:.2f}x), {planned:.1%} as planned (batches of {bs}, fixed costs included); "
-          f"{pays}/{len(ests)} batches incremental by the engine's estimate")
+          f"{pays}/{len(ests)} batches pay by the engine's estimate (then timed by the engine)")
 
     # captum's best perturbations_per_eval: one pilot run each, interleaved
     pilots = C.interleaved({f"ppe={n}": captum_contender(lens, x, size, stride, target, n) for n in PPE[name]},

@@ -18,7 +18,7 @@ from zfwidgets.inference import GraphOcclusion, occluded_run, occlusion_engine
 from zfwidgets.inference import graph as graph_mod
 from zfwidgets.zoo.models import build
 
-from ..analysis.test_incremental import naive_occluded, random_boxes
+from .reference import naive_occluded, random_boxes
 
 TOL = 1e-4
 
@@ -215,6 +215,35 @@ def test_measured_choice_follows_the_clock(monkeypatch):
     small = zf.Lens(build("zfnet-fashion"), input_size=(1, 28, 28))
     n = len(calls)
     assert not GraphOcclusion(small, image(small.input_size)).measured_pays_for(8) and len(calls) == n
+
+
+def test_auto_mode_times_a_batch_and_the_lens_keeps_the_answer(monkeypatch):
+    """``mode="auto"`` (what ``zf.occlusion`` and the panel run): a batch the estimate says pays is timed on
+    PROBE_BOXES boxes of its size, once each way after a warm-up, and runs the faster way; the lens's engine
+    for another image of the same size keeps the answer instead of timing again."""
+    lens = tv_lens("resnet18", 96, seed=7)
+    x, y = image(lens.input_size, 1), image(lens.input_size, 2)
+    calls = []
+    real_run = GraphOcclusion.run
+
+    def run(self, boxes, layers=(), **kw):
+        calls.append((self.mode, len(boxes)))
+        return real_run(self, boxes, layers, **kw)
+    monkeypatch.setattr(GraphOcclusion, "run", run)
+    ticks = iter([0.0, 1.0, 0.0, 2.0])             # the plan 1 s, the forward 2 s
+    monkeypatch.setattr(GraphOcclusion, "_clock", staticmethod(lambda: next(ticks)))
+    boxes = [(0, 0, 16, 16), (40, 40, 56, 56), (80, 80, 96, 96)]
+    e = occlusion_engine(lens, x)
+    assert e.estimate(boxes).pays
+    logits, _ = occluded_run(lens, x, boxes, 0.0, ["layer2"])
+    probe = graph_mod.PROBE_BOXES
+    assert calls == [("auto", 3)] + [("incremental", probe), ("full", probe)] * 2
+    assert e.last_mode == "incremental" and e.mode == "auto"
+    assert_close(logits, lens.run(naive_occluded(x, boxes, 0.0))[0], "logits")
+    logits, _ = occluded_run(lens, y, boxes, 0.0, ["layer2"])
+    other = occlusion_engine(lens, y)
+    assert other is not e and other.last_mode == "incremental" and len(calls) == 1 + 4 + 1
+    assert_close(logits, lens.run(naive_occluded(y, boxes, 0.0))[0], "logits")
 
 
 def test_a_plan_that_does_not_reproduce_the_model_falls_back(monkeypatch):

@@ -26,16 +26,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from numbers import Integral
 
 import numpy as np
 import torch
 
 from .._progress import progress as _progress
 from ..core.project import Projection, project
-from ._common import check_flag, check_int, check_lens, default_conv_layer, fill_tensor
-from ._inputs import as_input
-from ..inference import occluded_batch, occluded_run
+from ..core.inputs import as_box, as_input, fill_tensor
+from ..inference import occluded_batch, occluded_run, occlusion_engine
+from ._common import check_flag, check_int, check_lens, default_conv_layer
 from .receptive import Box
 
 __all__ = ["OcclusionMaps", "Unoccluded", "occlusion", "occlude", "occluder_grid", "unoccluded"]
@@ -148,25 +147,6 @@ def _pair(name: str, value) -> tuple:
     return v, v
 
 
-def _as_box(box, H: int, W: int) -> tuple:
-    if isinstance(box, Box):
-        t = box.as_tuple()
-    elif isinstance(box, (tuple, list, np.ndarray, torch.Tensor)) and len(box) == 4:
-        t = tuple(box.tolist() if hasattr(box, "tolist") else box)
-    else:
-        raise TypeError(f"box must be a Box or a (y0, x0, y1, x1) tuple of ints, got {box!r}")
-    if not all(isinstance(v, Integral) and not isinstance(v, bool) for v in t):
-        raise TypeError(f"box must hold ints (y0, x0, y1, x1), got {t!r}")
-    y0, x0, y1, x1 = (int(v) for v in t)
-    if y1 <= y0 or x1 <= x0:
-        raise ValueError(f"box {t} is empty: it needs y0 < y1 and x0 < x1 (half-open)")
-    y0, y1 = max(y0, 0), min(y1, H)
-    x0, x1 = max(x0, 0), min(x1, W)
-    if y1 <= y0 or x1 <= x0:
-        raise ValueError(f"box {t} lies outside the {H}x{W} image")
-    return y0, x0, y1, x1
-
-
 def occlude(lens, image, box, fill="mean") -> torch.Tensor:
     """The model input of ``image`` with ``box`` filled: a 1 x C x H x W tensor.
 
@@ -185,7 +165,7 @@ def occlude(lens, image, box, fill="mean") -> torch.Tensor:
     check_lens(lens)
     x = as_input(lens, image)
     value = fill_tensor(lens, fill)
-    b = torch.tensor([_as_box(box, *x.shape[-2:])])
+    b = torch.tensor([as_box(box, *x.shape[-2:], clip=True)])
     return occluded_batch(x.detach(), b, value)
 
 
@@ -217,9 +197,9 @@ def _evaluate_boxes(lens, x, boxes, fill, layer, channel, target):
 
     ``x``: the unoccluded input (1 x C x H x W); ``boxes``: B x 4 clipped ``(y0, x0, y1, x1)``; ``fill``: C
     values; ``layer``: a resolved layer name; ``channel``/``target``: ints. Runs on the lens's incremental
-    occlusion engine (:func:`zfwidgets.inference.occluded_run`): only the part of each node of the model's
-    graph that the occluder changes is recomputed (exact), where the engine's estimate says that costs less than
-    batched full forwards, which run otherwise (small models, models fx cannot trace).
+    occlusion engine (:func:`zfwidgets.inference.occluded_run`), which decides by itself whether its plan (only
+    the part of each node of the model's graph that the occluder changes recomputed, exact) or batched full
+    forwards run the batch: counted, then timed (small models, models fx cannot trace: full forwards).
     """
     logits, acts = occluded_run(lens, x, boxes, fill, [layer])
     amap = acts[layer][:, channel]
@@ -238,7 +218,6 @@ _BATCH_BYTES = 512 * 2 ** 20
 
 
 def _auto_batch_size(lens, x) -> int:
-    from ..inference import occlusion_engine
     engine = occlusion_engine(lens, x)
     if not engine.incremental:
         return 64

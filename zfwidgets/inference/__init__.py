@@ -1,12 +1,13 @@
 """Exact incremental inference: occluded forwards of one image that recompute only what each occluder changes.
 
 - :class:`GraphOcclusion` (:mod:`zfwidgets.inference.graph`): any CNN ``torch.fx`` traces (ResNets, DenseNets,
-  GoogLeNet, MobileNets, and the chains), on the model's :class:`~zfwidgets.core.graph.Graph`;
-- :class:`IncrementalOcclusion` (:mod:`zfwidgets.inference.chain`): the earlier engine for chains only
-  (``nn.Sequential``, AlexNet / VGG), kept for its callers;
+  GoogLeNet, MobileNets, and the chains: ``nn.Sequential``, AlexNet / VGG), on the model's
+  :class:`~zfwidgets.core.graph.Graph`; it alone decides, with ``mode="auto"``, whether a batch runs through
+  its plan or as plain batched forwards (counted, then timed on this machine);
 - :func:`occlusion_engine`: the lens's engine for an image (cached), which :func:`zfwidgets.occlusion` and the
-  occlusion panel use; its :meth:`~GraphOcclusion.estimate` says whether a batch pays against plain batched
-  forwards, and :meth:`~GraphOcclusion.layer_shapes` gives the layers' output shapes.
+  occlusion panel use; its :meth:`~GraphOcclusion.estimate` says what a batch costs against plain batched
+  forwards, and :meth:`~GraphOcclusion.layer_shapes` gives the layers' output shapes;
+- :mod:`zfwidgets.inference.boxes`: occluder boxes clipped to the image, and the occluded images.
 
 Example:
     >>> engine = occlusion_engine(lens, image)
@@ -20,19 +21,20 @@ from __future__ import annotations
 
 import weakref
 
-from ..analysis._inputs import as_input
-from .chain import IncrementalOcclusion, OccludedOutputs, occluded_batch
-from .graph import DEFAULT_THRESHOLD, Estimate, GraphOcclusion
+from ..core.inputs import as_input
+from .boxes import clip_boxes, occluded_batch
+from .graph import DEFAULT_THRESHOLD, Estimate, GraphOcclusion, OccludedOutputs
 
-__all__ = ["GraphOcclusion", "IncrementalOcclusion", "Estimate", "OccludedOutputs", "occlusion_engine",
-           "occluded_run", "occluded_batch"]
+__all__ = ["GraphOcclusion", "Estimate", "OccludedOutputs", "occlusion_engine", "occluded_run", "occluded_batch",
+           "clip_boxes"]
 
 _ENGINES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def occlusion_engine(lens, image, *, threshold: float = DEFAULT_THRESHOLD) -> GraphOcclusion:
     """The lens's :class:`GraphOcclusion` for ``image``: reused while the image (and the weights) stay the
-    same, rebuilt for a new image. Cheap to call on every mouse move.
+    same, rebuilt for a new image (keeping what the last one measured: the choice between the plan and plain
+    forwards depends on the model and the input size, not on the image). Cheap to call on every mouse move.
 
     >>> occlusion_engine(lens, image) is occlusion_engine(lens, image)
     True
@@ -40,14 +42,17 @@ def occlusion_engine(lens, image, *, threshold: float = DEFAULT_THRESHOLD) -> Gr
     x = as_input(lens, image).detach()
     engine = _ENGINES.get(lens)
     if engine is None or engine.threshold != threshold or not engine.same_image(x):
+        old = engine
         engine = GraphOcclusion(lens, x, threshold=threshold)
+        if old is not None and old.threshold == threshold:
+            engine._measured = old._measured
         _ENGINES[lens] = engine
     return engine
 
 
 def occluded_run(lens, x, boxes, fill, layers=(), *, logits: bool = True):
-    """Drop-in for ``lens.run(<x occluded by each box>, layers, logits=logits)``, computed incrementally
-    where the engine's estimate says it pays (batched full forwards otherwise).
+    """Drop-in for ``lens.run(<x occluded by each box>, layers, logits=logits)``, on the lens's engine, which
+    runs its plan or plain batched forwards, whichever is faster (``mode="auto"``).
 
     ``x``: the unoccluded input (1 x C x H x W); ``boxes``: B x 4 ``(y0, x0, y1, x1)``; ``fill``: C values (or
     anything :func:`zfwidgets.occlusion` accepts). Returns ``(logits B x K or None, {layer name: B x ...})``.

@@ -22,8 +22,14 @@ Two exact shortcuts:
 
 The results equal full recomputation up to float rounding (the engine checks one box against the model's
 own forward the first time it runs incrementally, and falls back to full forwards with a warning if they
-differ). :meth:`GraphOcclusion.estimate` says, before running, what the incremental plan costs against
-plain batched forwards; with ``mode="auto"`` a batch runs incrementally only where that pays.
+differ).
+
+The engine is the one place that chooses between its plan and plain batched forwards of the occluded images
+(``mode="auto"``, what :func:`zfwidgets.occlusion` and the occlusion panel use): :meth:`GraphOcclusion.estimate`
+first counts the plan's multiply-adds (with its fixed costs) against plain forwards, and where that says the
+plan pays, :meth:`GraphOcclusion.measured_pays_for` times both ways on this machine (the plan's first use,
+its self-check, in the warm-up) and keeps the faster, remembered per occluder size, batch and layers for the
+model and input size.
 
 Boxes are ``(y0, x0, y1, x1)`` in input pixels, half-open, clipped to the image.
 
@@ -45,21 +51,23 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from ..analysis._common import fill_tensor
-from ..analysis._inputs import as_input
 from ..core.capture import ModelGuard
+from ..core.geometry import extent, fold_batchnorm, grow_hw
 from ..core.graph import Graph, _in_place, macs, macs_per_position
-from .chain import OccluderQueries, _clip_boxes, _grow, _linear, _run_on_patch, occluded_batch
+from ..core.inputs import as_box, as_input, fill_tensor
+from .boxes import clip_boxes, occluded_batch
 
-__all__ = ["GraphOcclusion", "Estimate", "FC_MAX_WEIGHTS", "DEFAULT_THRESHOLD", "DEFAULT_MIN_SAVING"]
+__all__ = ["GraphOcclusion", "Estimate", "OccludedOutputs", "FC_MAX_WEIGHTS", "DEFAULT_THRESHOLD",
+           "DEFAULT_MIN_SAVING"]
 
 # A node whose batched window covers more than this share of its map runs on whole maps, and so does
-# everything after it.
+# everything after it: past that share the windows' gathers and pastes cost more than the positions they save.
 DEFAULT_THRESHOLD = 0.9
 # with mode="auto" a batch runs incrementally only if its estimated cost is at most 1 - this of full forwards
+# (small nets, the bundled 28x28 ones, save too little and run plain forwards without being timed)
 DEFAULT_MIN_SAVING = 0.2
 # The estimate's fixed costs, in multiply-adds: per box and node whose window is gathered from the cache and
-# overlaid (a few small copies, ~10 us on two cores), and per node run at all (one operation's dispatch).
+# overlaid (a few small copies), and per node run at all (one operation's dispatch).
 PER_BOX_NODE = 3e5
 PER_NODE = 1e5
 # A linear layer on a changed window reads a copy of its weights ordered (out, H, W, C), built once; layers
@@ -67,19 +75,39 @@ PER_NODE = 1e5
 FC_MAX_WEIGHTS = 64 * 2 ** 20
 # the weight read of a linear layer, in rows of its product (the estimate of a delta product's fixed cost)
 FC_READ_ROWS = 8
+# mode="auto" times a batch of more than one box on this many boxes of the batch's size each way (one box is
+# timed as one box: the live occluder)
+PROBE_BOXES = 16
+# A linear layer on a few rows is a matrix-vector product, bound by reading the weights from memory; oneDNN's
+# product reads them faster than torch's default path, from the same dense weights (no copy). Used for
+# batches up to this size where torch has it (a private op: looked up at import, its failure falls back).
+_ONEDNN_ROWS = 16
+_ONEDNN_LINEAR = getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None) \
+    if torch.backends.mkldnn.is_available() else None
 
 
 @dataclass(frozen=True)
 class Estimate:
     """What a batch costs, in multiply-adds (with the plan's fixed costs): ``incremental`` (the engine's plan),
     ``full`` (batched full forwards), ``fraction`` (their ratio), ``bound`` (full over each box's own changed
-    region, recomputing nothing else: the geometric bound of the speed-up), ``pays`` (whether ``mode="auto"``
-    runs it incrementally)."""
+    region, recomputing nothing else: the geometric bound of the speed-up), ``pays`` (whether the plan saves
+    at least ``min_saving``: ``mode="auto"`` then times it against plain forwards)."""
     incremental: float
     full: float
     fraction: float
     bound: float
     pays: bool
+
+
+@dataclass
+class OccludedOutputs:
+    """What a batch of occluders does to the model: ``logits`` and ``probs`` (B x K; K for one box),
+    ``activations`` ({layer name: the layer's output per box}, as :meth:`Lens.run` returns them), ``boxes``
+    (the clipped boxes, B x 4; 4 for one box)."""
+    logits: torch.Tensor
+    probs: torch.Tensor
+    activations: dict
+    boxes: torch.Tensor
 
 
 @dataclass
@@ -112,7 +140,8 @@ def _spatial_last(node) -> bool:
 
 
 class _Geom:
-    """A window node run on a pre-padded input with padding 0 (see :func:`zfwidgets.inference.chain._grow`)."""
+    """A window node run on a pre-padded input with padding 0: its input is the cached map padded once with
+    the padding value, to ``padded`` (every window of the outputs inside it)."""
 
     def __init__(self, w, in_size, out_size, value):
         self.kernel, self.stride, self.dilation, self.pad = w.kernel, w.stride, w.dilation, w.padding
@@ -121,7 +150,21 @@ class _Geom:
                             zip(in_size, out_size, w.stride, w.padding, (self.extent(0), self.extent(1))))
 
     def extent(self, d: int) -> int:
-        return self.dilation[d] * (self.kernel[d] - 1) + 1
+        return extent(self.kernel[d], self.dilation[d])
+
+    def grow(self, reg: torch.Tensor) -> torch.Tensor:
+        """The region (B x 4, output coordinates) of the outputs that read the changed input region ``reg``
+        (B x 4, input coordinates); never empty (an unchanged box recomputes one position)."""
+        lo, hi = [], []
+        for d, (a_col, b_col) in enumerate(((0, 2), (1, 3))):
+            n_out = self.out_size[d]
+            a = -torch.div(-(reg[:, a_col] + self.pad[d] - (self.extent(d) - 1)), self.stride[d],
+                           rounding_mode="floor")
+            a = a.clamp(0, n_out - 1)
+            e = (torch.div(reg[:, b_col] - 1 + self.pad[d], self.stride[d], rounding_mode="floor") + 1).clamp(max=n_out)
+            lo.append(a)
+            hi.append(torch.maximum(e, a + 1))
+        return torch.stack([lo[0], lo[1], hi[0], hi[1]], 1)
 
 
 def _window_geometry(node):
@@ -138,12 +181,35 @@ def _window_geometry(node):
             return None
         value = float("-inf")     # ceil mode's clipped windows: the -inf border reproduces them
     elif isinstance(m, nn.AvgPool2d):
+        # a pre-padded zero border reproduces count_include_pad=True; ceil mode's clipped windows do not
         if m.ceil_mode or m.divisor_override is not None or (any(w.padding) and not m.count_include_pad):
             return None
         value = 0.0
     else:
         return None
     return _Geom(w, node.in_shapes[0][-2:], node.out_shape[-2:], value)
+
+
+def _run_on_patch(m: nn.Module, patch: torch.Tensor) -> torch.Tensor:
+    """Window module ``m`` on a pre-padded patch (padding 0): every window inside the patch."""
+    if isinstance(m, nn.Conv2d):
+        return F.conv2d(patch, m.weight, m.bias, m.stride, 0, m.dilation, m.groups)
+    stride = m.stride if m.stride is not None else m.kernel_size
+    if isinstance(m, nn.MaxPool2d):
+        return F.max_pool2d(patch, m.kernel_size, stride, 0, m.dilation)
+    return F.avg_pool2d(patch, m.kernel_size, stride, 0)
+
+
+def _linear(m: nn.Linear, h: torch.Tensor) -> torch.Tensor:
+    """``m(h)``, through oneDNN for a few float32 rows on the CPU (same numbers to float rounding)."""
+    if (_ONEDNN_LINEAR is None or h.shape[0] > _ONEDNN_ROWS or h.dim() != 2 or h.device.type != "cpu"
+            or h.dtype != torch.float32 or m.weight.dtype != torch.float32
+            or type(m).forward is not nn.Linear.forward):
+        return m(h)
+    try:
+        return _ONEDNN_LINEAR(h.contiguous(), m.weight, m.bias, "none", [], "")
+    except (RuntimeError, TypeError):   # an op whose signature changed: the plain product
+        return m(h)
 
 
 def _gather(base, corners: torch.Tensor, size: tuple) -> torch.Tensor:
@@ -195,16 +261,7 @@ def _paste(base: torch.Tensor, patch: torch.Tensor, off: list) -> torch.Tensor:
     return out
 
 
-def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d):
-    """``(weight, bias)`` of ``bn(conv(x))`` as one convolution (batch norm in eval mode)."""
-    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps) if bn.affine else 1.0 / torch.sqrt(bn.running_var + bn.eps)
-    shift = (bn.bias if bn.affine else 0.0) - bn.running_mean * scale
-    w = conv.weight * scale.view(-1, 1, 1, 1)
-    b = shift if conv.bias is None else conv.bias * scale + shift
-    return w.detach(), b.detach()
-
-
-class GraphOcclusion(OccluderQueries):
+class GraphOcclusion:
     """Occluded forwards of one image on any traced CNN, recomputing only what each occluder changes.
 
     Args:
@@ -213,9 +270,10 @@ class GraphOcclusion(OccluderQueries):
             here and every node's output cached.
         threshold: a node whose batched window covers more than this share of its map, and everything after
             it, runs on whole maps.
-        min_saving: with ``mode="auto"`` a batch runs incrementally only if :meth:`estimate` says it saves at
-            least this share of the cost of full forwards.
-        mode: ``"auto"``, ``"incremental"`` (wherever the graph allows) or ``"full"`` (batched full forwards).
+        min_saving: with ``mode="auto"`` a batch is timed (:meth:`measured_pays_for`) only if :meth:`estimate`
+            says the plan saves at least this share of the cost of full forwards; otherwise it runs in full.
+        mode: ``"auto"`` (the faster of the two, measured), ``"incremental"`` (wherever the graph allows) or
+            ``"full"`` (batched full forwards). ``last_mode`` says how the last call ran.
 
     ``incremental`` is False where the model cannot be traced or its graph has a node the engine cannot
     follow before the first global node; every call then runs the model's batched forward.
@@ -243,9 +301,16 @@ class GraphOcclusion(OccluderQueries):
         self.last_mode = None
         self._key = None
         self._verified = False
+        self._measured = {}        # measured_pays_for's answers
         self._prepare()
 
     # ----- the cached unoccluded forward ----------------------------------------------------------
+    def _model_key(self):
+        """Changes when the weights or buffers change (in place or replaced): the cached forward is stale."""
+        m = self.lens.model
+        return (sum(t._version for t in m.parameters()) + sum(t._version for t in m.buffers()),
+                tuple(p.data_ptr() for p in m.parameters()))
+
     def _refresh(self) -> None:
         if self._key != self._model_key():
             self._prepare()
@@ -282,7 +347,7 @@ class GraphOcclusion(OccluderQueries):
                 if isinstance(m, nn.Conv2d) and len(users) == 1 and isinstance(users[0].module, nn.BatchNorm2d) \
                         and users[0].module.track_running_stats and users[0].module.running_mean is not None \
                         and type(users[0].module).forward is nn.BatchNorm2d.forward:
-                    self._fold[n.index] = (users[0].index,) + _fold(m, users[0].module)
+                    self._fold[n.index] = (users[0].index,) + fold_batchnorm(m, users[0].module)
             if n.module is not None:
                 self._cost[n.index] = macs(n.module, n.in_shapes[0] if n.in_shapes else (), n.out_shape or ())
             if isinstance(n.module, nn.Linear) and len(n.inputs) == 1 and n.module.weight.numel() <= FC_MAX_WEIGHTS:
@@ -361,8 +426,8 @@ class GraphOcclusion(OccluderQueries):
         return not self.pays_for(1)
 
     def pays_for(self, size) -> bool:
-        """Whether one occluder of ``size`` (pixels, an int or ``(h, w)``) in the middle of the image runs
-        incrementally (:meth:`estimate`): the occlusion panel's choice for its live occluder.
+        """Whether :meth:`estimate` says one occluder of ``size`` (pixels, an int or ``(h, w)``) in the middle
+        of the image pays incrementally: the multiply-add count, before any timing.
 
         >>> GraphOcclusion(lens, image).pays_for(8)     # the 28x28 net: its forward is cheaper
         False
@@ -370,36 +435,43 @@ class GraphOcclusion(OccluderQueries):
         self._refresh()
         if not self.incremental or self.mode == "full":
             return False
+        return self.estimate(self._probe(size, 1)).pays
+
+    def _probe(self, size, n: int) -> list:
+        """``n`` boxes of ``size`` spread along the image's diagonal (one: in the middle)."""
         h, w = (size, size) if isinstance(size, int) else size
         H, W = self.image.shape[-2:]
-        y0, x0 = max((H - h) // 2, 0), max((W - w) // 2, 0)
-        return self.estimate([(y0, x0, y0 + h, x0 + w)]).pays
+        h, w = min(int(h), H), min(int(w), W)
+        corners = [((H - h) * (2 * k + 1) // (2 * n), (W - w) * (2 * k + 1) // (2 * n)) for k in range(n)]
+        return [(y0, x0, y0 + h, x0 + w) for y0, x0 in corners]
 
-    def measured_pays_for(self, size, layers=(), *, fill="mean", runs: int = 3, margin: float = 0.9) -> bool:
-        """:meth:`pays_for`, confirmed by the clock: one occluder of ``size`` in the middle of the image, run
-        through the plan and as the model's batch-1 forward (the same ``layers`` captured), ``runs`` times
-        each, interleaved, after one warm-up of each; pays only where the plan's best time is at most
-        ``margin`` times the forward's. The occlusion panel's choice for its live occluder: a multiply-add
-        estimate misses the fixed cost of the plan's many small operations, which on a ResNet-50 made one
-        move slower than its forward. Remembered per size and layers until the weights change; either path
-        gives the same numbers, so only the speed depends on the machine.
+    def measured_pays_for(self, size, layers=(), *, fill="mean", runs: int = 3, margin: float = 0.9,
+                          batch: int = 1) -> bool:
+        """Whether ``batch`` occluders of ``size`` (one: in the middle of the image; more: spread along its
+        diagonal) run faster through the plan than as the model's batched forward, the same ``layers``
+        captured: :meth:`estimate` first (where the plan does not pay by count, nothing is timed), then both
+        ways ``runs`` times each, interleaved, after one warm-up of each (the plan's first use, its self-check
+        against the model, runs there); pays only where the plan's best time is at most ``margin`` times the
+        forward's. ``mode="auto"`` decides every batch with this: a multiply-add count misses the fixed cost
+        of the plan's many small operations, which made one move on a ResNet-50 slower than its forward.
+        Remembered per size, batch and layers until the weights change (and across the lens's engines for
+        other images of the same size, :func:`~zfwidgets.inference.occlusion_engine`); either path gives the
+        same numbers, so only the speed depends on the machine.
 
         >>> GraphOcclusion(lens, image).measured_pays_for(8)   # the 28x28 net: the estimate already says no
         False
         """
-        if isinstance(runs, bool) or not isinstance(runs, int) or runs < 1:
-            raise ValueError(f"runs must be a positive int, got {runs!r}")
+        for name, v in (("runs", runs), ("batch", batch)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
         self._refresh()
         h, w = (size, size) if isinstance(size, int) else size
-        key = (int(h), int(w), tuple(layers), self._key)
-        known = getattr(self, "_measured", {})
-        if key in known:
-            return known[key]
-        if not self.pays_for((h, w)):
+        key = (int(h), int(w), batch, tuple(layers), tuple(self.image.shape), self._key)
+        if key in self._measured:
+            return self._measured[key]
+        boxes = self._probe((h, w), batch)
+        if not self.incremental or self.mode == "full" or not self.estimate(boxes).pays:
             return False
-        H, W = self.image.shape[-2:]
-        y0, x0 = max((H - h) // 2, 0), max((W - w) // 2, 0)
-        box = [(y0, x0, y0 + h, x0 + w)]
         mode = self.mode
         best = {"incremental": math.inf, "full": math.inf}
         try:
@@ -407,17 +479,26 @@ class GraphOcclusion(OccluderQueries):
                 for m in best:
                     self.mode = m
                     if not k:                             # the first round warms both paths up
-                        self.run(box, layers, fill=fill)
+                        self.run(boxes, layers, fill=fill)
                         continue
                     t = self._clock()
-                    self.run(box, layers, fill=fill)
+                    self.run(boxes, layers, fill=fill)
                     best[m] = min(best[m], self._clock() - t)
         finally:
             self.mode = mode
         pays = self.incremental and best["incremental"] <= margin * best["full"]
-        known[key] = pays
-        self._measured = known
+        self._measured[key] = pays
         return pays
+
+    def _chooses_plan(self, boxes, layers, fill, plan) -> bool:
+        """``mode="auto"``'s choice for a batch: the estimate, then the clock (:meth:`measured_pays_for`) on
+        one box for one box (the live occluder), on :data:`PROBE_BOXES` boxes of the batch's size for more."""
+        if not self._estimate(boxes, plan).pays:
+            return False
+        B = boxes.shape[0]
+        size = (int((boxes[:, 2] - boxes[:, 0]).max()), int((boxes[:, 3] - boxes[:, 1]).max()))
+        return self.measured_pays_for(size, layers, fill=fill, batch=1 if B == 1 else PROBE_BOXES,
+                                      runs=3 if B == 1 else 1)
 
     def estimate(self, boxes) -> Estimate:
         """The cost of running ``boxes`` incrementally against batched full forwards (see :class:`Estimate`).
@@ -427,7 +508,7 @@ class GraphOcclusion(OccluderQueries):
         (False, 0.88, 1.68)
         """
         self._refresh()
-        boxes = _clip_boxes(boxes, *self.image.shape[-2:])
+        boxes = clip_boxes(boxes, *self.image.shape[-2:])
         return self._estimate(boxes, self._plan(boxes) if self.incremental else None)
 
     def _estimate(self, boxes, plan) -> Estimate:
@@ -480,17 +561,6 @@ class GraphOcclusion(OccluderQueries):
             else None
         return macs_per_position(m, c_in)
 
-    def mac_fraction(self, boxes) -> dict:
-        """Share of the multiply-adds recomputed per box against full forwards: ``tight`` (each box's own
-        changed region: the geometric bound is its inverse), ``batched`` (as planned, fixed costs included)."""
-        e = self.estimate(boxes)
-        return {"tight": 1.0 / e.bound, "batched": e.fraction, "with_fc": e.fraction, "groups": 1}
-
-    def estimated_cost(self, boxes) -> tuple:
-        """``(incremental, full)`` multiply-adds of a batch (see :meth:`estimate`)."""
-        e = self.estimate(boxes)
-        return e.incremental, e.full
-
     # ----- the plan ---------------------------------------------------------------------------------
     def _plan(self, boxes: torch.Tensor) -> _Plan:
         """Windows of every node: each box's changed region, grown at window nodes, united at merges, the
@@ -527,7 +597,7 @@ class GraphOcclusion(OccluderQueries):
                         regions[i] = regions[ins[0]]
                     continue
                 if n.kind == "window" and i in self._geom and ins[0] in regions:
-                    reg = _grow(self._geom[i], regions[ins[0]])
+                    reg = self._geom[i].grow(regions[ins[0]])
                 elif n.kind == "merge" and _spatial_last(n) and all(j in regions for j in ins) and \
                         all(nodes[j].out_shape[-2:] == n.out_shape[-2:] for j in ins):
                     rs = [regions[j] for j in ins]
@@ -562,13 +632,13 @@ class GraphOcclusion(OccluderQueries):
         self._refresh()
         fill = fill_tensor(self.lens, fill)
         x = self.image
-        boxes = _clip_boxes(boxes, *x.shape[-2:])
+        boxes = clip_boxes(boxes, *x.shape[-2:])
         for layer in layers:
             self.lens.resolve(layer)          # unknown layers: the lens's error
         go = self.incremental and self.mode != "full"
         plan = self._plan(boxes) if go else None
         if go and self.mode == "auto":
-            go = self._estimate(boxes, plan).pays
+            go = self._chooses_plan(boxes, layers, fill, plan)
         if go and not self._verified:
             go = self._verify(fill)
         if not go:
@@ -580,6 +650,22 @@ class GraphOcclusion(OccluderQueries):
         want = self._targets(layers)
         with torch.inference_mode(), ModelGuard(self.lens.model):
             return self._run(boxes, fill.to(x.device, x.dtype), want, logits, plan)
+
+    def evaluate(self, boxes, layers=(), *, fill="mean") -> OccludedOutputs:
+        """Logits, probabilities and the ``layers``' activations for every box (see :class:`OccludedOutputs`)."""
+        clipped = clip_boxes(boxes, *self.image.shape[-2:])
+        logits, acts = self.run(clipped, layers, fill=fill)
+        return OccludedOutputs(logits, logits.float().softmax(1), acts, clipped)
+
+    def evaluate_box(self, box, layers=(), *, fill="mean") -> OccludedOutputs:
+        """One occluder position (the live occluder): logits and probabilities (K), activations (C x h x w)."""
+        out = self.evaluate([as_box(box, *self.image.shape[-2:], clip=True)], layers, fill=fill)
+        return OccludedOutputs(out.logits[0], out.probs[0], {k: v[0] for k, v in out.activations.items()},
+                               out.boxes[0])
+
+    def logits_for_box(self, box, *, fill="mean") -> torch.Tensor:
+        """The K logits of the image occluded by one box."""
+        return self.run([as_box(box, *self.image.shape[-2:], clip=True)], (), fill=fill)[0][0]
 
     def _verify(self, fill) -> bool:
         """One box through the plan against the model's own forward (once per cached forward)."""
@@ -681,7 +767,7 @@ class GraphOcclusion(OccluderQueries):
             if n.kind == "window":
                 geom = self._geom[i]
                 j = n.inputs[0]
-                need = tuple((size[d] - 1) * geom.stride[d] + geom.extent(d) for d in range(2))
+                need = grow_hw(size, geom.kernel, geom.stride, geom.dilation)
                 in_corner = corners * torch.tensor(geom.stride)
                 win = _gather(self._padded[i], in_corner, need)
                 pv = vals.get(j)

@@ -32,28 +32,14 @@ def _occlude(lens, image, box, fill):
 
 
 def _engine(lens, x):
-    """The lens's incremental occlusion engine for ``x``, or ``None`` where there is none."""
-    try:
-        from ..inference import occlusion_engine
-    except ImportError:
-        return None
+    """The lens's occlusion engine for ``x``: it decides how each move runs (its plan or the model's forward)."""
+    from ..inference import occlusion_engine
     return occlusion_engine(lens, x)
 
 
-def _occluded_view(lens, x, box, fill, layer, incremental: bool = True, engine=None):
-    """``(probabilities K, the layer's activations C x h x w)`` of ``x`` occluded by ``box``.
-
-    Either ``lens.run(occlude(lens, x, box, fill), [layer])`` or the lens's incremental occlusion engine (which
-    recomputes only what the occluder changes): the same numbers, computed two ways. ``engine``: the engine
-    for ``x`` when the caller keeps it (the panel does: looking it up validates ``x`` on every move).
-    """
-    if not incremental:
-        engine = None
-    elif engine is None:
-        engine = _engine(lens, x)
-    if engine is None:
-        logits, acts = lens.run(_occlude(lens, x, box, fill), [layer])
-        return logits.float().softmax(1)[0], acts[layer][0]
+def _occluded_view(engine, box, fill, layer):
+    """``(probabilities K, the layer's activations C x h x w)`` of the engine's image occluded by ``box``: the
+    numbers of ``lens.run(occlude(lens, x, box, fill), [layer])``, computed the way the engine finds faster."""
     out = engine.evaluate_box(box, [layer], fill=fill)
     return out.probs, out.activations[layer]
 
@@ -101,7 +87,8 @@ class OcclusionPanel(Panel):
     (clickable map canvases), ``zf-error``.
 
     ``state``: ``box``, ``center``, ``size``, ``layer``, ``top5`` ``[(class, p)]``, ``top1`` ``(index, class, p)``,
-    ``target`` ``(index, p)``, ``dragging``, ``renders``, ``pending``, ``maps`` (size/stride/layer/channel of
+    ``target`` ``(index, p)``, ``dragging``, ``renders``, ``pending``, ``forward`` (how the lens's occlusion engine,
+    ``engine``, ran the last move: ``"incremental"`` or ``"full"``), ``maps`` (size/stride/layer/channel of
     the computed maps or ``None``), ``error``.
 
     Example:
@@ -192,7 +179,9 @@ class OcclusionPanel(Panel):
         self._observe(self.layer_dropdown, self._set_layer, "layer")
         self._on_click(self.compute_button, self.compute_maps, "occlusion maps")
 
-        self.incremental = self._use_engine()
+        # the lens's engine for the image (its cached forward built here): every move asks it, and it runs
+        # its plan or the model's forward, whichever it measured faster for the occluder's size and the layer
+        self.engine = _engine(lens, self.x)
         self._set_layer(self.layer)
         left = W.VBox([self.occluder.canvas, self.size_slider, self.layer_dropdown])
         right = W.VBox([W.HTML("<b>top-5 classes</b>"), self.probs, self.mosaic_caption, self.mosaic])
@@ -273,8 +262,7 @@ class OcclusionPanel(Panel):
 
         The panel's ``box`` changes only once the view for it is ready, so state and display always agree.
         """
-        probs, act = _occluded_view(self.lens, self.x, box, self.fill, self.layer, self.incremental,
-                                    self._engine)
+        probs, act = _occluded_view(self.engine, box, self.fill, self.layer)
         target = self.target if self.target is not None else self._base_class
         target_p = (int(target), float(probs[target]))
         name = html.escape(self.lens.class_name(int(target)))
@@ -293,20 +281,9 @@ class OcclusionPanel(Panel):
         self.occluder.redraw_overlay()
         self.renders += 1
 
-    def _use_engine(self) -> bool:
-        """Whether moves go through the lens's occlusion engine: where the engine's own estimate says an
-        occluder of the panel's size costs less recomputed incrementally than the model's forward, and timing
-        one move each way confirms it (:meth:`zfwidgets.inference.GraphOcclusion.measured_pays_for`);
-        elsewhere (the bundled 28x28 models, models fx cannot trace, a ResNet-50 whose plan is slower than its
-        forward) the moves run the model's forward directly."""
-        self._engine = _engine(self.lens, self.x)      # builds the engine's cached forward
-        return self._engine is not None and self._engine.measured_pays_for(self.size, [self.layer],
-                                                                           fill=self.fill)
-
     # ----- controls --------------------------------------------------------------------------------
     def _set_size(self, size: int) -> None:
         self.size = int(size)
-        self.incremental = self._use_engine()
         self._moves.push(("center",) + tuple(self.center))
         self._moves.flush()
 
@@ -400,7 +377,7 @@ class OcclusionPanel(Panel):
         return {"box": tuple(self.box), "center": tuple(self.center), "size": self.size, "layer": self.layer,
                 "top5": list(self._top5), "top1": self._top1, "target": self._target_p,
                 "dragging": self.dragging, "renders": self.renders, "pending": self._moves.has_pending,
-                "forward": "incremental" if self.incremental else "full",
+                "forward": self.engine.last_mode,
                 "maps": maps}
 
     def _close_extra(self) -> None:
