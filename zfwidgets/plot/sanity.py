@@ -7,11 +7,12 @@ Projections are drawn as heat maps ``sum_c |x_c|``, each scaled to its own maxim
 ``mode="abs"``).
 
 Example:
-    >>> sc = zfwidgets.sanity_check(lens, images[:2], methods=("guided", "gradient"),
-    ...                             steps=["cascade:fc8", "cascade:conv5", "cascade:conv1"], progress=False)
+    >>> from zfwidgets.analysis.sanity import sanity_check
+    >>> sc = sanity_check(lens, images[:1], methods=("guided", "gradient"),
+    ...                   steps=["cascade:fc8", "cascade:conv5", "cascade:conv1"], progress=False)
     >>> fig = plot_sanity_check(sc)
-    >>> len(fig.axes)
-    12
+    >>> len(fig.axes)           # 2 methods x (the image, trained, 3 steps), and 4 curves
+    14
 """
 from __future__ import annotations
 
@@ -28,8 +29,8 @@ def plot_sanity_check(result, *, kind: str = "cascade", image: int = 0, figsize=
     steps; ``image``: which of the kept images' projections to show).
 
     Example:
-        >>> sc = zfwidgets.sanity_check(lens, images[:1], methods=("gradient",), steps=["independent:fc8"],
-        ...                             progress=False)
+        >>> from zfwidgets.analysis.sanity import sanity_check
+        >>> sc = sanity_check(lens, images[:1], methods=("gradient",), steps=["independent:fc8"], progress=False)
         >>> fig = sc.plot(kind="independent")
     """
     from matplotlib.figure import Figure
