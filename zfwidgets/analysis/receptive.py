@@ -41,7 +41,7 @@ from torch import nn
 
 from ..core.capture import StopForward
 from ..core.graph import POINTWISE_MODULES, Graph, GraphError
-from ..core.layers import window_params as _window_params
+from ..core.geometry import span, window_params
 from ._common import check_lens
 
 __all__ = ["Box", "receptive_field"]
@@ -153,8 +153,8 @@ def _reads(node, src, axis):
 
 def _map_interval(kind, prm, lo, hi):
     if kind == "window":
-        k, s, p, d = prm
-        return lo * s - p, hi * s - p + d * (k - 1)
+        first, count = span(lo, hi - lo + 1, *prm)
+        return first, first + count - 1
     if kind == "adaptive":
         n_out, n_in = prm
         lo, hi = np.clip(lo, 0, n_out - 1), np.clip(hi, 0, n_out - 1)
@@ -259,7 +259,7 @@ class _WindowSum(nn.Module):
 
     def __init__(self, pool: nn.MaxPool2d):
         super().__init__()
-        self.k, self.s, self.p, self.d, _ = _window_params(pool)
+        self.k, self.s, self.p, self.d, _ = window_params(pool)
         self.ceil_mode = pool.ceil_mode
         self.pool = pool
 

@@ -20,8 +20,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..core.layers import window_params
-from .walk import chain_plan, grown, record, walk
+from ..core.geometry import grow_hw, out_size, window_params
+from .walk import chain_plan, record, walk
 
 __all__ = ["project_winners", "SEEDS_PER_WALK"]
 
@@ -66,14 +66,14 @@ def _deal(costs, world: int) -> list:
 def _chain_costs(plan, shapes) -> dict:
     """``{module index of each conv of the chain: (multiply-adds of one image's forward up to and including
     it, of one seed's walk from it down to the input)}``, from the chain's input shapes for one image (the
-    windows grow as in :func:`zfwidgets.mine.walk.walk`: :func:`~zfwidgets.mine.walk.grown`)."""
+    windows grow as in :func:`zfwidgets.mine.walk.walk`: :func:`~zfwidgets.core.geometry.grow_hw`)."""
     mods, _ = plan
 
     def out_hw(i):
         if i + 1 < len(shapes):
             return shapes[i + 1][2:]
         k, s, p, d, _ = window_params(mods[i])
-        return tuple((shapes[i][2 + a] + 2 * p[a] - d[a] * (k[a] - 1) - 1) // s[a] + 1 for a in (0, 1))
+        return tuple(out_size(shapes[i][2 + a], k[a], s[a], p[a], d[a]) for a in (0, 1))
 
     out, forward = {}, 0
     for top, m in enumerate(mods):
@@ -90,7 +90,7 @@ def _chain_costs(plan, shapes) -> dict:
                 oh, ow = out_hw(i) if full else (h, w)
                 macs += mods[i].weight.numel() * oh * ow
             k, s, p, d, _ = window_params(mods[i])
-            h, w = grown(h, w, k, s, d)
+            h, w = grow_hw((h, w), k, s, d)
             full = full or (h >= H and w >= W)
         out[top] = (forward, macs)
     return out

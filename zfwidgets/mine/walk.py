@@ -28,10 +28,11 @@ from torch import nn
 
 from ..core.backward import window_of
 from ..core.capture import ModelGuard
-from ..core.layers import sequential_modules, window_params
+from ..core.geometry import grow, grow_hw, window_params
+from ..core.layers import sequential_modules
 from ..core.rules import RULES
 
-__all__ = ["chain_plan", "grown", "record", "walk"]
+__all__ = ["chain_plan", "record", "walk"]
 
 _PASS = (nn.Dropout, nn.Dropout2d, nn.Identity)
 
@@ -68,14 +69,15 @@ def record(plan, x: torch.Tensor, method: str, upto: int | None = None, shapes_o
     """One forward of the batch ``x`` through the chain (modules ``0..upto``): input shapes, max-pool switches,
     ReLU masks.
 
-    The deconvnet rule reads no ReLU mask, so for it the forward stops at the last max pooling at or below
-    ``upto``; the input shapes of the modules above come from ``shapes_of`` (the chain's shapes for one image,
-    which do not depend on the image).
+    A rule that reads no ReLU mask (the deconvnet rule) needs the forward only up to the last max pooling at or
+    below ``upto``; the input shapes of the modules above come from ``shapes_of`` (the chain's shapes for one
+    image, which do not depend on the image).
     """
     mods, _ = plan
     upto = len(mods) - 1 if upto is None else upto
     stop = upto
-    if method == "deconvnet" and shapes_of is not None:
+    masks_read = RULES[method].reads_forward_mask
+    if not masks_read and shapes_of is not None:
         stop = max((i for i in range(upto + 1) if isinstance(mods[i], nn.MaxPool2d)), default=-1)
     shapes, switches, masks = [], {}, {}
     model_like = nn.ModuleList(mods)
@@ -87,7 +89,7 @@ def record(plan, x: torch.Tensor, method: str, upto: int | None = None, shapes_o
                 h, switches[i] = F.max_pool2d(h, m.kernel_size, m.stride, m.padding, m.dilation,
                                               ceil_mode=m.ceil_mode, return_indices=True)
             elif isinstance(m, nn.ReLU):
-                if method != "deconvnet":
+                if masks_read:
                     masks[i] = h > 0
                 h = F.relu(h)
             else:
@@ -99,18 +101,6 @@ def record(plan, x: torch.Tensor, method: str, upto: int | None = None, shapes_o
     for i in range(stop + 1, upto + 1):
         shapes.append((x.shape[0], *shapes_of[i][1:]))
     return {"shapes": shapes, "switches": switches, "masks": masks}
-
-
-def grown(h: int, w: int, k, s, d):
-    """The window (``h x w`` at a layer's output) a unit's signal covers at the layer's input (kernel ``k``,
-    stride ``s``, dilation ``d``; padding only shifts it)."""
-    return (h - 1) * s[0] + d[0] * (k[0] - 1) + 1, (w - 1) * s[1] + d[1] * (k[1] - 1) + 1
-
-
-def _window(t: torch.Tensor, rows, y0, x0, h: int, w: int):
-    """``t[rows[j], :, y0[j]:y0[j]+h, x0[j]:x0[j]+w]`` for every seed j and the in-bounds mask (see
-    :func:`zfwidgets.core.backward.window_of`)."""
-    return window_of(t, rows, y0, x0, h, w)
 
 
 def walk(plan, rec: dict, path: str, rows, channels, ys, xs, method: str):
@@ -140,22 +130,22 @@ def walk(plan, rec: dict, path: str, rows, channels, ys, xs, method: str):
             H, W = rec["shapes"][i][2:]
             if isinstance(m, nn.ReLU):
                 positive = None
-                if method != "deconvnet":
+                if rule.reads_forward_mask:
                     if full:
                         positive = rec["masks"][i][rows]
                     else:
-                        positive, _ = _window(rec["masks"][i], rows, y0, x0, h, w)
+                        positive, _ = window_of(rec["masks"][i], rows, y0, x0, h, w)
                     positive = positive.to(g.dtype)
                 g = rule.backward(g, positive)
             elif isinstance(m, (nn.Conv2d, nn.MaxPool2d)):
                 k, s, p, d, _ = window_params(m)
-                ny, nx = grown(h, w, k, s, d)
+                ny, nx = grow_hw((h, w), k, s, d)
                 ay, ax = y0 * s[0] - p[0], x0 * s[1] - p[1]
                 if full:
                     if isinstance(m, nn.Conv2d):
                         oh, ow = g.shape[2:]
-                        op = (H - ((oh - 1) * s[0] - 2 * p[0] + d[0] * (k[0] - 1) + 1),
-                              W - ((ow - 1) * s[1] - 2 * p[1] + d[1] * (k[1] - 1) + 1))
+                        op = (H - (grow(oh, k[0], s[0], d[0]) - 2 * p[0]),
+                              W - (grow(ow, k[1], s[1], d[1]) - 2 * p[1]))
                         MACS[0] += m.weight.numel() * g.shape[0] * g.shape[2] * g.shape[3]
                         g = F.conv_transpose2d(g, m.weight, None, s, p, op, m.groups, d)
                     else:
@@ -166,7 +156,7 @@ def walk(plan, rec: dict, path: str, rows, channels, ys, xs, method: str):
                     MACS[0] += m.weight.numel() * g.shape[0] * g.shape[2] * g.shape[3]
                     g = F.conv_transpose2d(g, m.weight, None, s, 0, 0, m.groups, d)
                 else:
-                    idx, inside = _window(rec["switches"][i], rows, y0, x0, h, w)
+                    idx, inside = window_of(rec["switches"][i], rows, y0, x0, h, w)
                     local = (idx // W - ay[:, None, None, None]) * nx + (idx % W - ax[:, None, None, None])
                     local = torch.where(inside, local, torch.zeros_like(local))
                     gz = torch.where(inside, g, torch.zeros_like(g))
@@ -176,7 +166,7 @@ def walk(plan, rec: dict, path: str, rows, channels, ys, xs, method: str):
                 y0, x0, h, w = ay, ax, ny, nx
                 if not full and h >= H and w >= W:
                     # as large as the map: the in-bounds part of each window placed in a whole map
-                    g, inside = _window(g, seeds, -y0, -x0, H, W)
+                    g, inside = window_of(g, seeds, -y0, -x0, H, W)
                     g = g * inside.to(g.dtype)
                     full = True
                 elif not full:

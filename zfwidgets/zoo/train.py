@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..core.geometry import fold_batchnorm as fold_conv_batchnorm
 from .data import FASHION_CLASSES, FASHION_MEAN, FASHION_STD, keep_classes, load_fashion_mnist
 from .models import ARCHITECTURES, HALF_CLASSES, SPECS, VARIANTS, build
 
@@ -101,11 +102,9 @@ def fold_batchnorm(trained: torch.nn.Sequential, plain: torch.nn.Sequential) -> 
     for name, target in plain.named_children():
         src = mods[name]
         if isinstance(target, torch.nn.Conv2d):
-            bn = mods[f"{name}_bn"]
-            scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-            target.weight.copy_(src.weight * scale[:, None, None, None])
-            bias = src.bias if src.bias is not None else torch.zeros_like(bn.running_mean)
-            target.bias.copy_((bias - bn.running_mean) * scale + bn.bias)
+            weight, bias = fold_conv_batchnorm(src, mods[f"{name}_bn"])
+            target.weight.copy_(weight)
+            target.bias.copy_(bias)
         else:
             target.load_state_dict(src.state_dict())
     return plain
