@@ -205,11 +205,9 @@ def odd_geometry_net(seed):
 
 
 @pytest.mark.parametrize("rule", ["gradient", "deconvnet", "guided"])
-def test_cropped_backward_odd_geometry_and_borders(rule, monkeypatch):
+def test_cropped_backward_odd_geometry_and_borders(rule):
     """project() on a sequential net backpropagates on the seed's support only (the cropped backward);
     whatever the geometry and wherever the unit (corners, edges, centre), it equals the full float64 walk."""
-    project_mod = __import__("importlib").import_module("zfwidgets.core.project")
-    monkeypatch.setattr(project_mod, "CROP_MIN_SAVING", -1.0)  # crop even where it saves nothing
     for seed in range(3):
         model = odd_geometry_net(seed)
         lens = zf.Lens(model, input_size=(3, 37, 30))

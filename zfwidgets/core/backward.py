@@ -35,8 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .graph import Graph, GraphError, is_relu, macs_per_position
-from .layers import window_params
+from .geometry import batchnorm_scale, extent, grow_hw, window_params
+from .graph import Graph, GraphError, is_relu
 from .rules import RULES
 
 __all__ = ["Plan", "plan", "walk", "values_of_forward", "record", "Signal", "window_of"]
@@ -68,10 +68,10 @@ class Plan:
     shapes: dict             # node index -> output shape (N=1)
 
     def needs(self, method: str) -> list:
-        """Node indices whose recorded values the walk reads: max poolings (switches) and, except for the
-        deconvnet rule, rectifiers; hardtanh / ReLU6 always (their plain gradient)."""
-        return [s.index for s in self.steps
-                if s.op in ("maxpool", "clip") or (s.op == "relu" and method != "deconvnet")]
+        """Node indices whose recorded values the walk reads: max poolings (switches), the rectifiers where the
+        rule reads the forward's mask (not the deconvnet rule), hardtanh / ReLU6 always (their plain gradient)."""
+        masks = RULES[method].reads_forward_mask
+        return [s.index for s in self.steps if s.op in ("maxpool", "clip") or (s.op == "relu" and masks)]
 
 
 def _exact(m, cls) -> bool:
@@ -93,10 +93,7 @@ class _BatchNormScale:
     def factor(self) -> torch.Tensor:
         key = self.version()
         if key != self._key:
-            bn = self.bn
-            f = (bn.running_var.detach() + bn.eps).rsqrt()
-            self._factor = f * bn.weight.detach() if bn.weight is not None else f
-            self._key = key
+            self._factor, self._key = batchnorm_scale(self.bn), key
         return self._factor
 
 
@@ -327,7 +324,7 @@ def _crop(t: torch.Tensor, rows, sig: Signal):
     return window_of(t, rows, sig.oy, sig.ox, sig.h, sig.w)[0]
 
 
-def _fit(sig: Signal, H: int, W: int, dry: bool) -> Signal | None:
+def _fit(sig: Signal, H: int, W: int) -> Signal | None:
     """The signal made ready for a map H x W: one window clipped to it; the seeds' own windows zeroed outside
     it, or whole maps once a window is as large as the map."""
     if sig.uniform:
@@ -337,14 +334,14 @@ def _fit(sig: Signal, H: int, W: int, dry: bool) -> Signal | None:
             return None
         if (y0, x0, y1, x1) == (sig.oy[0], sig.ox[0], sig.oy[0] + sig.h, sig.ox[0] + sig.w):
             return sig
-        g = None if dry else sig.g[:, :, y0 - sig.oy[0]:y1 - sig.oy[0], x0 - sig.ox[0]:x1 - sig.ox[0]]
+        g = sig.g[:, :, y0 - sig.oy[0]:y1 - sig.oy[0], x0 - sig.ox[0]:x1 - sig.ox[0]]
         n = len(sig.oy)
         return Signal(g, [y0] * n, [x0] * n, y1 - y0, x1 - x0)
     n = len(sig.oy)
     if sig.h * sig.w >= H * W:
-        return _reframe(sig, [0] * n, [0] * n, H, W, dry)
+        return _reframe(sig, [0] * n, [0] * n, H, W)
     inside = all(0 <= y and y + sig.h <= H for y in sig.oy) and all(0 <= x and x + sig.w <= W for x in sig.ox)
-    if inside or dry:
+    if inside:
         return sig
     dev = sig.g.device
     oy, ox = torch.tensor(sig.oy, device=dev), torch.tensor(sig.ox, device=dev)
@@ -354,10 +351,8 @@ def _fit(sig: Signal, H: int, W: int, dry: bool) -> Signal | None:
     return Signal(sig.g * keep.to(sig.g.dtype), sig.oy, sig.ox, sig.h, sig.w)
 
 
-def _reframe(sig: Signal, oy, ox, h, w, dry) -> Signal:
+def _reframe(sig: Signal, oy, ox, h, w) -> Signal:
     """The signal on new windows (seed j's at ``(oy[j], ox[j])``, h x w); zero where the old window did not reach."""
-    if dry:
-        return Signal(None, list(oy), list(ox), h, w)
     n = len(sig.oy)
     dy = {a - b for a, b in zip(oy, sig.oy)}
     dx = {a - b for a, b in zip(ox, sig.ox)}
@@ -371,7 +366,7 @@ def _reframe(sig: Signal, oy, ox, h, w, dry) -> Signal:
     return Signal(g * inside.to(g.dtype), list(oy), list(ox), h, w)
 
 
-def _unite(a: Signal, b: Signal, H, W, dry) -> Signal:
+def _unite(a: Signal, b: Signal, H, W) -> Signal:
     """The sum of two signals on one map (the windows' union, or whole maps where the seeds' windows do not
     keep one offset to each other)."""
     n = len(a.oy)
@@ -384,8 +379,8 @@ def _unite(a: Signal, b: Signal, H, W, dry) -> Signal:
         w = max(a.ox[0] + a.w, b.ox[0] + b.w) - ox[0]
     else:
         oy, ox, h, w = [0] * n, [0] * n, H, W
-    ra, rb = _reframe(a, oy, ox, h, w, dry), _reframe(b, oy, ox, h, w, dry)
-    return Signal(None if dry else ra.g + rb.g, oy, ox, h, w)
+    ra, rb = _reframe(a, oy, ox, h, w), _reframe(b, oy, ox, h, w)
+    return Signal(ra.g + rb.g, oy, ox, h, w)
 
 
 def _weight(st: Step, dtype) -> torch.Tensor:
@@ -413,7 +408,7 @@ def _transposed(st: Step, g, k, s, d, ny, nx):
     w, wf = _weight(st, g.dtype)
     gr = st.module.groups
     if s == (1, 1):
-        return F.conv2d(g, wf, None, 1, (d[0] * (k[0] - 1), d[1] * (k[1] - 1)), d, gr)
+        return F.conv2d(g, wf, None, 1, (extent(k[0], d[0]) - 1, extent(k[1], d[1]) - 1), d, gr)
     if k == (1, 1):   # a strided 1x1: a 1x1 convolution placed on the stride's grid
         out = g.new_zeros(g.shape[0], wf.shape[0], ny, nx)
         out[:, :, ::s[0], ::s[1]] = F.conv2d(g, wf, None, 1, 0, 1, gr)
@@ -447,30 +442,25 @@ def _phases(st: Step, w, s):
     return out
 
 
-def walk(p: Plan, values: dict, seed: torch.Tensor, oy, ox, method: str, *, rows=None, dry=False,
-         counts: list | None = None) -> Signal:
+def walk(p: Plan, values: dict, seed: torch.Tensor, oy, ox, method: str, *, rows=None) -> Signal:
     """The seeds' projections: ``seed`` (n x C x h x w, the signals at the target's output, seed j's window at
     ``(oy[j], ox[j])``) walked down to the input. ``values`` from :func:`values_of_forward` or :func:`record`
     (image ``rows[j]`` of the recorded batch for seed j; default all 0). Returns the input's :class:`Signal`
-    (zero windows where no signal reached it: ``g`` is None).
-
-    ``dry=True`` computes the windows only (no tensors; ``seed`` gives its size); ``counts``, a list
-    ``[done, full]``, gets the transposed convolutions' multiply-adds and those of the full backward added."""
-    graph = p.graph
+    (zero windows where no signal reached it: ``g`` is None)."""
     n = len(oy)
     rows = [0] * n if rows is None else list(rows)
     rule = RULES[method]
     shape = p.shapes[p.target]
-    first = Signal(None if dry else seed, list(oy), list(ox), seed.shape[2], seed.shape[3])
-    signals = {p.target: _fit(first, shape[2], shape[3], dry)}
+    first = Signal(seed, list(oy), list(ox), seed.shape[2], seed.shape[3])
+    signals = {p.target: _fit(first, shape[2], shape[3])}
     result = None
 
     def send(i, s):
         H, W = p.shapes[i][2:]
-        s = _fit(s, H, W, dry)
+        s = _fit(s, H, W)
         if s is None:
             return
-        signals[i] = s if i not in signals else _unite(signals[i], s, H, W, dry)
+        signals[i] = s if i not in signals else _unite(signals[i], s, H, W)
 
     for st in p.steps:
         sig = signals.pop(st.index, None)
@@ -483,17 +473,10 @@ def walk(p: Plan, values: dict, seed: torch.Tensor, oy, ox, method: str, *, rows
         if op in ("conv", "maxpool", "avgpool"):
             m = st.module
             k, s, pad, d, _ = window_params(m)
-            ny, nx = (sig.h - 1) * s[0] + d[0] * (k[0] - 1) + 1, (sig.w - 1) * s[1] + d[1] * (k[1] - 1) + 1
+            ny, nx = grow_hw((sig.h, sig.w), k, s, d)
             ay = [y * s[0] - pad[0] for y in sig.oy]
             ax = [x * s[1] - pad[1] for x in sig.ox]
-            if op == "conv" and counts is not None:
-                per = macs_per_position(m)
-                counts[0] += per * sig.h * sig.w * n
-                out = p.shapes[st.index]
-                counts[1] += per * out[2] * out[3] * n
-            if dry:
-                g2 = None
-            elif op == "conv":
+            if op == "conv":
                 g2 = _transposed(st, g, k, s, d, ny, nx)
             elif op == "avgpool":
                 g2 = F.conv_transpose2d(g, st.param.to(g), None, s, 0, 0, g.shape[1], d)
@@ -509,23 +492,22 @@ def walk(p: Plan, values: dict, seed: torch.Tensor, oy, ox, method: str, *, rows
                 g2 = g2.view(n, g.shape[1], ny, nx)
             send(st.inputs[0], Signal(g2, ay, ax, ny, nx))
             continue
-        if not dry:
-            if op == "relu":
-                if method == "deconvnet":
-                    g = g.clamp(min=0)
-                else:
-                    v = _crop(values[st.index], rows, sig)
-                    g = rule.backward(g, (v if v.dtype == torch.bool else v > 0).to(g.dtype))
-            elif op == "clip":
+        if op == "relu":
+            if not rule.reads_forward_mask:
+                g = rule.backward(g, None)
+            else:
                 v = _crop(values[st.index], rows, sig)
-                lo, hi = st.param
-                g = g * (v if v.dtype == torch.bool else (v > lo) & (v < hi)).to(g.dtype)
-            elif op == "scale":
-                g = g * st.param.factor().to(g.dtype).view(1, -1, 1, 1)
+                g = rule.backward(g, (v if v.dtype == torch.bool else v > 0).to(g.dtype))
+        elif op == "clip":
+            v = _crop(values[st.index], rows, sig)
+            lo, hi = st.param
+            g = g * (v if v.dtype == torch.bool else (v > lo) & (v < hi)).to(g.dtype)
+        elif op == "scale":
+            g = g * st.param.factor().to(g.dtype).view(1, -1, 1, 1)
         if op == "cat":
             a = 0
             for i, c in zip(st.inputs, st.param):
-                send(i, Signal(None if dry else g[:, a:a + c], sig.oy, sig.ox, sig.h, sig.w))
+                send(i, Signal(g[:, a:a + c], sig.oy, sig.ox, sig.h, sig.w))
                 a += c
             continue
         for i in st.inputs:      # pointwise: one input; add: both

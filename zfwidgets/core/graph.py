@@ -42,11 +42,10 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from .capture import ModelGuard
-from .layers import pair, window_params
+from .geometry import extent, pair, window_params
 
-__all__ = ["Graph", "Trace", "runs_as_chain", "Node", "Window", "GraphError", "macs", "macs_per_position",
-           "kind_of_module", "is_relu",
-           "POINTWISE_MODULES", "ACTIVATIONS"]
+__all__ = ["Graph", "Trace", "runs_as_chain", "reads_in_line", "Node", "Window", "GraphError", "macs",
+           "macs_per_position", "kind_of_module", "is_relu", "POINTWISE_MODULES", "ACTIVATIONS"]
 
 
 class GraphError(ValueError):
@@ -64,7 +63,7 @@ class Window:
     ceil_mode: bool = False
 
     def extent(self, axis: int) -> int:
-        return self.dilation[axis] * (self.kernel[axis] - 1) + 1
+        return extent(self.kernel[axis], self.dilation[axis])
 
 
 @dataclass(eq=False)
@@ -262,10 +261,61 @@ class Trace:
         q = self.qualname[n]
         return q.rsplit(".", 1)[0] if "." in q else ""
 
+    @property
+    def is_chain(self) -> bool:
+        """Every operation reads the one before (no branch, no merge): :func:`reads_in_line` on the fx nodes."""
+        nodes = [n for n in self.fx_nodes if not _is_meta_fx(n)]
+        return reads_in_line(nodes, lambda n: [a for a in n.all_input_nodes if not _is_meta_fx(a)],
+                             lambda n: [u for u in n.users if not _is_meta_fx(u)])
+
+    def chain_modules(self) -> list | None:
+        """``[(path, module)]`` of a traced forward that is a chain (:attr:`is_chain`) of one-input steps, or None.
+
+        Functional operations become :class:`FunctionStep` modules (``torch.flatten``: ``("<flatten>",
+        nn.Flatten(start, end))``, as the chain of torchvision's AlexNet / VGG has always been described). A step
+        that reads a size or its input a second time (``x * x``, ``x.view(x.size(0), -1)``) is not one of a chain
+        of modules: None.
+        """
+        if not self.is_chain:
+            return None
+        steps = []
+        for n in self.fx_nodes:
+            if n.op == "placeholder":
+                continue
+            if n.op == "output":
+                break
+            ins = n.all_input_nodes
+            if _is_meta_fx(n) or len(ins) != 1 or n.args[:1] != (ins[0],):
+                return None
+            rest = n.args[1:]
+            found = []
+            fx.node.map_arg((rest, n.kwargs), found.append)
+            if found:   # the input read a second time (x * x): not a step of one input
+                return None
+            if n.op == "call_module":
+                steps.append((n.target, self.model.get_submodule(n.target)))
+            elif n.target is torch.flatten or (n.op == "call_method" and n.target == "flatten"):
+                steps.append(("<flatten>", nn.Flatten(*(rest or (0,)), **n.kwargs)))
+            else:
+                steps.append((self.qualname[n], FunctionStep(n.target, rest, n.kwargs)))
+        return steps or None
+
 
 def _is_meta_fx(n) -> bool:
     return (n.op == "call_method" and n.target in ("size", "dim")) or n.op == "get_attr" or \
         (n.op == "call_function" and n.target is getattr)
+
+
+def reads_in_line(nodes, inputs, users) -> bool:
+    """The one test of "is this forward a chain?": every node but the first of ``nodes`` (the input) reads
+    exactly one node and every node is read by at most one (``inputs(n)`` / ``users(n)``: a node's tensor
+    inputs and readers, sizes and other meta values left out). :attr:`Graph.is_chain` and
+    :attr:`Trace.is_chain` both ask it.
+
+    >>> reads_in_line([0, 1, 2], lambda n: [n - 1] if n else [], lambda n: [n + 1] if n < 2 else [])
+    True
+    """
+    return all((k == 0 or len(inputs(n)) == 1) and len(users(n)) <= 1 for k, n in enumerate(nodes))
 
 
 class FunctionStep(nn.Module):
@@ -283,39 +333,6 @@ class FunctionStep(nn.Module):
 
     def extra_repr(self):
         return f"{self.name}, args={self.args}"
-
-
-def chain_steps(trace: Trace):
-    """``[(path, module)]`` of a traced forward in which every operation reads the one before, or ``None``.
-
-    Functional operations become :class:`FunctionStep` modules (``torch.flatten``: ``("<flatten>",
-    nn.Flatten(start, end))``, as the chain of torchvision's AlexNet / VGG has always been described).
-    """
-    steps = []
-    for n in trace.fx_nodes:
-        if n.op == "placeholder":
-            continue
-        if n.op == "output":
-            break
-        ins = n.all_input_nodes
-        if _is_meta_fx(n) or len(ins) != 1 or len(n.users) != 1 or ins[0].op == "get_attr":
-            return None
-        if n.args[:1] != (ins[0],):
-            return None
-        rest = n.args[1:]
-        found = []
-        fx.node.map_arg((rest, n.kwargs), found.append)
-        if found:   # the input read a second time (x * x): not a step of one input
-            return None
-        if n.op == "call_module":
-            steps.append((n.target, trace.model.get_submodule(n.target)))
-        elif n.target is torch.flatten or (n.op == "call_method" and n.target == "flatten"):
-            steps.append(("<flatten>", nn.Flatten(*(rest or (0,)), **n.kwargs)))
-        else:
-            steps.append((trace.qualname[n], FunctionStep(n.target, rest, n.kwargs)))
-    if not steps:
-        return None
-    return steps
 
 
 def runs_as_chain(trace: Trace, path: str) -> bool:
@@ -551,10 +568,9 @@ class Graph:
             n._users = tuple(users[n.index])
             n.in_shapes = tuple(self.nodes[i].out_shape for i in n.inputs)
             _classify(n, self.nodes)
-        tensors = [n for n in self.nodes if n.kind not in ("meta",)]
-        chain = all(len([i for i in n.inputs if self.nodes[i].kind != "meta"]) == 1
-                    for n in tensors if n.op != "placeholder")
-        chain = chain and all(len([u for u in n.users if self.nodes[u].kind != "meta"]) <= 1 for n in tensors)
+        tensors = [n for n in self.nodes if n.kind != "meta"]
+        chain = reads_in_line(tensors, lambda n: [i for i in n.inputs if self.nodes[i].kind != "meta"],
+                              lambda n: [u for u in n.users if self.nodes[u].kind != "meta"])
         if not self.traced:
             chain = chain and self._recorded_chain
         self.is_chain = chain
@@ -822,8 +838,8 @@ def _flatten(n: Node, ax, rank_in, start, end):
     start, end = int(start) % rank_in, int(end) % rank_in
     if ax is None:
         n.kind = "global"
-    elif any(start <= i <= end for i in ax):
-        n.kind = "global" if start < end or True else "other"
+    elif any(start <= i <= end for i in ax):   # a spatial axis flattened (with others, or alone: the same)
+        n.kind = "global"
     else:
         shift = end - start
         n.kind, n.axes = "pointwise", tuple(i - shift if i > end else i for i in ax)

@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from numbers import Integral
 
 from torch import nn
 
-__all__ = ["LayerInfo", "layer_table", "block_table", "resolve_layer", "sequential_modules", "pair", "window_params"]
+from .geometry import pair, window_params
+from .graph import Trace, runs_as_chain
+
+__all__ = ["LayerInfo", "layer_table", "block_table", "conv_fc_table", "resolve_layer", "sequential_modules",
+           "pair", "window_params"]
 
 _FRIENDLY = re.compile(r"^(conv|fc)\d+$")
 
@@ -42,23 +45,11 @@ def layer_table(model: nn.Module, trace=None) -> list[LayerInfo]:
     if not isinstance(model, nn.Module):
         raise TypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
     if trace is not None and not isinstance(trace, str):
-        if not _is_flat_chain(trace):
+        if not trace.is_chain:
             table = block_table(model, trace)
             if table:
                 return table
-    return _conv_fc_table(model)
-
-
-def _is_flat_chain(trace) -> bool:
-    """Every operation of the trace reads the one before (no branch, no merge)."""
-    from .graph import _is_meta_fx
-    nodes = [n for n in trace.fx_nodes if not _is_meta_fx(n)]
-    for n in nodes:
-        ins = [a for a in n.all_input_nodes if not _is_meta_fx(a)]
-        users = [u for u in n.users if not _is_meta_fx(u)]
-        if (n.op != "placeholder" and len(ins) != 1) or len(users) > 1:
-            return False
-    return True
+    return conv_fc_table(model)
 
 
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
@@ -75,12 +66,10 @@ def block_table(model: nn.Module, trace) -> list[LayerInfo]:
     auxiliary heads in eval mode) are left out. Names are the shortest tail of the path that is unique and
     does not start with a digit (``layer1.0``, ``denseblock1``, ``Mixed_5b``, ``features.3``).
 
-    >>> from zfwidgets.core.graph import Trace
     >>> m = torchvision.models.resnet18()
     >>> [i.name for i in block_table(m, Trace.of(m))][:3]
     ['conv1', 'layer1.0', 'layer1.1']
     """
-    from .graph import runs_as_chain
     first: dict = {}
     for i, n in enumerate(trace.fx_nodes):
         if n.op in ("placeholder", "output"):
@@ -131,7 +120,14 @@ def block_table(model: nn.Module, trace) -> list[LayerInfo]:
     return [LayerInfo(name, p, m, kind) for name, (p, m, kind) in zip(names, found)]
 
 
-def _conv_fc_table(model: nn.Module) -> list[LayerInfo]:
+def conv_fc_table(model: nn.Module) -> list[LayerInfo]:
+    """The model's Conv2d and Linear modules in definition order, named ``convK`` / ``fcK`` (or their own names
+    where the model already uses these): the table of a chain, and the numbering a model with blocks also
+    answers to.
+
+    >>> [i.name for i in conv_fc_table(torchvision.models.resnet18())][:2]
+    ['conv1', 'conv2']
+    """
     found = [(path, m) for path, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     # a model that already names its layers conv1..fc8 (the bundled ones) keeps its own names
     own = all(_FRIENDLY.match(path.rsplit(".", 1)[-1]) for path, _ in found)
@@ -189,7 +185,6 @@ def sequential_modules(model: nn.Module, trace=None) -> list[tuple[str, nn.Modul
     >>> [p for p, _ in sequential_modules(torchvision.models.alexnet())][12:15]
     ['features.12', 'avgpool', '<flatten>']
     """
-    from .graph import Trace, chain_steps
     trace = Trace.of(model) if trace is None else trace
     if isinstance(trace, str):   # fx cannot trace it: only a plain nn.Sequential is known to be a chain
         if not isinstance(model, nn.Sequential):
@@ -200,22 +195,4 @@ def sequential_modules(model: nn.Module, trace=None) -> list[tuple[str, nn.Modul
                 return [x for name, c in m.named_children() for x in flat(f"{prefix}.{name}" if prefix else name, c)]
             return [(prefix, m)]
         return flat("", model)
-    return chain_steps(trace)
-
-
-def pair(v) -> tuple:
-    """An int or a pair of ints (a module's ``kernel_size``, ``stride``...) as ``(height, width)``."""
-    return (int(v), int(v)) if isinstance(v, Integral) else (int(v[0]), int(v[1]))
-
-
-def window_params(m: nn.Module):
-    """Per axis ``(kernel, stride, padding_before, dilation)`` and the padding mode of a conv or pooling."""
-    k = pair(m.kernel_size)
-    s = pair(m.stride if m.stride is not None else m.kernel_size)
-    d = pair(getattr(m, "dilation", 1))
-    mode = getattr(m, "padding_mode", "zeros")
-    if isinstance(m.padding, str):
-        p = (0, 0) if m.padding == "valid" else tuple(d[a] * (k[a] - 1) // 2 for a in range(2))
-    else:
-        p = pair(m.padding)
-    return k, s, p, d, mode
+    return trace.chain_modules()

@@ -21,14 +21,20 @@ Example:
 """
 from __future__ import annotations
 
+import copy
+import io
+import operator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import fx, nn
 
 from . import backward as crop
+from .capture import ModelGuard, pool_switches
+from .geometry import batchnorm_scale, grow
+from .graph import Graph, is_relu
 from .rules import RULES
 
 __all__ = ["Projection", "project", "deconvnet_steps", "render", "select_activation"]
@@ -93,7 +99,6 @@ class Projection:
         return render(self.pixels, mode, scale)
 
     def _repr_png_(self):
-        import io
         from PIL import Image
         buf = io.BytesIO()
         Image.fromarray(self.to_image()).save(buf, format="PNG")
@@ -192,14 +197,9 @@ def project(lens, image, layer, channel=None, *, position="max", method: str = "
 
 
 # ----- the cropped backward (on the model's graph: zfwidgets.core.backward) ------------------------------
-# the cropped backward is used when it skips at least this fraction of the conv layers' work
-CROP_MIN_SAVING = 0.0
-
-
 def _cropped_backward(lens, fwd, path, seed, method):
     """The projection of ``seed`` computed on its support only, node by node along the graph; None if not
-    applicable (a node below the layer the walk does not know, a forward without the values it reads, or a
-    support so large that the native backward is quicker).
+    applicable (a node below the layer the walk does not know, a forward without the values it reads).
 
     A unit's signal reaches only its receptive field: at every node on the way down the nonzero signal lies
     in a window that grows at each convolution and pooling (AlexNet conv5: 3x3 of 13x13 at conv5's input,
@@ -218,14 +218,6 @@ def _cropped_backward(lens, fwd, path, seed, method):
     y0, x0 = (int(v) for v in nz.min(0).values)
     y1, x1 = (int(v) + 1 for v in nz.max(0).values)
     g = seed[:, :, y0:y1, x0:x1]
-    work = p.__dict__.setdefault("_work", {})      # the windows' work depends on the support's box only
-    counts = work.get((y0, y1, x0, x1))
-    if counts is None:
-        counts = [0.0, 0.0]
-        crop.walk(p, {}, g, [y0], [x0], method, dry=True, counts=counts)
-        work[(y0, y1, x0, x1)] = counts
-    if counts[1] and counts[0] > (1 - CROP_MIN_SAVING) * counts[1]:
-        return None  # the support is (nearly) everything: the native backward is quicker
     values = crop.values_of_forward(p, fwd, method)
     if values is None:
         return None
@@ -254,8 +246,7 @@ def _filter(signal: torch.Tensor, conv: nn.Conv2d, in_shape) -> torch.Tensor:
     k = conv.weight.shape[-2:]
     out_pad = []
     for d in range(2):
-        natural = ((signal.shape[2 + d] - 1) * conv.stride[d] - 2 * conv.padding[d]
-                   + conv.dilation[d] * (k[d] - 1) + 1)
+        natural = grow(signal.shape[2 + d], k[d], conv.stride[d], conv.dilation[d]) - 2 * conv.padding[d]
         out_pad.append(in_shape[2 + d] - natural)
     return F.conv_transpose2d(signal, conv.weight.to(signal.dtype), None, conv.stride, conv.padding,
                               tuple(out_pad), conv.groups, conv.dilation)
@@ -285,11 +276,6 @@ def deconvnet_steps(lens, image, layer, channel=None, *, position="max", dtype=t
         >>> [p for p, _ in steps][:3]
         ['conv3', 'pool2', 'relu2']
     """
-    import copy
-    import operator
-
-    from .capture import pool_switches
-    from .graph import Graph, is_relu
     name, path, module = lens.resolve(layer)
     x = lens.to_input(image).detach().to(dtype)
     graph = Graph.of(lens, tuple(x.shape[1:]))
@@ -348,10 +334,7 @@ def deconvnet_steps(lens, image, layer, channel=None, *, position="max", dtype=t
         elif isinstance(m, nn.Linear) and type(m).forward is nn.Linear.forward:
             below = [sig @ m.weight.to(dtype)]
         elif isinstance(m, nn.BatchNorm2d) and m.running_var is not None:
-            scale = (m.running_var + m.eps).rsqrt()
-            if m.weight is not None:
-                scale = scale * m.weight
-            below = [sig * scale.to(dtype).view(1, -1, 1, 1)]
+            below = [sig * batchnorm_scale(m).to(dtype).view(1, -1, 1, 1)]
         elif isinstance(m, _LINEAR_PASS):
             below = [sig]
         else:
@@ -375,7 +358,6 @@ def _forward_values(graph, gm, module_of, x, target):
     """Every node's output up to ``target`` (in-place modules on copies, so every value stays as computed)."""
     if graph.traced:
         return graph.run(x, keep="values", gm=gm, stop=target.index)
-    from .capture import ModelGuard
     values = {0: x}
     with torch.no_grad(), ModelGuard(graph.model):
         h = x
@@ -391,7 +373,6 @@ def _forward_values(graph, gm, module_of, x, target):
 
 def _node_adjoint(graph, gm, node, m, values, fx_index, sig):
     """The vector-Jacobian product of one node with its recorded inputs: a list, one entry per tensor input."""
-    from torch import fx
     if not graph.traced:   # a recorded chain: one module, one input
         if m is None:      # an inferred flatten
             return [sig.reshape(values[node.inputs[0]].shape)]

@@ -39,8 +39,15 @@ __all__ = ["RULES", "RuleState", "RuleReLU", "RectifierSwap", "Gradient", "Decon
 
 
 class Gradient:
-    """Plain gradient: ``R * (f > 0)`` (Simonyan et al., 2014)."""
+    """Plain gradient: ``R * (f > 0)`` (Simonyan et al., 2014).
+
+    Every rule says what its backward reads and does, so that a walk asks the rule, never its name:
+    ``reads_forward_mask`` (the backward looks at the sign of the forward's ReLU input: a walk must record it)
+    and ``rectifies_signal`` (the backward clamps the top-down signal at zero).
+    """
     name = "gradient"
+    reads_forward_mask = True
+    rectifies_signal = False
 
     @staticmethod
     def backward(grad: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
@@ -50,6 +57,8 @@ class Gradient:
 class Deconvnet:
     """Zeiler & Fergus's rectification of the top-down signal, ignoring the forward mask: ``relu(R)``."""
     name = "deconvnet"
+    reads_forward_mask = False
+    rectifies_signal = True
 
     @staticmethod
     def backward(grad: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
@@ -59,6 +68,8 @@ class Deconvnet:
 class GuidedBackprop:
     """Springenberg et al.'s guided backpropagation: ``relu(R) * (f > 0)``."""
     name = "guided"
+    reads_forward_mask = True
+    rectifies_signal = True
 
     @staticmethod
     def backward(grad: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
