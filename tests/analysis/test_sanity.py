@@ -168,7 +168,10 @@ def test_sanity_check_equals_a_recomputation(lens, images):
 
 
 def test_steps_above_a_hidden_unit_are_left_out(lens, images):
-    sc = sanity_check(lens, images[:1], "conv3", methods=("guided",), progress=False)
+    calls = []
+    sc = sanity_check(lens, images[:1], "conv3", methods=("guided",), progress=lambda d, t: calls.append((d, t)))
+    assert calls[-1] == (7, 7)                      # one update per step run
+    assert "values" not in repr(sc) and "conv3" in repr(sc)
     above = ["fc8", "fc7", "fc6", "conv5", "conv4"]
     assert sc.skipped == [f"cascade:{l}" for l in above] + [f"independent:{l}" for l in above]
     assert sc.steps == ["none", "cascade:conv3", "cascade:conv2", "cascade:conv1", "independent:conv3",

@@ -262,8 +262,8 @@ class SanityCheck:
     unit: str
     methods: list
     steps: list
-    values: dict
-    units: list
+    values: dict = field(repr=False)
+    units: list = field(repr=False)
     skipped: list = field(default_factory=list)
     note: str = ""
     seed: int = 0
@@ -454,8 +454,8 @@ class Selectivity:
     """
     layer: str
     methods: list
-    values: dict
-    units: list
+    values: dict = field(repr=False)
+    units: list = field(repr=False)
     projections: dict = field(default_factory=dict, repr=False)
 
     def similarity(self, method: str, metric: str = "spearman_abs") -> float:
