@@ -199,3 +199,30 @@ def test_analysis_gives_the_list_result_for_every_form(lens, base, reference, an
     got = ANALYSES[analysis](lens, images, labels)
     for a, b in zip(got, reference[analysis]):
         close(a, b)
+
+
+def test_boxes_are_read_one_way():
+    from zfwidgets.analysis.receptive import Box
+    from zfwidgets.core.inputs import as_box
+    for given in [(1, 2, 5, 6), [1, 2, 5, 6], np.array([1, 2, 5, 6]), torch.tensor([1, 2, 5, 6]), Box(1, 2, 5, 6)]:
+        assert as_box(given, 8, 8) == (1, 2, 5, 6), given
+    assert as_box((-3, 2, 5, 12), 8, 8, clip=True) == (0, 2, 5, 8)
+    with pytest.raises(ValueError, match="outside the 8x8"):
+        as_box((-3, 2, 5, 12), 8, 8)
+    with pytest.raises(ValueError, match="lies outside"):
+        as_box((9, 9, 12, 12), 8, 8, clip=True)
+    with pytest.raises(ValueError, match="empty"):
+        as_box((4, 2, 4, 6), 8, 8, clip=True)
+    with pytest.raises(TypeError, match="part 'eye': box coordinates must be ints"):
+        as_box((1.5, 2, 5, 6), 8, 8, where="part 'eye'")
+    with pytest.raises(TypeError, match="a box must be"):
+        as_box((1, 2, 5), 8, 8)
+
+
+def test_fills_are_read_one_way(lens):
+    from zfwidgets.core.inputs import fill_tensor
+    assert fill_tensor(lens, "mean").tolist() == [0.0]
+    assert fill_tensor(lens, 0.5).tolist() == fill_tensor(lens, [0.5]).tolist() == [0.5]
+    for bad, error in [("grey", ValueError), (True, TypeError), ([1, 2], ValueError), (float("nan"), ValueError)]:
+        with pytest.raises(error, match="fill"):
+            fill_tensor(lens, bad)

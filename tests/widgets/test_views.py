@@ -49,6 +49,9 @@ def test_one_place_says_what_a_sample_is():
     assert image_and_label(s) == (s.image, s.label)
     assert image_and_label((s.image, 7)) == (s.image, 7)
     assert image_and_label(s.image) == (s.image, None)
+    assert image_and_label((s.image, 7, "note")) == (s.image, 7)                 # a record: image first
+    assert image_and_label((s.image, {"boxes": []})) == (s.image, None)
+    assert image_and_label({"img": s.image}) == (s.image, None)
     for path in sorted(WIDGETS.glob("*.py")):
         assert 'hasattr(image, "label")' not in path.read_text() and 'hasattr(item, "label")' not in \
             path.read_text(), path.name

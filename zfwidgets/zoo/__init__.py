@@ -137,8 +137,8 @@ class Sample:
 
 def image_and_label(item) -> tuple:
     """``(image, label or None)`` of one item: a :class:`Sample` (or anything with ``.image`` and ``.label``),
-    an ``(image, int label)`` pair, an ``{"image", "label"}`` dict, or a bare image (PIL, uint8 array, tensor),
-    as every reader takes it (:func:`zfwidgets.core.inputs.image_of`).
+    an ``(image, label, ...)`` record, an ``{"image", "label"}`` dict, or a bare image (PIL, uint8 array,
+    tensor), as every reader takes it (:func:`zfwidgets.core.inputs.image_of`).
 
     Example:
         >>> image, label = image_and_label(zfwidgets.samples()[0]); label
