@@ -179,7 +179,7 @@ def project(lens, image, layer, channel=None, *, position="max", method: str = "
     if act is None:  # the forward ended before this module ran (not part of the path to the output)
         raise ValueError(f"layer {name!r} did not run during the forward; choose another layer")
     seed, channel, pos, value = select_activation(act, name, channel, position)
-    if method != "gradient" and (lens.unruled_modules or lens._other_activations):
+    if RULES[method].rectifies_signal and (lens.unruled_modules or lens._other_activations):
         what = ", ".join(lens.unruled_modules) or "functional calls"
         lens.warn_once(("others", method),
                        f"the {method} rule applies to ReLUs only; the activations of {what} "
