@@ -36,6 +36,10 @@ _LAZY = {
     "ablation_table": "zfwidgets.analysis.lesion",
     "layer_probes": "zfwidgets.analysis.probes",
     "feature_generalisation": "zfwidgets.analysis.probes",
+    # what a projection can and cannot tell (Adebayo et al. 2018; Mahendran & Vedaldi 2016)
+    "randomize": "zfwidgets.analysis.sanity",
+    "sanity_check": "zfwidgets.analysis.sanity",
+    "selectivity": "zfwidgets.analysis.sanity",
     # the data-set miner and its gallery file
     "mine": "zfwidgets.mine.miner",
     "Gallery": "zfwidgets.mine.gallery",
