@@ -45,7 +45,7 @@ from .capture import ModelGuard
 from .geometry import extent, pair, window_params
 
 __all__ = ["Graph", "Trace", "runs_as_chain", "reads_in_line", "Node", "Window", "GraphError", "macs",
-           "macs_per_position", "kind_of_module", "is_relu", "POINTWISE_MODULES", "ACTIVATIONS"]
+           "macs_per_position", "kind_of_module", "is_relu", "in_place", "POINTWISE_MODULES", "ACTIVATIONS"]
 
 
 class GraphError(ValueError):
@@ -479,7 +479,7 @@ class Graph:
                     v = load(n.args[0])
                 else:
                     args, kwargs = load(n.args), load(n.kwargs)
-                    if keep == "values" and _in_place(node, kwargs):
+                    if keep == "values" and in_place(node, kwargs):
                         args = tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in args)
                     if n.op == "call_module":
                         m = gm.get_submodule(n.target)
@@ -630,7 +630,9 @@ def _fetch_attr(gm, target: str):
     return obj
 
 
-def _in_place(node: Node, kwargs) -> bool:
+def in_place(node: Node, kwargs) -> bool:
+    """Whether the node writes into its input (an ``inplace`` module or keyword, ``+=``, a ``relu_``-like method):
+    a run that keeps values must run it on a copy."""
     if node.op == "call_module":
         return bool(getattr(node.module, "inplace", False))
     t = node.target
@@ -640,6 +642,9 @@ def _in_place(node: Node, kwargs) -> bool:
         return True
     name = t if isinstance(t, str) else getattr(t, "__name__", "")
     return name.endswith("_") and not name.startswith("_")
+
+
+_in_place = in_place   # the old name, until inference/graph.py imports in_place
 
 
 def _describe(n: Node) -> str:

@@ -235,8 +235,8 @@ def _collate(items):
 def _progress_bar(total, desc, enabled, rank):
     if not enabled or rank != 0:
         return None
-    from .._progress import _in_notebook
-    if _in_notebook():
+    from .._progress import in_notebook
+    if in_notebook():
         from tqdm.auto import tqdm
     else:
         from tqdm import tqdm
@@ -485,7 +485,7 @@ def _unpack(packed: tuple) -> dict:
 
 
 def _build(lens, specs, source, merged, results, widths, k, rule, weights_name, total, skipped, projections):
-    from .. import __version__
+    from importlib.metadata import version
     ids = {}
     layers, infos = {}, []
     for name, path, kind, C, cin in specs:
@@ -525,7 +525,7 @@ def _build(lens, specs, source, merged, results, widths, k, rule, weights_name, 
     meta = {"format": GALLERY_FORMAT, "model": lens.name, "weights": weights_name,
             "layers": infos, "k": k, "rule": rule, "data": source.describe(), "ids": ids, "count": total,
             "skipped": skipped, "input_size": list(_input_size(lens, source)), "projections": bool(projections),
-            "zfwidgets": __version__, "commit": _commit()}
+            "zfwidgets": version("zfwidgets"), "commit": _commit()}
     return Gallery(json.loads(json.dumps(meta)), layers)
 
 
