@@ -238,3 +238,16 @@ def test_bad_input_names_what_is_valid_and_changes_nothing(lens, images):
     with pytest.raises(TypeError):
         randomize(lens, "conv2", seed=1.5)
     assert changed(before, lens.model) == []
+
+
+def test_a_convolution_inside_a_block_is_reset_alone_not_cascaded():
+    lens = zf.Lens.from_torchvision("resnet18")          # random weights, offline
+    assert randomised_layers(lens, "conv1", cascade=False) == ["conv1", "bn1"]
+    assert randomised_layers(lens, ["fc", "conv5"], cascade=False) == ["layer1.1.conv2", "fc"]
+    before = state(lens.model)
+    with pytest.raises(ValueError, match="'conv5'.*cascade=False"):
+        randomize(lens, "conv5")
+    r = randomize(lens, "conv5", cascade=False)
+    assert changed(before, r.model) == ["layer1.1.conv2.weight"]
+    assert r.name == "resnet18 (conv5 randomised)"
+    assert changed(before, lens.model) == []

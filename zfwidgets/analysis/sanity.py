@@ -87,12 +87,16 @@ def _groups(lens, model) -> list[list[str]]:
     return groups
 
 
-def _check_layers(lens, layer) -> list[str]:
-    """Resolved paths of ``layer`` (one or a list); ValueError naming the valid layers."""
+def _check_layers(lens, layer) -> dict:
+    """``{path: name}`` of ``layer`` (one or a list), in the order given; ValueError naming the valid layers."""
     items = [layer] if isinstance(layer, (str, torch.nn.Module)) else layer
     if not isinstance(items, (list, tuple)) or not items:
         raise TypeError(f"layer must be a layer name, a module, or a non-empty list of them; got {layer!r}")
-    return list(dict.fromkeys(lens.resolve(item)[1] for item in items))   # ValueError names the valid layers
+    out = {}
+    for item in items:
+        name, path, _ = lens.resolve(item)      # ValueError names the valid layers
+        out.setdefault(path, name)
+    return out
 
 
 def randomised_layers(lens, layer, *, cascade: bool = True) -> list[str]:
@@ -113,16 +117,19 @@ def randomised_layers(lens, layer, *, cascade: bool = True) -> list[str]:
         idx = []
         for p in paths:
             if p not in table_paths:
-                raise ValueError(f"layer {lens.resolve(p)[0]!r} ({p}) is not one of the lens's layers {lens.layers}; "
+                raise ValueError(f"layer {paths[p]!r} ({p}) is not one of the lens's layers {lens.layers}; "
                                  "a cascade runs over those (choose one of them, or pass cascade=False to "
                                  "re-initialise this module alone)")
             idx.append(table_paths.index(p))
         for g in groups[min(idx):]:
             chosen += g
     else:
+        parts = []      # (place in the table, modules), put in the table's order
         for p in paths:
-            k = table_paths.index(p) if p in table_paths else None
-            chosen += groups[k] if k is not None else [p]
+            k = _table_index(lens, p)
+            parts.append((len(table_paths) if k is None else k, groups[k] if p in table_paths else [p]))
+        for _, g in sorted(parts, key=lambda t: t[0]):
+            chosen += g
     return list(dict.fromkeys(chosen))
 
 
@@ -186,11 +193,11 @@ def randomize(lens, layer, *, cascade: bool = True, seed: int = 0):
             for d in devices:
                 torch.cuda.default_generators[d].manual_seed(s)
             _reset(model.get_submodule(path), path)
-    names = [lens.resolve(p)[0] for p in _check_layers(lens, layer)]
+    asked = _check_layers(lens, layer)
     if cascade:
-        what = f"randomised from {min(names, key=lambda n: paths.index(lens.resolve(n)[1]))}"
+        what = f"randomised from {asked[min(asked, key=paths.index)]}"
     else:
-        what = f"{', '.join(names)} randomised"
+        what = f"{', '.join(asked.values())} randomised"
     from ..lens import Lens
     return Lens(model, transform=lens.transform, class_names=lens.class_names, input_size=lens.input_size,
                 mean=lens.mean, std=lens.std, name=f"{lens.name} ({what})")
