@@ -166,7 +166,7 @@ def bench(name: str, runs: int, quick: bool = False) -> dict:
           f"p(unoccluded) {p0:.4f} vs {float(p_all[target]):.4f}")
     engine = occlusion_engine(lens, x)
     flat = boxes.view(-1, 4)
-    bs = occ_mod._auto_batch_size(lens, x) if wired else 64     # the batches zfwidgets.occlusion runs
+    bs = occ_mod._auto_batch_size(lens, x, boxes, layer) if wired else 64     # the batches zfwidgets.occlusion runs
     ests = [engine.estimate(flat[i:i + bs]) for i in range(0, flat.shape[0], bs)]
     full = sum(e.full for e in ests)
     bound = full / sum(e.full / e.bound for e in ests)

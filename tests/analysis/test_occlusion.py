@@ -104,6 +104,31 @@ def test_batch_size_does_not_matter(small_lens, small_images):
     assert torch.allclose(a.probability, b.probability, atol=1e-6) and torch.equal(a.top_class, b.top_class)
 
 
+def test_the_default_batch_is_sized_by_what_it_holds(monkeypatch):
+    """Without ``batch_size`` a batch holds at most the byte budget by the engine's count of its peak (the plan's
+    live windows and maps, or a plain forward's), on ResNet-18 through the plan; the maps equal one batch's."""
+    import torchvision
+
+    from zfwidgets.analysis import occlusion as occ_mod
+    from zfwidgets.inference import occlusion_engine
+    torch.manual_seed(0)
+    lens = zfwidgets.Lens(torchvision.models.resnet18().eval(), input_size=(3, 64, 64))
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    _, _, boxes = occluder_grid(64, 64, 16, 8)
+    engine = occlusion_engine(lens, x)
+    engine.mode = "incremental"
+    per_box = engine.batch_bytes(boxes.view(-1, 4)[:1], ["layer3"])
+    monkeypatch.setattr(occ_mod, "_BATCH_BYTES", 10 * per_box)
+    bs = occ_mod._auto_batch_size(lens, x, boxes, "layer3")
+    assert 5 <= bs <= 12 and engine.batch_bytes(boxes.view(-1, 4)[:bs], ["layer3"]) <= 1.2 * occ_mod._BATCH_BYTES
+    chunks = []
+    a = occlusion(lens, x, size=16, stride=8, layer="layer3", progress=lambda done, total: chunks.append(total))
+    b = occlusion(lens, x, size=16, stride=8, layer="layer3", batch_size=1000, progress=False)
+    assert chunks[-1] == -(-boxes.shape[0] * boxes.shape[1] // bs) > 1
+    assert torch.allclose(a.probability, b.probability, atol=1e-6) and torch.equal(a.top_class, b.top_class)
+    assert torch.allclose(a.feature_map, b.feature_map, rtol=1e-5)
+
+
 def test_occlude(small_lens, small_images, hand_lens):
     x = small_lens.to_input(small_images[0])
     out = occlude(small_lens, small_images[0], (2, 3, 6, 20))

@@ -7,6 +7,9 @@ positions and sizes, at the borders and past them, larger than a map-grid stride
 MobileNetV3 (squeeze-and-excitation gates) and the chains (AlexNet's and VGG's conv stacks, the bundled
 model), with torchvision's random weights at small inputs. No timings here (``benchmarks/``).
 """
+import dataclasses
+import weakref
+
 import pytest
 import torch
 import torchvision
@@ -244,6 +247,24 @@ def test_auto_mode_times_a_batch_and_the_lens_keeps_the_answer(monkeypatch):
     other = occlusion_engine(lens, y)
     assert other is not e and other.last_mode == "incremental" and len(calls) == 1 + 4 + 1
     assert_close(logits, lens.run(naive_occluded(y, boxes, 0.0))[0], "logits")
+
+
+def test_the_plan_holds_only_the_values_still_to_be_read(monkeypatch):
+    """A batch through the plan keeps a node's window only until its last reader has run (the layers asked for
+    and the logits' inputs to the end): at most a few windows are alive at once on ResNet-18, not one per node;
+    the results stay those of the model's forward."""
+    lens = tv_lens("resnet18", 64, seed=8)
+    engine = GraphOcclusion(lens, image(lens.input_size, 8), mode="incremental", threshold=1.0)
+    alive, made = [], []
+
+    @dataclasses.dataclass
+    class Counted(graph_mod._Patch):
+        def __post_init__(self):
+            made.append(weakref.ref(self))
+            alive.append(sum(r() is not None for r in made))
+    monkeypatch.setattr(graph_mod, "_Patch", Counted)
+    check(engine, [(4, 4, 12, 12), (40, 30, 52, 44)], ["layer2"])
+    assert len(made) > 40 and max(alive) <= 12, (len(made), max(alive))
 
 
 def test_a_plan_that_does_not_reproduce_the_model_falls_back(monkeypatch):

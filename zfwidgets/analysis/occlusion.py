@@ -209,19 +209,21 @@ def _evaluate_boxes(lens, x, boxes, fill, layer, channel, target):
     return total.float().cpu(), probs[:, target].cpu(), top.cpu(), top_p.cpu()
 
 
-# occluder positions per batch (batch_size=None): as many as keep the largest layer output of the batch under
-# this many bytes, between 64 and 1024 (AlexNet at 224 px: 664, so its 625-position map is one batch; VGG16:
-# 64). Larger batches run the fully connected layers as more efficient matrix products (AlexNet fc6 on 2
-# cores: 45 GMAC/s at 64 rows, 55 at 256, 73 at 625; the map ~12% faster at 256 than at 64). The engine
-# recomputes only windows until late layers, so its memory stays far below this full-forward bound.
+# occluder positions per batch (batch_size=None): as many as the engine says a batch holds in this many bytes
+# at its peak (GraphOcclusion.batch_bytes: the plan's live windows and maps, or a plain forward's), up to 1024.
+# Larger batches run the fully connected layers as more efficient matrix products; the memory a batch holds
+# is what bounds them.
 _BATCH_BYTES = 512 * 2 ** 20
+# boxes of the grid the batch's bytes are estimated on (spread over it: the border boxes are clipped smaller)
+_PROBE = 16
 
 
-def _auto_batch_size(lens, x) -> int:
-    engine = occlusion_engine(lens, x)
-    if not engine.incremental:
-        return 64
-    return int(min(1024, max(64, _BATCH_BYTES // max(engine.largest_map_bytes(), 1))))
+def _auto_batch_size(lens, x, boxes, layer) -> int:
+    """Positions per batch: what fits :data:`_BATCH_BYTES` by the engine's count of a batch's peak bytes."""
+    flat = boxes.view(-1, 4)
+    probe = flat[torch.linspace(0, flat.shape[0] - 1, min(_PROBE, flat.shape[0])).long()]
+    per_box = occlusion_engine(lens, x).batch_bytes(probe, [layer]) / probe.shape[0]
+    return int(min(1024, max(1, _BATCH_BYTES // max(per_box, 1))))
 
 
 def occlusion(lens, image, *, size, stride, fill="mean", target=None, layer=None, batch_size: int | None = None,
@@ -236,8 +238,8 @@ def occlusion(lens, image, *, size, stride, fill="mean", target=None, layer=None
         fill: ``"mean"`` (the data set's mean pixel), a number or one number per channel (model-input space).
         target: the class whose probability is mapped (an int); default the predicted class.
         layer: the layer whose strongest feature map is followed; default the last conv layer.
-        batch_size: occluder positions evaluated together; default: as many as keep the largest layer
-            output of a batch under 512 MB, between 64 and 1024.
+        batch_size: occluder positions evaluated together; default: as many as keep what a batch holds at
+            its peak (:meth:`~zfwidgets.inference.GraphOcclusion.batch_bytes`) under 512 MB, up to 1024.
         progress: show a progress bar (``True``/``False`` or a callable ``f(done, total)``).
 
     Example:
@@ -261,7 +263,7 @@ def occlusion(lens, image, *, size, stride, fill="mean", target=None, layer=None
 
     flat = boxes.view(-1, 4)
     if batch_size is None:
-        batch_size = _auto_batch_size(lens, x)
+        batch_size = _auto_batch_size(lens, x, boxes, name)
     chunks = [flat[i:i + batch_size] for i in range(0, flat.shape[0], batch_size)]
     parts = [_evaluate_boxes(lens, x, b, value, name, channel, target)
              for b in _progress(chunks, total=len(chunks), desc="occlusion", enabled=progress)]

@@ -53,7 +53,7 @@ from torch import fx, nn
 
 from ..core.capture import ModelGuard
 from ..core.geometry import extent, fold_batchnorm, grow_hw
-from ..core.graph import Graph, _in_place, macs, macs_per_position
+from ..core.graph import Graph, in_place, macs, macs_per_position
 from ..core.inputs import as_box, as_input, fill_tensor
 from .boxes import clip_boxes, occluded_batch
 
@@ -322,6 +322,7 @@ class GraphOcclusion:
         self._key = self._model_key()
         self._verified = False
         self._fc_weights = {}
+        self._lifetime_cache = {}
         x = self.image
         self.graph = g = Graph.of(self.lens, tuple(x.shape[1:]))
         self.incremental = bool(g.traced)
@@ -413,11 +414,49 @@ class GraphOcclusion:
                 out[info.name] = out[info.path]
         return out
 
-    def largest_map_bytes(self) -> int:
-        """Bytes of the largest node output for one image (the batch size's memory bound)."""
-        sizes = [math.prod(n.out_shape[1:]) for n in self.graph.nodes if isinstance(n.out_shape, tuple)
-                 and len(n.out_shape) > 1]
-        return max(sizes, default=0) * self.image.element_size()
+    def batch_bytes(self, boxes, layers=()) -> int:
+        """Bytes a batch of ``boxes`` holds at its peak, the larger of its two ways: through the plan, the node
+        values still to be read (a window per box where the plan has one, the whole map per box where it runs
+        on whole maps), the input window gathered for the node being run, and the whole maps of ``layers``
+        handed back; as plain forwards, a node's input and output per box. The cached forward of the
+        unoccluded image is not counted: it is held whatever the batch.
+
+        >>> e = GraphOcclusion(lens, image)
+        >>> e.batch_bytes([(0, 0, 8, 8)] * 4, ["conv5"]) == 4 * e.batch_bytes([(0, 0, 8, 8)], ["conv5"])
+        True
+        """
+        self._refresh()
+        boxes = clip_boxes(boxes, *self.image.shape[-2:])
+        B = boxes.shape[0]
+        nodes = self.graph.nodes
+        size = {n.index: math.prod(n.out_shape[1:]) for n in nodes if isinstance(n.out_shape, tuple)
+                and len(n.out_shape) > 1}
+        plain = 2 * B * max(size.values(), default=0)
+        if not self.incremental:
+            return plain * self.image.element_size()
+        windows = self._plan(boxes).windows
+        want = set(self._targets(layers))
+        needed, free = self._lifetimes(want | {nodes[-1].index})
+        live, peak, held = B * sum(size.get(i, 0) for i in want), 0, {}
+        for n in nodes:
+            i = n.index
+            for j in free.get(i - 1, ()):
+                live -= held.pop(j, 0)
+            w = windows.get(i)
+            if i not in needed or i not in size or w is None:
+                continue
+            gathered = 0
+            if w == "full" or len(n.out_shape) < 3:
+                held[i] = B * size[i]
+            else:
+                held[i] = B * math.prod(n.out_shape[1:-2]) * w[1][0] * w[1][1]
+                geom = self._geom.get(i)
+                if geom is not None:
+                    need = grow_hw(w[1], geom.kernel, geom.stride, geom.dilation)
+                    gathered = B * n.in_shapes[0][1] * need[0] * need[1]
+            live += held[i]
+            peak = max(peak, live + gathered)
+        return max(plain, peak) * self.image.element_size()
 
     @property
     def runs_plain_forwards(self) -> bool:
@@ -691,10 +730,7 @@ class GraphOcclusion:
         g = self.graph
         nodes = g.nodes
         out_node = nodes[-1]
-        targets = set(want) | ({out_node.index} if logits else set())
-        needed = set()
-        for t in targets:
-            needed.update(a.index for a in g.ancestors(nodes[t]))
+        needed, free = self._lifetimes(set(want) | ({out_node.index} if logits else set()))
         plan = self._plan(boxes) if plan is None else plan
         B = boxes.shape[0]
         base = self._base
@@ -730,6 +766,8 @@ class GraphOcclusion:
 
         for n in nodes:
             i = n.index
+            for j in free.get(i - 1, ()):   # values no later node reads: the batch holds only the live ones
+                vals.pop(j, None)
             if i not in needed:
                 continue
             if n.op == "placeholder":
@@ -801,6 +839,34 @@ class GraphOcclusion:
         return out, res
 
     # helpers of _run
+    def _lifetimes(self, targets: set) -> tuple:
+        """``(needed, free)``: the nodes the ``targets`` read, and ``{node index: the nodes whose values no node
+        after it reads}`` (the targets and the output's inputs are kept to the end; a flattened map is read by
+        the linear layer that takes its changed columns)."""
+        key = frozenset(targets)
+        if key in self._lifetime_cache:
+            return self._lifetime_cache[key]
+        g = self.graph
+        out_node = g.nodes[-1]
+        needed = set()
+        for t in targets:
+            needed.update(a.index for a in g.ancestors(g.nodes[t]))
+        last: dict = {}
+        for n in g.nodes:
+            if n.index in needed:
+                for j in n.inputs:
+                    last[j] = max(last.get(j, -1), n.index)
+        for i, src in self._delta_fc.items():
+            if i in needed and src in last:
+                last[src] = max(last[src], i)
+        keep = set(targets) | set(out_node.inputs)
+        free: dict = {}
+        for j, k in last.items():
+            if j not in keep:
+                free.setdefault(k, []).append(j)
+        self._lifetime_cache[key] = needed, free
+        return needed, free
+
     def _index_of(self, fx_node):
         if not hasattr(self, "_fx_index"):
             self._fx_index = {n.fx_node: n.index for n in self.graph.nodes}
@@ -841,7 +907,7 @@ class GraphOcclusion:
         lookup = {a: value_of(self._index_of(a)) for a in fxn.all_input_nodes}
         args = fx.node.map_arg(fxn.args, lambda a: lookup[a])
         kwargs = fx.node.map_arg(fxn.kwargs, lambda a: lookup[a])
-        if _in_place(n, kwargs):
+        if in_place(n, kwargs):
             args = tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in args)
         if fxn.op == "call_module":
             m = self.graph.gm.get_submodule(fxn.target)

@@ -17,6 +17,7 @@ import ipywidgets as W
 import numpy as np
 import torch
 
+from ..core.inputs import as_input, image_of, label_of
 from ._common import (Panel, conv_layers, display_factor, fit, image_widget, mosaic, png_bytes, probs_html,
                       show_png, to_uint8_map, upscale)
 from ..plot.colours import FEATURE_CMAP, PROBABILITY_CMAP, class_colour_image, class_colours, colourise
@@ -48,11 +49,6 @@ def _occlusion_maps(lens, image, *, size, stride, fill, target, layer, progress)
     from ..analysis.occlusion import occlusion
     return occlusion(lens, image, size=size, stride=stride, fill=fill, target=target, layer=layer,
                      progress=progress)
-
-
-def _image_and_label(image):
-    from ..zoo import image_and_label
-    return image_and_label(image)
 
 
 def _unoccluded(lens, x, layer, target):
@@ -109,9 +105,9 @@ class OcclusionPanel(Panel):
 
     def _build(self, image, size, stride, layer, target, fill, display_size):
         lens = self.lens
-        image, label = _image_and_label(image)
+        image, label = image_of(image), label_of(image)
         self.image = image
-        self.x = lens.to_input(image).detach()              # validated model input, 1 x C x H x W
+        self.x = as_input(lens, image).detach()             # validated model input, 1 x C x H x W
         self.H, self.W = (int(v) for v in self.x.shape[-2:])
         self.fill = fill
         self.target = target if target is not None else label
