@@ -7,7 +7,6 @@ import html
 import math
 
 import ipywidgets as W
-import numpy as np
 
 from ..core.inputs import as_input, image_of
 from ..plot.colours import PART_COLOURS, RANDOM_COLOUR
