@@ -221,9 +221,10 @@ def test_measured_choice_follows_the_clock(monkeypatch):
 
 
 def test_auto_mode_times_a_batch_and_the_lens_keeps_the_answer(monkeypatch):
-    """``mode="auto"`` (what ``zf.occlusion`` and the panel run): a batch the estimate says pays is timed on
-    PROBE_BOXES boxes of its size, once each way after a warm-up, and runs the faster way; the lens's engine
-    for another image of the same size keeps the answer instead of timing again."""
+    """``mode="auto"`` (what ``zf.occlusion`` runs): the first batch the estimate says pays runs its first boxes
+    through the plan and as many as plain forwards, both timed, and the rest the faster way (nothing computed
+    twice); the answer is kept per size and layers, also by the lens's engine for another image of that size.
+    A fake clock says which way is faster; the maps equal the model's forward either way."""
     lens = tv_lens("resnet18", 96, seed=7)
     x, y = image(lens.input_size, 1), image(lens.input_size, 2)
     calls = []
@@ -233,20 +234,31 @@ def test_auto_mode_times_a_batch_and_the_lens_keeps_the_answer(monkeypatch):
         calls.append((self.mode, len(boxes)))
         return real_run(self, boxes, layers, **kw)
     monkeypatch.setattr(GraphOcclusion, "run", run)
-    ticks = iter([0.0, 1.0, 0.0, 2.0])             # the plan 1 s, the forward 2 s
-    monkeypatch.setattr(GraphOcclusion, "_clock", staticmethod(lambda: next(ticks)))
-    boxes = [(0, 0, 16, 16), (40, 40, 56, 56), (80, 80, 96, 96)]
+
+    def clock(incremental_s, full_s):
+        ticks = iter([0.0, incremental_s, 0.0, full_s])
+        monkeypatch.setattr(GraphOcclusion, "_clock", staticmethod(lambda: next(ticks)))
+    boxes = [(0, 0, 16, 16), (20, 20, 36, 36), (40, 40, 56, 56), (60, 60, 76, 76), (80, 80, 96, 96)]
     e = occlusion_engine(lens, x)
     assert e.estimate(boxes).pays
-    logits, _ = occluded_run(lens, x, boxes, 0.0, ["layer2"])
-    probe = graph_mod.PROBE_BOXES
-    assert calls == [("auto", 3)] + [("incremental", probe), ("full", probe)] * 2
+    clock(1.0, 2.0)                                 # the plan is the faster
+    logits, acts = occluded_run(lens, x, boxes, 0.0, ["layer2"])
+    assert calls == [("auto", 5), ("incremental", 2), ("full", 2), ("incremental", 1)]
     assert e.last_mode == "incremental" and e.mode == "auto"
-    assert_close(logits, lens.run(naive_occluded(x, boxes, 0.0))[0], "logits")
-    logits, _ = occluded_run(lens, y, boxes, 0.0, ["layer2"])
+    ref, ref_acts = lens.run(naive_occluded(x, boxes, 0.0), ["layer2"])
+    assert_close(logits, ref, "logits")
+    assert_close(acts["layer2"], ref_acts["layer2"], "layer2")
+    logits, _ = occluded_run(lens, y, boxes[:3], 0.0, ["layer2"])     # another image: remembered
     other = occlusion_engine(lens, y)
-    assert other is not e and other.last_mode == "incremental" and len(calls) == 1 + 4 + 1
-    assert_close(logits, lens.run(naive_occluded(y, boxes, 0.0))[0], "logits")
+    assert other is not e and other.last_mode == "incremental" and calls[4:] == [("auto", 3)]
+    assert_close(logits, lens.run(naive_occluded(y, boxes[:3], 0.0))[0], "logits")
+    clock(2.0, 1.0)                                 # other layers, a clock on which the plan is the slower
+    del calls[:]
+    logits, acts = occluded_run(lens, y, boxes, 0.0, ["layer3"])
+    assert calls == [("auto", 5), ("incremental", 2), ("full", 2), ("full", 1)] and other.last_mode == "full"
+    ref, ref_acts = lens.run(naive_occluded(y, boxes, 0.0), ["layer3"])
+    assert_close(logits, ref, "logits")
+    assert_close(acts["layer3"], ref_acts["layer3"], "layer3")
 
 
 def test_the_plan_holds_only_the_values_still_to_be_read(monkeypatch):

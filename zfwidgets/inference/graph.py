@@ -27,9 +27,10 @@ differ).
 The engine is the one place that chooses between its plan and plain batched forwards of the occluded images
 (``mode="auto"``, what :func:`zfwidgets.occlusion` and the occlusion panel use): :meth:`GraphOcclusion.estimate`
 first counts the plan's multiply-adds (with its fixed costs) against plain forwards, and where that says the
-plan pays, :meth:`GraphOcclusion.measured_pays_for` times both ways on this machine (the plan's first use,
-its self-check, in the warm-up) and keeps the faster, remembered per occluder size, batch and layers for the
-model and input size.
+plan pays, the clock decides on this machine: one box (the panel's live occluder) is timed both ways
+(:meth:`GraphOcclusion.measured_pays_for`); the first batch of several boxes runs its first boxes through the
+plan (its first use and self-check included) and as many as plain forwards, timed, and the rest the faster
+way. The choice is remembered per occluder size, one box or a batch, and layers, for the model and input size.
 
 Boxes are ``(y0, x0, y1, x1)`` in input pixels, half-open, clipped to the image.
 
@@ -75,7 +76,7 @@ PER_NODE = 1e5
 FC_MAX_WEIGHTS = 64 * 2 ** 20
 # the weight read of a linear layer, in rows of its product (the estimate of a delta product's fixed cost)
 FC_READ_ROWS = 8
-# mode="auto" times a batch of more than one box on this many boxes of the batch's size each way (one box is
+# mode="auto" times the first batch of more than one box on up to this many of its boxes each way (one box is
 # timed as one box: the live occluder)
 PROBE_BOXES = 16
 # A linear layer on a few rows is a matrix-vector product, bound by reading the weights from memory; oneDNN's
@@ -474,42 +475,37 @@ class GraphOcclusion:
         self._refresh()
         if not self.incremental or self.mode == "full":
             return False
-        return self.estimate(self._probe(size, 1)).pays
+        return self.estimate([self._middle_box(size)]).pays
 
-    def _probe(self, size, n: int) -> list:
-        """``n`` boxes of ``size`` spread along the image's diagonal (one: in the middle)."""
+    def _middle_box(self, size) -> tuple:
         h, w = (size, size) if isinstance(size, int) else size
         H, W = self.image.shape[-2:]
-        h, w = min(int(h), H), min(int(w), W)
-        corners = [((H - h) * (2 * k + 1) // (2 * n), (W - w) * (2 * k + 1) // (2 * n)) for k in range(n)]
-        return [(y0, x0, y0 + h, x0 + w) for y0, x0 in corners]
+        y0, x0 = max((H - int(h)) // 2, 0), max((W - int(w)) // 2, 0)
+        return (y0, x0, y0 + int(h), x0 + int(w))
 
-    def measured_pays_for(self, size, layers=(), *, fill="mean", runs: int = 3, margin: float = 0.9,
-                          batch: int = 1) -> bool:
-        """Whether ``batch`` occluders of ``size`` (one: in the middle of the image; more: spread along its
-        diagonal) run faster through the plan than as the model's batched forward, the same ``layers``
-        captured: :meth:`estimate` first (where the plan does not pay by count, nothing is timed), then both
-        ways ``runs`` times each, interleaved, after one warm-up of each (the plan's first use, its self-check
-        against the model, runs there); pays only where the plan's best time is at most ``margin`` times the
-        forward's. ``mode="auto"`` decides every batch with this: a multiply-add count misses the fixed cost
-        of the plan's many small operations, which made one move on a ResNet-50 slower than its forward.
-        Remembered per size, batch and layers until the weights change (and across the lens's engines for
-        other images of the same size, :func:`~zfwidgets.inference.occlusion_engine`); either path gives the
-        same numbers, so only the speed depends on the machine.
+    def measured_pays_for(self, size, layers=(), *, fill="mean", runs: int = 3, margin: float = 0.9) -> bool:
+        """:meth:`pays_for`, confirmed by the clock: one occluder of ``size`` in the middle of the image, run
+        through the plan and as the model's batch-1 forward (the same ``layers`` captured), ``runs`` times
+        each, interleaved, after one warm-up of each (the plan's first use, its self-check, runs there); pays
+        only where the plan's best time is at most ``margin`` times the forward's. ``mode="auto"`` decides one
+        box (the panel's live occluder) with this: a multiply-add estimate misses the fixed cost of the plan's
+        many small operations, which on a ResNet-50 made one move slower than its forward. Remembered per size
+        and layers until the weights change (and across the lens's engines for other images of the same size,
+        :func:`~zfwidgets.inference.occlusion_engine`); either path gives the same numbers, so only the speed
+        depends on the machine.
 
         >>> GraphOcclusion(lens, image).measured_pays_for(8)   # the 28x28 net: the estimate already says no
         False
         """
-        for name, v in (("runs", runs), ("batch", batch)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        if isinstance(runs, bool) or not isinstance(runs, int) or runs < 1:
+            raise ValueError(f"runs must be a positive int, got {runs!r}")
         self._refresh()
-        h, w = (size, size) if isinstance(size, int) else size
-        key = (int(h), int(w), batch, tuple(layers), tuple(self.image.shape), self._key)
+        box = [self._middle_box(size)]
+        h, w = box[0][2] - box[0][0], box[0][3] - box[0][1]
+        key = self._decision_key(h, w, 1, layers)
         if key in self._measured:
             return self._measured[key]
-        boxes = self._probe((h, w), batch)
-        if not self.incremental or self.mode == "full" or not self.estimate(boxes).pays:
+        if not self.pays_for((h, w)):
             return False
         mode = self.mode
         best = {"incremental": math.inf, "full": math.inf}
@@ -518,10 +514,10 @@ class GraphOcclusion:
                 for m in best:
                     self.mode = m
                     if not k:                             # the first round warms both paths up
-                        self.run(boxes, layers, fill=fill)
+                        self.run(box, layers, fill=fill)
                         continue
                     t = self._clock()
-                    self.run(boxes, layers, fill=fill)
+                    self.run(box, layers, fill=fill)
                     best[m] = min(best[m], self._clock() - t)
         finally:
             self.mode = mode
@@ -529,15 +525,35 @@ class GraphOcclusion:
         self._measured[key] = pays
         return pays
 
-    def _chooses_plan(self, boxes, layers, fill, plan) -> bool:
-        """``mode="auto"``'s choice for a batch: the estimate, then the clock (:meth:`measured_pays_for`) on
-        one box for one box (the live occluder), on :data:`PROBE_BOXES` boxes of the batch's size for more."""
-        if not self._estimate(boxes, plan).pays:
-            return False
+    def _decision_key(self, h, w, boxes: int, layers) -> tuple:
+        """What a measured choice depends on: the occluder's size, one box or a batch, the layers captured, the
+        input size and the weights."""
+        return int(h), int(w), min(boxes, 2), tuple(layers), tuple(self.image.shape), self._key
+
+    def _timed_split(self, boxes, layers, fill, logits: bool, key, margin: float = 0.9):
+        """``mode="auto"``'s first batch of more than one box for a key: its first boxes (up to
+        :data:`PROBE_BOXES`) through the plan, as many more as plain forwards, both timed; the faster way is
+        remembered and runs the rest. Nothing is computed twice, and the plan's first use (its self-check
+        against the model) counts in its time."""
         B = boxes.shape[0]
-        size = (int((boxes[:, 2] - boxes[:, 0]).max()), int((boxes[:, 3] - boxes[:, 1]).max()))
-        return self.measured_pays_for(size, layers, fill=fill, batch=1 if B == 1 else PROBE_BOXES,
-                                      runs=3 if B == 1 else 1)
+        k = min(PROBE_BOXES, B // 2)
+        mode, parts, times = self.mode, [], {}
+        try:
+            for m, part in (("incremental", boxes[:k]), ("full", boxes[k:2 * k])):
+                self.mode = m
+                t = self._clock()
+                parts.append(self.run(part, layers, fill=fill, logits=logits))
+                times[m] = self._clock() - t
+            pays = self.incremental and times["incremental"] <= margin * times["full"]
+            self._measured[key] = pays
+            self.mode = "incremental" if pays else "full"
+            if 2 * k < B:
+                parts.append(self.run(boxes[2 * k:], layers, fill=fill, logits=logits))
+            self.last_mode = self.mode if self.incremental else "full"
+        finally:
+            self.mode = mode
+        out = torch.cat([p[0] for p in parts]) if logits else None
+        return out, {name: torch.cat([p[1][name] for p in parts]) for name in parts[0][1]}
 
     def estimate(self, boxes) -> Estimate:
         """The cost of running ``boxes`` incrementally against batched full forwards (see :class:`Estimate`).
@@ -676,8 +692,17 @@ class GraphOcclusion:
             self.lens.resolve(layer)          # unknown layers: the lens's error
         go = self.incremental and self.mode != "full"
         plan = self._plan(boxes) if go else None
-        if go and self.mode == "auto":
-            go = self._chooses_plan(boxes, layers, fill, plan)
+        if go and self.mode == "auto":      # the estimate, then the clock
+            go = self._estimate(boxes, plan).pays
+            B = boxes.shape[0]
+            size = (int((boxes[:, 2] - boxes[:, 0]).max()), int((boxes[:, 3] - boxes[:, 1]).max()))
+            if go and B == 1:
+                go = self.measured_pays_for(size, layers, fill=fill)
+            elif go:
+                key = self._decision_key(*size, B, layers)
+                if key not in self._measured:
+                    return self._timed_split(boxes, layers, fill, logits, key)
+                go = self._measured[key]
         if go and not self._verified:
             go = self._verify(fill)
         if not go:
