@@ -50,7 +50,7 @@ from ..core.project import METHODS, project
 from ._common import check_flag, check_int, check_lens
 
 __all__ = ["randomize", "sanity_check", "SanityCheck", "selectivity", "Selectivity", "similarities",
-           "METRICS", "randomised_layers"]
+           "METRICS", "randomised_layers", "all_steps"]
 
 METRICS = ("spearman_abs", "spearman", "ssim", "hog")
 DEFAULT_METHODS = ("deconvnet", "guided", "gradient")
@@ -337,15 +337,25 @@ def _project(lens, x, layer, channel, position, method) -> torch.Tensor:
     return project(lens, x, layer, channel, position=position, method=method).pixels.detach().cpu()
 
 
-def all_steps(lens) -> list[str]:
-    """Every step :func:`sanity_check` can run on ``lens``, in order.
+def all_steps(lens, layer=None) -> list[str]:
+    """Every step :func:`sanity_check` can run on ``lens``, in order; with ``layer`` (the unit's layer, as
+    :func:`sanity_check` takes it), only those that can change a unit of that layer: the steps that
+    re-initialise only layers above it are the ones :func:`sanity_check` leaves out.
 
     Example:
         >>> all_steps(lens)[:3], len(all_steps(lens))
         (['none', 'cascade:fc8', 'cascade:fc7'], 17)
+        >>> all_steps(lens, "fc6")[:3], len(all_steps(lens, "fc6"))
+        (['none', 'cascade:fc6', 'cascade:conv5'], 13)
     """
+    check_lens(lens)
     top_down = lens.layers[::-1]
-    return ["none"] + [f"cascade:{n}" for n in top_down] + [f"independent:{n}" for n in top_down]
+    steps = ["none"] + [f"cascade:{n}" for n in top_down] + [f"independent:{n}" for n in top_down]
+    if layer is None:
+        return steps
+    k = _table_index(lens, lens.resolve(layer)[1])
+    above = set() if k is None else set(lens.layers[k + 1:])
+    return [s for s in steps if s == "none" or s.split(":", 1)[1] not in above]
 
 
 def sanity_check(lens, images, layer=None, methods=DEFAULT_METHODS, *, steps=None, seed: int = 0, keep: int = 1,
@@ -419,11 +429,8 @@ def sanity_check(lens, images, layer=None, methods=DEFAULT_METHODS, *, steps=Non
         f"strongest unit of {name} in the trained model"
 
     # steps that re-initialise only layers above the unit's layer cannot change it
-    k = _table_index(lens, path)
-    skipped = []
-    if k is not None:
-        above = set(lens.layers[k + 1:])
-        skipped = [s for s in wanted if s != "none" and s.split(":", 1)[1] in above]
+    can_change = all_steps(lens, None if layer is None else path)
+    skipped = [s for s in wanted if s not in can_change]
     run = [s for s in wanted if s not in skipped]
     note = (f"steps {skipped} re-initialise only layers above {name}, which cannot change a unit of {name}: "
             "left out") if skipped else ""
