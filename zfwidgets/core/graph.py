@@ -644,9 +644,6 @@ def in_place(node: Node, kwargs) -> bool:
     return name.endswith("_") and not name.startswith("_")
 
 
-_in_place = in_place   # the old name, until inference/graph.py imports in_place
-
-
 def _describe(n: Node) -> str:
     if n.module is not None:
         return type(n.module).__name__
