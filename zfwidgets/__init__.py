@@ -53,6 +53,7 @@ _LAZY = {
     "FilterPanel": "zfwidgets.widgets.filters",
     "CorrespondencePanel": "zfwidgets.widgets.correspondence",
     "ProbePanel": "zfwidgets.widgets.probes",
+    "SanityPanel": "zfwidgets.widgets.sanity",
 }
 
 __all__ = ["Lens", "Forward", "Projection", "project", "deconvnet_steps", "render", "load", "samples",

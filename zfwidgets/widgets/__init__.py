@@ -13,6 +13,8 @@
   layer against random masks (Fig. 8, Table 1).
 - :class:`~zfwidgets.widgets.probes.ProbePanel`: probe accuracy per layer; a layer's confusion matrix and
   the explorer on it (Table 7).
+- :class:`~zfwidgets.widgets.sanity.SanityPanel`: randomise the model from the top down to a layer; the three
+  methods' projections, trained and randomised, with their similarities (Adebayo et al. 2018).
 
 Every panel is an ``ipywidgets.VBox``: display it, read ``panel.state``, ``panel.close()`` when done. A failing
 callback shows its error inside the panel (``.zf-error``) and the panel keeps working. The names are imported
@@ -22,7 +24,8 @@ import importlib
 
 _PANELS = {"Explorer": "explorer", "OcclusionPanel": "occlusion", "TopGallery": "topk",
            "EvolutionPanel": "evolution", "InvariancePanel": "invariance", "LesionPanel": "lesion",
-           "FilterPanel": "filters", "CorrespondencePanel": "correspondence", "ProbePanel": "probes"}
+           "FilterPanel": "filters", "CorrespondencePanel": "correspondence", "ProbePanel": "probes",
+           "SanityPanel": "sanity"}
 
 __all__ = sorted(_PANELS)
 
