@@ -200,7 +200,7 @@ def test_alexnet_plan_matches_the_geometry(alexnet):
         r = plan.regions.get(n.index)
         tight += per * (float(((r[:, 2] - r[:, 0]) * (r[:, 3] - r[:, 1])).double().mean()) if r is not None else area)
         w = plan.windows[n.index]
-        batched += per * (w[1][0] * w[1][1] if isinstance(w, tuple) else area)
+        batched += per * (w.size[0] * w.size[1] if w != "full" else area)
     assert 0.27 < tight / full < 0.31
     assert tight <= batched < full
     e = GraphOcclusion(alexnet, image(alexnet)).estimate(boxes)

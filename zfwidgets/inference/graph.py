@@ -127,12 +127,40 @@ class _Flat:
     source: int
 
 
+# a node's window in a plan when the node runs on whole maps
+_FULL = "full"
+
+
+@dataclass(eq=False)
+class _Window:
+    """A node's changed window in a plan: each box's top-left ``corners`` (B x 2, in the node's map) and the
+    windows' common ``size`` (h, w)."""
+    corners: torch.Tensor
+    size: tuple
+
+
 @dataclass
 class _Plan:
-    """Per node index: ``"full"``, ``(corners B x 2, size)`` of its window, or ``None`` (not changed);
-    ``regions``: each box's own changed region (B x 4) per windowed node."""
+    """Per node index: :data:`_FULL`, its :class:`_Window`, or ``None`` (not changed); ``regions``: each box's
+    own changed region (B x 4) per windowed node."""
     windows: dict
     regions: dict
+
+
+@dataclass(frozen=True)
+class _Fold:
+    """A batch norm (node ``bn``) folded into the convolution before it: the folded ``weight`` and ``bias``."""
+    bn: int
+    weight: torch.Tensor
+    bias: torch.Tensor
+
+
+@dataclass(frozen=True)
+class _Lifetimes:
+    """What a run reads: the ``needed`` node indices, and ``free``: {node index: the nodes whose values no node
+    after it reads}."""
+    needed: frozenset
+    free: dict
 
 
 def _spatial_last(node) -> bool:
@@ -152,6 +180,16 @@ class _Geom:
 
     def extent(self, d: int) -> int:
         return extent(self.kernel[d], self.dilation[d])
+
+    def pad_input(self, src: torch.Tensor) -> torch.Tensor:
+        """The cached input ``src`` padded once with the padding value to :attr:`padded`."""
+        (H, W), (Hp, Wp), (t, l) = self.in_size, self.padded, self.pad
+        return F.pad(src, (l, Wp - W - l, t, Hp - H - t), value=self.value)
+
+    def input_window(self, window: "_Window") -> tuple:
+        """``(corners B x 2, size)`` of the padded input that the output ``window`` reads."""
+        return (window.corners * torch.tensor(self.stride),
+                grow_hw(window.size, self.kernel, self.stride, self.dilation))
 
     def grow(self, reg: torch.Tensor) -> torch.Tensor:
         """The region (B x 4, output coordinates) of the outputs that read the changed input region ``reg``
@@ -332,32 +370,40 @@ class GraphOcclusion:
         if not self.incremental:
             return
         self._base = g.run(x, keep="values")
-        nodes = g.nodes
         self._from_input = set()
-        for n in nodes:
+        for n in g.nodes:
             if n.op == "placeholder" or any(i in self._from_input for i in n.inputs):
                 self._from_input.add(n.index)
-        for n in nodes:
-            geom = _window_geometry(n) if n.kind == "window" else None
-            if geom is not None:
-                self._geom[n.index] = geom
-                src = self._base[n.inputs[0]]
-                (H, W), (Hp, Wp), (t, l) = geom.in_size, geom.padded, geom.pad
-                self._padded[n.index] = F.pad(src, (l, Wp - W - l, t, Hp - H - t), value=geom.value)
-                m = n.module
-                users = [nodes[u] for u in n.users]
-                if isinstance(m, nn.Conv2d) and len(users) == 1 and isinstance(users[0].module, nn.BatchNorm2d) \
-                        and users[0].module.track_running_stats and users[0].module.running_mean is not None \
-                        and type(users[0].module).forward is nn.BatchNorm2d.forward:
-                    self._fold[n.index] = (users[0].index,) + fold_batchnorm(m, users[0].module)
-            if n.module is not None:
-                self._cost[n.index] = macs(n.module, n.in_shapes[0] if n.in_shapes else (), n.out_shape or ())
-            if isinstance(n.module, nn.Linear) and len(n.inputs) == 1 and n.module.weight.numel() <= FC_MAX_WEIGHTS:
-                src = self._flat_source(nodes[n.inputs[0]])
-                if src is not None:
-                    self._delta_fc[n.index] = src
+        for n in g.nodes:
+            self._prepare_node(n)
         self._delta_sources = set(self._delta_fc.values())
         self._full_cost = sum(self._cost.values())
+
+    def _prepare_node(self, n) -> None:
+        """Node ``n``'s part of the plan's set-up: a window node's padded input and folded batch norm, its
+        multiply-adds, a linear layer's flattened source."""
+        geom = _window_geometry(n) if n.kind == "window" else None
+        if geom is not None:
+            self._geom[n.index] = geom
+            self._padded[n.index] = geom.pad_input(self._base[n.inputs[0]])
+            fold = self._batchnorm_after(n)
+            if fold is not None:
+                self._fold[n.index] = fold
+        if n.module is not None:
+            self._cost[n.index] = macs(n.module, n.in_shapes[0] if n.in_shapes else (), n.out_shape or ())
+        if isinstance(n.module, nn.Linear) and len(n.inputs) == 1 and n.module.weight.numel() <= FC_MAX_WEIGHTS:
+            src = self._flat_source(self.graph.nodes[n.inputs[0]])
+            if src is not None:
+                self._delta_fc[n.index] = src
+
+    def _batchnorm_after(self, n):
+        """The :class:`_Fold` of an eval-mode batch norm that is convolution ``n``'s only reader, or ``None``."""
+        users = [self.graph.nodes[u] for u in n.users]
+        bn = users[0].module if len(users) == 1 else None
+        if not isinstance(n.module, nn.Conv2d) or not isinstance(bn, nn.BatchNorm2d) or not bn.track_running_stats \
+                or bn.running_mean is None or type(bn).forward is not nn.BatchNorm2d.forward:
+            return None
+        return _Fold(users[0].index, *fold_batchnorm(n.module, bn))
 
     def _flat_source(self, node):
         """The N x C x H x W node that ``node`` flattens (through identities), or ``None``."""
@@ -437,23 +483,23 @@ class GraphOcclusion:
             return plain * self.image.element_size()
         windows = self._plan(boxes).windows
         want = set(self._targets(layers))
-        needed, free = self._lifetimes(want | {nodes[-1].index})
+        life = self._lifetimes(want | {nodes[-1].index})
         live, peak, held = B * sum(size.get(i, 0) for i in want), 0, {}
         for n in nodes:
             i = n.index
-            for j in free.get(i - 1, ()):
+            for j in life.free.get(i - 1, ()):
                 live -= held.pop(j, 0)
             w = windows.get(i)
-            if i not in needed or i not in size or w is None:
+            if i not in life.needed or i not in size or w is None:
                 continue
             gathered = 0
-            if w == "full" or len(n.out_shape) < 3:
+            if w == _FULL or len(n.out_shape) < 3:
                 held[i] = B * size[i]
             else:
-                held[i] = B * math.prod(n.out_shape[1:-2]) * w[1][0] * w[1][1]
+                held[i] = B * math.prod(n.out_shape[1:-2]) * w.size[0] * w.size[1]
                 geom = self._geom.get(i)
                 if geom is not None:
-                    need = grow_hw(w[1], geom.kernel, geom.stride, geom.dilation)
+                    need = geom.input_window(w)[1]
                     gathered = B * n.in_shapes[0][1] * need[0] * need[1]
             live += held[i]
             peak = max(peak, live + gathered)
@@ -587,22 +633,21 @@ class GraphOcclusion:
             if w is None:
                 continue
             inc += PER_NODE
-            if w == "full":
+            if w == _FULL:
                 src = self._delta_fc.get(i)
                 sw = plan.windows.get(src) if src is not None else None
-                if isinstance(sw, tuple) and self._delta_pays(sw[0], sw[1], src, B):
+                if isinstance(sw, _Window) and self._delta_pays(sw.corners, sw.size, src, B):
                     H, W = nodes[src].out_shape[2:]
-                    frac = sw[1][0] * sw[1][1] / (H * W)
-                    groups = len(set(map(tuple, sw[0].tolist())))
+                    frac = sw.size[0] * sw.size[1] / (H * W)
+                    groups = len(set(map(tuple, sw.corners.tolist())))
                     inc += c * frac * (B + FC_READ_ROWS * groups)
                     tight += c * B * frac
                 else:
                     inc += c * B
                     tight += c * B
                 continue
-            corners, size = w
             per = self._per_position(n)
-            inc += per * size[0] * size[1] * B + (PER_BOX_NODE * B if n.kind in ("window", "merge") else 0.0)
+            inc += per * w.size[0] * w.size[1] * B + (PER_BOX_NODE * B if n.kind in ("window", "merge") else 0.0)
             r = plan.regions.get(i)
             if r is not None:
                 tight += per * float(((r[:, 2] - r[:, 0]) * (r[:, 3] - r[:, 1])).double().sum())
@@ -620,57 +665,67 @@ class GraphOcclusion:
     def _plan(self, boxes: torch.Tensor) -> _Plan:
         """Windows of every node: each box's changed region, grown at window nodes, united at merges, the
         whole map after a global node or one the engine cannot follow on windows."""
-        nodes = self.graph.nodes
-        windows: dict = {}
-        regions: dict = {}
-        H, W = self.image.shape[-2:]
-        for n in nodes:
-            i = n.index
-            if i not in self._from_input:
-                windows[i] = None
-                continue
-            if n.op == "placeholder":
-                reg = boxes
-            elif n.op == "output":
-                windows[i] = "full" if any(windows.get(j) == "full" for j in n.inputs) else windows[n.inputs[0]]
-                continue
-            else:
-                ins = [j for j in n.inputs if j in self._from_input]
-                if any(windows.get(j) == "full" for j in ins):
-                    windows[i] = "full"
-                    continue
-                if n.kind == "meta":
-                    windows[i] = windows[ins[0]] if ins else None
-                    continue
-                if self._identity(n) or n.kind == "pointwise":
-                    if n.kind == "pointwise" and not self._identity(n) and not isinstance(n.out_shape, list) \
-                            and not _spatial_last(n):
-                        windows[i] = "full"
-                        continue
-                    windows[i] = windows[ins[0]]
-                    if ins[0] in regions:
-                        regions[i] = regions[ins[0]]
-                    continue
-                if n.kind == "window" and i in self._geom and ins[0] in regions:
-                    reg = self._geom[i].grow(regions[ins[0]])
-                elif n.kind == "merge" and _spatial_last(n) and all(j in regions for j in ins) and \
-                        all(nodes[j].out_shape[-2:] == n.out_shape[-2:] for j in ins):
-                    rs = [regions[j] for j in ins]
-                    reg = torch.stack([torch.stack([r[:, 0] for r in rs]).amin(0), torch.stack([r[:, 1] for r in rs]).amin(0),
-                                       torch.stack([r[:, 2] for r in rs]).amax(0), torch.stack([r[:, 3] for r in rs]).amax(0)], 1)
-                else:
-                    windows[i] = "full"
-                    continue
-            Ho, Wo = (H, W) if n.op == "placeholder" else n.out_shape[-2:]
-            size = (int((reg[:, 2] - reg[:, 0]).max()), int((reg[:, 3] - reg[:, 1]).max()))
-            if n.op != "placeholder" and size[0] * size[1] > self.threshold * Ho * Wo:
-                windows[i] = "full"
-                continue
-            corners = torch.stack([torch.minimum(reg[:, 0], torch.tensor(Ho - size[0])),
-                                   torch.minimum(reg[:, 1], torch.tensor(Wo - size[1]))], 1)
-            windows[i] = (corners, size)
-            regions[i] = reg
-        return _Plan(windows, regions)
+        plan = _Plan({}, {})
+        for n in self.graph.nodes:
+            self._plan_node(n, plan, boxes)
+        return plan
+
+    def _plan_node(self, n, plan: _Plan, boxes: torch.Tensor) -> None:
+        """Node ``n``'s window (and changed region) in ``plan``, from its inputs' (already planned)."""
+        i, windows, regions = n.index, plan.windows, plan.regions
+        if i not in self._from_input:
+            windows[i] = None
+            return
+        if n.op == "output":
+            windows[i] = _FULL if any(windows.get(j) == _FULL for j in n.inputs) else windows[n.inputs[0]]
+            return
+        reg = boxes
+        if n.op != "placeholder":
+            ins = [j for j in n.inputs if j in self._from_input]
+            if any(windows.get(j) == _FULL for j in ins):
+                windows[i] = _FULL
+                return
+            if n.kind == "meta":
+                windows[i] = windows[ins[0]] if ins else None
+                return
+            if self._identity(n) or n.kind == "pointwise":
+                self._plan_pointwise(n, plan, ins[0])
+                return
+            reg = self._changed_region(n, ins, regions)
+            if reg is None:
+                windows[i] = _FULL
+                return
+        Ho, Wo = self.image.shape[-2:] if n.op == "placeholder" else n.out_shape[-2:]
+        size = (int((reg[:, 2] - reg[:, 0]).max()), int((reg[:, 3] - reg[:, 1]).max()))
+        if n.op != "placeholder" and size[0] * size[1] > self.threshold * Ho * Wo:
+            windows[i] = _FULL
+            return
+        corners = torch.stack([torch.minimum(reg[:, 0], torch.tensor(Ho - size[0])),
+                               torch.minimum(reg[:, 1], torch.tensor(Wo - size[1]))], 1)
+        windows[i] = _Window(corners, size)
+        regions[i] = reg
+
+    def _plan_pointwise(self, n, plan: _Plan, source: int) -> None:
+        """A pointwise node keeps its input's window; one that does not act on the last two (spatial) axes
+        runs on whole maps."""
+        if n.kind == "pointwise" and not self._identity(n) and not isinstance(n.out_shape, list) \
+                and not _spatial_last(n):
+            plan.windows[n.index] = _FULL
+            return
+        plan.windows[n.index] = plan.windows[source]
+        if source in plan.regions:
+            plan.regions[n.index] = plan.regions[source]
+
+    def _changed_region(self, n, ins: list, regions: dict):
+        """Each box's changed region (B x 4) of window or merge node ``n`` from its inputs' ``regions``, or
+        ``None`` where the engine cannot follow it on windows."""
+        if n.kind == "window" and n.index in self._geom and ins[0] in regions:
+            return self._geom[n.index].grow(regions[ins[0]])
+        if n.kind == "merge" and _spatial_last(n) and all(j in regions for j in ins) and \
+                all(self.graph.nodes[j].out_shape[-2:] == n.out_shape[-2:] for j in ins):
+            rs = torch.stack([regions[j] for j in ins])          # inputs x B x 4: their union
+            return torch.cat([rs[..., :2].amin(0), rs[..., 2:].amax(0)], 1)
+        return None
 
     # ----- running ----------------------------------------------------------------------------------
     def _targets(self, layers) -> dict:
@@ -752,121 +807,130 @@ class GraphOcclusion:
         return ok
 
     def _run(self, boxes, fill, want: dict, logits: bool, plan=None):
-        g = self.graph
-        nodes = g.nodes
-        out_node = nodes[-1]
-        needed, free = self._lifetimes(set(want) | ({out_node.index} if logits else set()))
+        """The plan's run: every node the targets read, in order, on its window or whole maps; a value is
+        dropped once its last reader has run."""
+        out_node = self.graph.nodes[-1]
+        life = self._lifetimes(set(want) | ({out_node.index} if logits else set()))
         plan = self._plan(boxes) if plan is None else plan
-        B = boxes.shape[0]
-        base = self._base
         vals: dict = {}
-        x = self.image
-        skip = set()            # batch norms folded into the convolution before them
-
-        def full(j):
-            """Node j's value on whole maps (B x ...), or its cached value where it did not change."""
-            v = vals.get(j)
-            if j not in self._from_input or v is None:
-                return base[j]
-            if isinstance(v, _Patch):
-                if isinstance(v.data, (tuple, list)):
-                    return type(v.data)(_paste(b, d, v.corners.tolist()) for b, d in zip(base[j], v.data))
-                return _paste(base[j], v.data, v.corners.tolist())
-            if isinstance(v, _Flat):
-                return torch.flatten(_paste(base[v.source], v.patch.data, v.patch.corners.tolist()), 1)
-            return v
-
-        def on_window(j, corners, size):
-            """Node j's value on the windows (corners, size) of its map: a B x ... x h x w tensor."""
-            v = vals.get(j)
-            b = base[j]
-            if isinstance(v, _Patch) and v.size == tuple(size) and torch.equal(v.corners, corners):
-                return v.data
-            if j not in self._from_input:
-                return b              # a constant
-            win = _gather(b, corners, size)
-            if isinstance(v, _Patch):
-                _overlay(win, corners.tolist(), v.data, v.corners.tolist())
-            return win
-
-        for n in nodes:
+        folded = set()            # batch norms folded into the convolution before them
+        for n in self.graph.nodes:
             i = n.index
-            for j in free.get(i - 1, ()):   # values no later node reads: the batch holds only the live ones
+            for j in life.free.get(i - 1, ()):   # values no later node reads: the batch holds only the live ones
                 vals.pop(j, None)
-            if i not in needed:
-                continue
-            if n.op == "placeholder":
-                corners, size = plan.windows[i]
-                patch = _gather(x, corners, size)
-                for k, ((r, c), (y0, x0, y1, x1)) in enumerate(zip(corners.tolist(), boxes.tolist())):
-                    patch[k, :, y0 - r:y1 - r, x0 - c:x1 - c] = fill.view(-1, 1, 1)
-                vals[i] = _Patch(patch, corners, size)
+            if i not in life.needed or i in folded:
                 continue
             if n.op == "output":
                 break
-            if i in skip:
-                continue
             w = plan.windows.get(i)
-            if w is None:                       # not changed (constants)
-                continue
-            if w == "full":
-                if self._identity(n):              # dropout after the flatten: the kept flatten passes on
-                    vals[i] = vals.get(n.inputs[0])
-                    continue
-                flat = self._flat_value(vals, n.inputs[0]) if i in self._delta_fc else None
-                if flat is not None and self._delta_pays(flat.patch.corners, flat.patch.size, flat.source, B):
-                    vals[i] = self._delta_linear(n, flat)
-                    continue
-                src = self._flat_source(n)
-                if src is not None and isinstance(vals.get(src), _Patch) and src in self._delta_sources:
-                    vals[i] = _Flat(vals[src], src)   # materialised only where something else reads it
-                    continue
-                vals[i] = self._call(n, full)
-                continue
-            corners, size = w
-            if self._identity(n):
-                vals[i] = vals.get(n.inputs[0])
-                continue
-            if n.kind == "window":
-                geom = self._geom[i]
-                j = n.inputs[0]
-                need = grow_hw(size, geom.kernel, geom.stride, geom.dilation)
-                in_corner = corners * torch.tensor(geom.stride)
-                win = _gather(self._padded[i], in_corner, need)
-                pv = vals.get(j)
-                if isinstance(pv, _Patch):
-                    _overlay(win, in_corner.tolist(), pv.data,
-                             [(r + geom.pad[0], c + geom.pad[1]) for r, c in pv.corners.tolist()])
-                fold = self._fold.get(i)
-                if fold is not None and i not in want:
-                    bn_index, wgt, bias = fold
-                    m = n.module
-                    vals[bn_index] = _Patch(F.conv2d(win, wgt, bias, m.stride, 0, m.dilation, m.groups), corners, size)
-                    skip.add(bn_index)
-                    continue
-                vals[i] = _Patch(_run_on_patch(n.module, win), corners, size)
-                continue
-            if n.kind == "merge":
-                vals[i] = _Patch(self._call(n, lambda j: on_window(j, corners, size)), corners, size)
-                continue
-            # pointwise and meta: the operation on the windows
-            vals[i] = _Patch(self._call(n, lambda j: self._data(vals, base, j)), corners, size) \
-                if n.kind != "meta" else self._call(n, lambda j: self._data(vals, base, j))
+            if n.op == "placeholder":
+                vals[i] = self._occluded_input(boxes, fill, w)
+            elif w == _FULL:
+                vals[i] = self._step_on_maps(n, vals, boxes.shape[0])
+            elif w is not None:                  # None: not changed (constants)
+                self._step_on_windows(n, vals, w, want, folded)
+        return self._outputs(vals, want, logits, boxes.shape[0])
+
+    def _occluded_input(self, boxes, fill, w: _Window) -> _Patch:
+        """The input's window per box with the box filled."""
+        patch = _gather(self.image, w.corners, w.size)
+        for k, ((r, c), (y0, x0, y1, x1)) in enumerate(zip(w.corners.tolist(), boxes.tolist())):
+            patch[k, :, y0 - r:y1 - r, x0 - c:x1 - c] = fill.view(-1, 1, 1)
+        return _Patch(patch, w.corners, w.size)
+
+    def _step_on_maps(self, n, vals: dict, B: int):
+        """Node ``n`` on whole maps: a linear layer on a changed window's flattened map as a delta product, a
+        flatten kept as its patch where only such a layer reads it, anything else on the pasted maps."""
+        if self._identity(n):              # dropout after the flatten: the kept flatten passes on
+            return vals.get(n.inputs[0])
+        flat = self._flat_value(vals, n.inputs[0]) if n.index in self._delta_fc else None
+        if flat is not None and self._delta_pays(flat.patch.corners, flat.patch.size, flat.source, B):
+            return self._delta_linear(n, flat)
+        src = self._flat_source(n)
+        if src is not None and isinstance(vals.get(src), _Patch) and src in self._delta_sources:
+            return _Flat(vals[src], src)   # materialised only where something else reads it
+        return self._call(n, lambda j: self._full_value(vals, j))
+
+    def _step_on_windows(self, n, vals: dict, w: _Window, want: dict, folded: set) -> None:
+        """Node ``n`` on its windows ``w``; a convolution with a folded batch norm writes the batch norm's value
+        (and marks it ``folded``) unless the convolution's own output is asked for."""
+        i = n.index
+        if self._identity(n):
+            vals[i] = vals.get(n.inputs[0])
+        elif n.kind == "window":
+            fold = self._fold.get(i) if i not in want else None
+            out = self._window_op(n, vals, w, fold)
+            if fold is None:
+                vals[i] = out
+            else:
+                vals[fold.bn] = out
+                folded.add(fold.bn)
+        elif n.kind == "merge":
+            vals[i] = _Patch(self._call(n, lambda j: self._window_value(vals, j, w)), w.corners, w.size)
+        elif n.kind == "meta":
+            vals[i] = self._call(n, lambda j: self._data(vals, j))
+        else:                                   # pointwise: the operation on the windows
+            vals[i] = _Patch(self._call(n, lambda j: self._data(vals, j)), w.corners, w.size)
+
+    def _window_op(self, n, vals: dict, w: _Window, fold) -> _Patch:
+        """Window node ``n`` (convolution, pooling) on its windows ``w``: the padded cached input's windows with
+        the changed input pasted in, the operation without padding (the folded convolution with ``fold``)."""
+        geom = self._geom[n.index]
+        in_corners, need = geom.input_window(w)
+        win = _gather(self._padded[n.index], in_corners, need)
+        pv = vals.get(n.inputs[0])
+        if isinstance(pv, _Patch):
+            _overlay(win, in_corners.tolist(), pv.data,
+                     [(r + geom.pad[0], c + geom.pad[1]) for r, c in pv.corners.tolist()])
+        if fold is None:
+            return _Patch(_run_on_patch(n.module, win), w.corners, w.size)
+        m = n.module
+        return _Patch(F.conv2d(win, fold.weight, fold.bias, m.stride, 0, m.dilation, m.groups), w.corners, w.size)
+
+    def _outputs(self, vals: dict, want: dict, logits: bool, B: int):
+        """``(logits or None, {layer name: B x ...})`` from the run's values, on whole maps."""
         res = {}
         for i, name in want.items():
-            v = full(i)
+            v = self._full_value(vals, i)
             res[name] = v.expand(B, *v.shape[1:]).clone() if v.shape[0] != B else v
         out = None
         if logits:
-            fxo = out_node.fx_node
-            out = fx.node.map_arg(fxo.args[0], lambda a: full(self._index_of(a)))
+            fxo = self.graph.nodes[-1].fx_node
+            out = fx.node.map_arg(fxo.args[0], lambda a: self._full_value(vals, self._index_of(a)))
             out = self.lens._check_logits(out)
         return out, res
 
+    def _full_value(self, vals: dict, j: int):
+        """Node j's value on whole maps (B x ...), or its cached value where it did not change."""
+        v = vals.get(j)
+        base = self._base[j]
+        if j not in self._from_input or v is None:
+            return base
+        if isinstance(v, _Patch):
+            if isinstance(v.data, (tuple, list)):
+                return type(v.data)(_paste(b, d, v.corners.tolist()) for b, d in zip(base, v.data))
+            return _paste(base, v.data, v.corners.tolist())
+        if isinstance(v, _Flat):
+            return torch.flatten(_paste(self._base[v.source], v.patch.data, v.patch.corners.tolist()), 1)
+        return v
+
+    def _window_value(self, vals: dict, j: int, w: _Window):
+        """Node j's value on the windows ``w`` of its map: a B x ... x h x w tensor."""
+        v = vals.get(j)
+        b = self._base[j]
+        if isinstance(v, _Patch) and v.size == tuple(w.size) and torch.equal(v.corners, w.corners):
+            return v.data
+        if j not in self._from_input:
+            return b              # a constant
+        win = _gather(b, w.corners, w.size)
+        if isinstance(v, _Patch):
+            _overlay(win, w.corners.tolist(), v.data, v.corners.tolist())
+        return win
+
     # helpers of _run
-    def _lifetimes(self, targets: set) -> tuple:
-        """``(needed, free)``: the nodes the ``targets`` read, and ``{node index: the nodes whose values no node
-        after it reads}`` (the targets and the output's inputs are kept to the end; a flattened map is read by
+    def _lifetimes(self, targets: set) -> _Lifetimes:
+        """The nodes the ``targets`` read, and ``{node index: the nodes whose values no node after it reads}``
+        (the targets and the output's inputs are kept to the end; a flattened map is read by
         the linear layer that takes its changed columns)."""
         key = frozenset(targets)
         if key in self._lifetime_cache:
@@ -889,22 +953,20 @@ class GraphOcclusion:
         for j, k in last.items():
             if j not in keep:
                 free.setdefault(k, []).append(j)
-        self._lifetime_cache[key] = needed, free
-        return needed, free
+        life = self._lifetime_cache[key] = _Lifetimes(frozenset(needed), free)
+        return life
 
     def _index_of(self, fx_node):
         if not hasattr(self, "_fx_index"):
             self._fx_index = {n.fx_node: n.index for n in self.graph.nodes}
         return self._fx_index[fx_node]
 
-    @staticmethod
-    def _data(vals, base, j):
+    def _data(self, vals: dict, j: int):
+        """Node j's value as the run holds it: a patch's data, the cached value where it did not change."""
         v = vals.get(j)
         if isinstance(v, _Patch):
             return v.data
-        if v is None:
-            return base[j]
-        return v
+        return self._base[j] if v is None else v
 
     def _flat_value(self, vals, j):
         """The value feeding a linear layer through identities (dropout), if it is a kept flatten."""
