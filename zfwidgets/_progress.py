@@ -6,7 +6,7 @@ import sys
 __all__ = ["progress"]
 
 
-def _in_notebook() -> bool:
+def in_notebook() -> bool:
     try:
         from IPython import get_ipython
         ip = get_ipython()
@@ -30,7 +30,7 @@ def progress(iterable=None, *, total=None, desc=None, enabled=True):
         return _Callback(iterable, total, enabled)
     if not enabled:
         return iterable if iterable is not None else _Null()
-    if _in_notebook():
+    if in_notebook():
         from tqdm.auto import tqdm
         return tqdm(iterable, total=total, desc=desc, leave=False)
     if sys.stderr is not None and hasattr(sys.stderr, "isatty") and sys.stderr.isatty():
