@@ -236,29 +236,55 @@ def test_auto_mode_times_a_batch_and_the_lens_keeps_the_answer(monkeypatch):
     monkeypatch.setattr(GraphOcclusion, "run", run)
 
     def clock(incremental_s, full_s):
-        ticks = iter([0.0, incremental_s, 0.0, full_s])
+        ticks = iter([0.0, 0.0, 0.0, incremental_s, 0.0, full_s])     # the set-up, the plan, plain forwards
         monkeypatch.setattr(GraphOcclusion, "_clock", staticmethod(lambda: next(ticks)))
     boxes = [(0, 0, 16, 16), (20, 20, 36, 36), (40, 40, 56, 56), (60, 60, 76, 76), (80, 80, 96, 96)]
     e = occlusion_engine(lens, x)
     assert e.estimate(boxes).pays
     clock(1.0, 2.0)                                 # the plan is the faster
-    logits, acts = occluded_run(lens, x, boxes, 0.0, ["layer2"])
+    logits, acts = occluded_run(lens, x, boxes, 0.0, ["layer2"], total=200)     # 5 boxes of a long job
     assert calls == [("auto", 5), ("incremental", 2), ("full", 2), ("incremental", 1)]
     assert e.last_mode == "incremental" and e.mode == "auto"
     ref, ref_acts = lens.run(naive_occluded(x, boxes, 0.0), ["layer2"])
     assert_close(logits, ref, "logits")
     assert_close(acts["layer2"], ref_acts["layer2"], "layer2")
-    logits, _ = occluded_run(lens, y, boxes[:3], 0.0, ["layer2"])     # another image: remembered
+    logits, _ = occluded_run(lens, y, boxes[:3], 0.0, ["layer2"], total=200)    # another image: remembered
     other = occlusion_engine(lens, y)
     assert other is not e and other.last_mode == "incremental" and calls[4:] == [("auto", 3)]
     assert_close(logits, lens.run(naive_occluded(y, boxes[:3], 0.0))[0], "logits")
     clock(2.0, 1.0)                                 # other layers, a clock on which the plan is the slower
     del calls[:]
-    logits, acts = occluded_run(lens, y, boxes, 0.0, ["layer3"])
+    logits, acts = occluded_run(lens, y, boxes, 0.0, ["layer3"], total=200)
     assert calls == [("auto", 5), ("incremental", 2), ("full", 2), ("full", 1)] and other.last_mode == "full"
     ref, ref_acts = lens.run(naive_occluded(y, boxes, 0.0), ["layer3"])
     assert_close(logits, ref, "logits")
     assert_close(acts["layer3"], ref_acts["layer3"], "layer3")
+
+
+def test_a_job_pays_for_the_plans_set_up_or_runs_plain_forwards(monkeypatch):
+    """Issue 29 item 2: the plan's first use (the cached forward, the self-check) is weighed against the job.
+    A job of a few boxes cannot pay it back: plain forwards, the plan never built, nothing timed. A long job is
+    timed (set-up, then per box each way); the next image's jobs weigh that measured set-up against their own
+    boxes. A fake clock: set-up 3 s, 0.5 s a box through the plan, 1 s a box as forwards."""
+    lens = tv_lens("resnet18", 96, seed=7)
+    x, y = image(lens.input_size, 1), image(lens.input_size, 2)
+    boxes = [(0, 0, 16, 16), (20, 20, 36, 36), (40, 40, 56, 56), (60, 60, 76, 76), (80, 80, 96, 96)]
+    e = occlusion_engine(lens, x)
+    assert e.estimate(boxes).pays and e.setup_due
+    logits, _ = occluded_run(lens, x, boxes, 0.0, ["layer2"])               # the job is these 5 boxes
+    assert e.last_mode == "full" and e._values is None and not e._measured
+    assert_close(logits, lens.run(naive_occluded(x, boxes, 0.0))[0], "logits")
+    ticks = iter([0.0, 3.0, 0.0, 1.0, 0.0, 2.0])
+    monkeypatch.setattr(GraphOcclusion, "_clock", staticmethod(lambda: next(ticks)))
+    logits, _ = occluded_run(lens, x, boxes, 0.0, ["layer2"], total=200)    # 5 boxes of a job of 200
+    assert e.last_mode == "incremental" and not e.setup_due
+    assert_close(logits, lens.run(naive_occluded(x, boxes, 0.0))[0], "logits")
+    logits, _ = occluded_run(lens, y, boxes, 0.0, ["layer2"], total=5)      # 3 + 5 x 0.5 > 0.9 x 5 x 1
+    other = occlusion_engine(lens, y)
+    assert other is not e and other.last_mode == "full" and other.setup_due
+    logits, _ = occluded_run(lens, y, boxes, 0.0, ["layer2"], total=50)     # 3 + 50 x 0.5 <= 0.9 x 50 x 1
+    assert other.last_mode == "incremental" and not other.setup_due
+    assert_close(logits, lens.run(naive_occluded(y, boxes, 0.0))[0], "logits")
 
 
 def test_the_plan_holds_only_the_values_still_to_be_read(monkeypatch):

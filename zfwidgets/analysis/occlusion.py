@@ -192,16 +192,17 @@ def occluder_grid(height: int, width: int, size, stride) -> tuple:
     return torch.tensor(ys), torch.tensor(xs), boxes
 
 
-def _evaluate_boxes(lens, x, boxes, fill, layer, channel, target):
+def _evaluate_boxes(lens, x, boxes, fill, layer, channel, target, total=None):
     """One batch of occluder positions: ``(feature-map totals, p(target), top class, top probability)``.
 
     ``x``: the unoccluded input (1 x C x H x W); ``boxes``: B x 4 clipped ``(y0, x0, y1, x1)``; ``fill``: C
-    values; ``layer``: a resolved layer name; ``channel``/``target``: ints. Runs on the lens's incremental
+    values; ``layer``: a resolved layer name; ``channel``/``target``: ints; ``total``: the positions left in
+    the map from this batch on (the engine builds its plan only where the job pays for its set-up). Runs on the lens's incremental
     occlusion engine (:func:`zfwidgets.inference.occluded_run`), which decides by itself whether its plan (only
     the part of each node of the model's graph that the occluder changes recomputed, exact) or batched full
     forwards run the batch: counted, then timed (small models, models fx cannot trace: full forwards).
     """
-    logits, acts = occluded_run(lens, x, boxes, fill, [layer])
+    logits, acts = occluded_run(lens, x, boxes, fill, [layer], total=total)
     amap = acts[layer][:, channel]
     total = amap.clamp(min=0).flatten(1).sum(1)
     probs = logits.float().softmax(1)
@@ -265,8 +266,8 @@ def occlusion(lens, image, *, size, stride, fill="mean", target=None, layer=None
     if batch_size is None:
         batch_size = _auto_batch_size(lens, x, boxes, name)
     chunks = [flat[i:i + batch_size] for i in range(0, flat.shape[0], batch_size)]
-    parts = [_evaluate_boxes(lens, x, b, value, name, channel, target)
-             for b in _progress(chunks, total=len(chunks), desc="occlusion", enabled=progress)]
+    parts = [_evaluate_boxes(lens, x, b, value, name, channel, target, total=flat.shape[0] - k * batch_size)
+             for k, b in enumerate(_progress(chunks, total=len(chunks), desc="occlusion", enabled=progress))]
     shape = boxes.shape[:2]
     total, p, top, top_p = (torch.cat(t).view(shape) for t in zip(*parts))
     return OcclusionMaps(total, p, top, top_p, ys, xs, boxes, _pair("size", size), _pair("stride", stride),

@@ -28,9 +28,12 @@ The engine is the one place that chooses between its plan and plain batched forw
 (``mode="auto"``, what :func:`zfwidgets.occlusion` and the occlusion panel use): :meth:`GraphOcclusion.estimate`
 first counts the plan's multiply-adds (with its fixed costs) against plain forwards, and where that says the
 plan pays, the clock decides on this machine: one box (the panel's live occluder) is timed both ways
-(:meth:`GraphOcclusion.measured_pays_for`); the first batch of several boxes runs its first boxes through the
-plan (its first use and self-check included) and as many as plain forwards, timed, and the rest the faster
-way. The choice is remembered per occluder size, one box or a batch, and layers, for the model and input size.
+(:meth:`GraphOcclusion.measured_pays_for`); a batch is weighed against its job (``total``: the boxes of the
+whole map), first-use costs included: the plan's set-up for an image (the cached forward, the self-check) is
+paid only where the job's estimated saving pays it back (a small grid runs plain forwards without building the
+plan), and the first batch of a key times the set-up, then its first boxes through the plan and as many as
+plain forwards, and runs the rest the faster way. The times are remembered per occluder size, one box or a
+batch, and layers, for the model and input size; a later job weighs the set-up it needs against its boxes.
 
 Boxes are ``(y0, x0, y1, x1)`` in input pixels, half-open, clipped to the image.
 
@@ -77,8 +80,14 @@ FC_MAX_WEIGHTS = 64 * 2 ** 20
 # the weight read of a linear layer, in rows of its product (the estimate of a delta product's fixed cost)
 FC_READ_ROWS = 8
 # mode="auto" times the first batch of more than one box on up to this many of its boxes each way (one box is
-# timed as one box: the live occluder)
+# timed as one box: the live occluder), and on no more than one in PROBE_SHARE of the job's boxes (at least 2):
+# on a small job a probe of the losing way must not cost more than the choice can win back
 PROBE_BOXES = 16
+PROBE_SHARE = 16
+# The plan's first use for an image, in full forwards of one image: the cached forward (every node's value
+# held, every window node's input padded) and the self-check (a box through the plan and the model's forward).
+# A job whose estimated saving does not pay for it runs plain forwards without building it.
+SETUP_FORWARDS = 4
 # A linear layer on a few rows is a matrix-vector product, bound by reading the weights from memory; oneDNN's
 # product reads them faster than torch's default path, from the same dense weights (no copy). Used for
 # batches up to this size where torch has it (a private op: looked up at import, its failure falls back).
@@ -92,12 +101,29 @@ class Estimate:
     """What a batch costs, in multiply-adds (with the plan's fixed costs): ``incremental`` (the engine's plan),
     ``full`` (batched full forwards), ``fraction`` (their ratio), ``bound`` (full over each box's own changed
     region, recomputing nothing else: the geometric bound of the speed-up), ``pays`` (whether the plan saves
-    at least ``min_saving``: ``mode="auto"`` then times it against plain forwards)."""
+    at least ``min_saving``: ``mode="auto"`` then times it against plain forwards), ``reason`` (why it does
+    not, where a model family is left to plain forwards)."""
     incremental: float
     full: float
     fraction: float
     bound: float
     pays: bool
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class _Timing:
+    """What ``mode="auto"`` measured on a batch, in seconds: the plan's ``setup`` for an image (the cached
+    forward and the self-check), and per box, through the plan (``incremental``) and as plain forwards
+    (``full``)."""
+    setup: float
+    incremental: float
+    full: float
+
+    def pays_for(self, boxes: int, setup_due: bool, margin: float) -> bool:
+        """Whether ``boxes`` more boxes through the plan, with its set-up where it is due, take at most
+        ``margin`` times their plain forwards."""
+        return setup_due * self.setup + boxes * self.incremental <= margin * boxes * self.full
 
 
 @dataclass
@@ -204,6 +230,11 @@ class _Geom:
             lo.append(a)
             hi.append(torch.maximum(e, a + 1))
         return torch.stack([lo[0], lo[1], hi[0], hi[1]], 1)
+
+
+def _box_size(boxes: torch.Tensor) -> tuple:
+    """The largest height and width of B x 4 boxes."""
+    return int((boxes[:, 2] - boxes[:, 0]).max()), int((boxes[:, 3] - boxes[:, 1]).max())
 
 
 def _window_geometry(node):
@@ -365,11 +396,10 @@ class GraphOcclusion:
         x = self.image
         self.graph = g = Graph.of(self.lens, tuple(x.shape[1:]))
         self.incremental = bool(g.traced)
-        self._base, self._padded, self._geom, self._fold, self._cost = {}, {}, {}, {}, {}
+        self._values, self._padded, self._geom, self._fold, self._cost = None, {}, {}, {}, {}
         self._delta_fc, self._delta_sources = {}, set()
         if not self.incremental:
             return
-        self._base = g.run(x, keep="values")
         self._from_input = set()
         for n in g.nodes:
             if n.op == "placeholder" or any(i in self._from_input for i in n.inputs):
@@ -379,13 +409,28 @@ class GraphOcclusion:
         self._delta_sources = set(self._delta_fc.values())
         self._full_cost = sum(self._cost.values())
 
+    @property
+    def _base(self) -> dict:
+        """The unoccluded image's value of every node, and every window node's padded input: run on the plan's
+        first use (a job left to plain forwards never pays for it)."""
+        if self._values is None:
+            self._values = self.graph.run(self.image, keep="values") if self.incremental else {}
+            self._padded = {i: geom.pad_input(self._values[self.graph.nodes[i].inputs[0]])
+                            for i, geom in self._geom.items()}
+        return self._values
+
+    @property
+    def setup_due(self) -> bool:
+        """Whether the plan's first-use costs are still to be paid for this image: the cached forward and the
+        self-check against the model."""
+        return self.incremental and (self._values is None or not self._verified)
+
     def _prepare_node(self, n) -> None:
-        """Node ``n``'s part of the plan's set-up: a window node's padded input and folded batch norm, its
+        """Node ``n``'s part of the plan's set-up: a window node's geometry and folded batch norm, its
         multiply-adds, a linear layer's flattened source."""
         geom = _window_geometry(n) if n.kind == "window" else None
         if geom is not None:
             self._geom[n.index] = geom
-            self._padded[n.index] = geom.pad_input(self._base[n.inputs[0]])
             fold = self._batchnorm_after(n)
             if fold is not None:
                 self._fold[n.index] = fold
@@ -576,23 +621,56 @@ class GraphOcclusion:
         input size and the weights."""
         return int(h), int(w), min(boxes, 2), tuple(layers), tuple(self.image.shape), self._key
 
-    def _timed_split(self, boxes, layers, fill, logits: bool, key, margin: float = 0.9):
-        """``mode="auto"``'s first batch of more than one box for a key: its first boxes (up to
-        :data:`PROBE_BOXES`) through the plan, as many more as plain forwards, both timed; the faster way is
-        remembered and runs the rest. Nothing is computed twice, and the plan's first use (its self-check
-        against the model) counts in its time."""
+    def _auto(self, boxes, layers, fill, plan, total: int, margin: float = 0.9):
+        """``mode="auto"``'s choice for a batch starting a job of ``total`` boxes: True (the plan), False (plain
+        forwards), or None (not measured yet: time it). The estimate first; one box (the live occluder) by
+        :meth:`measured_pays_for`; a batch by what was measured for its key (per box, the plan's set-up counted
+        where it is due for this image), or, before any measurement, by whether the estimated saving over the
+        job pays for the set-up (:data:`SETUP_FORWARDS`): a small job does not build the plan to lose."""
+        est = self._estimate(boxes, plan)
+        if not est.pays:
+            return False
         B = boxes.shape[0]
-        k = min(PROBE_BOXES, B // 2)
+        size = _box_size(boxes)
+        if B == 1:
+            return self.measured_pays_for(size, layers, fill=fill)
+        timing = self._measured.get(self._decision_key(*size, B, layers))
+        if timing is not None:
+            return timing.pays_for(total, self.setup_due, margin)
+        setup = SETUP_FORWARDS * self._full_cost if self.setup_due else 0.0
+        return None if setup + total * est.incremental / B <= (1.0 - self.min_saving) * total * est.full / B \
+            else False
+
+    def _ready(self, fill) -> bool:
+        """The plan's first use for this image: the cached forward, then the self-check; False where the plan
+        does not reproduce the model (it is then never used)."""
+        self._base
+        return self._verify(fill) if not self._verified else self.incremental
+
+    def _timed_split(self, boxes, layers, fill, logits: bool, total: int, margin: float = 0.9):
+        """``mode="auto"``'s first batch of more than one box for a key: the plan's set-up timed, then its first
+        boxes (up to :data:`PROBE_BOXES`, no more than one in :data:`PROBE_SHARE` of the job) through the plan,
+        as many more as plain forwards, both timed; the faster way per box, the set-up being paid, runs the
+        rest of the batch, and the times are remembered (a later job weighs the set-up it needs again against
+        its boxes). Nothing is computed twice."""
+        B = boxes.shape[0]
+        key = self._decision_key(*_box_size(boxes), B, layers)
+        k = min(PROBE_BOXES, B // 2, max(2, total // PROBE_SHARE))
         mode, parts, times = self.mode, [], {}
+        t = self._clock()
+        ready = self._ready(fill_tensor(self.lens, fill))
+        setup = self._clock() - t
         try:
-            for m, part in (("incremental", boxes[:k]), ("full", boxes[k:2 * k])):
-                self.mode = m
-                t = self._clock()
-                parts.append(self.run(part, layers, fill=fill, logits=logits))
-                times[m] = self._clock() - t
-            pays = self.incremental and times["incremental"] <= margin * times["full"]
-            self._measured[key] = pays
-            self.mode = "incremental" if pays else "full"
+            if ready:
+                for m, part in (("incremental", boxes[:k]), ("full", boxes[k:2 * k])):
+                    self.mode = m
+                    t = self._clock()
+                    parts.append(self.run(part, layers, fill=fill, logits=logits))
+                    times[m] = self._clock() - t
+                timing = self._measured[key] = _Timing(setup, times["incremental"] / k, times["full"] / k)
+                self.mode = "incremental" if timing.pays_for(max(B - 2 * k, 1), False, margin) else "full"
+            else:
+                self.mode, k = "full", 0
             if 2 * k < B:
                 parts.append(self.run(boxes[2 * k:], layers, fill=fill, logits=logits))
             self.last_mode = self.mode if self.incremental else "full"
@@ -735,10 +813,11 @@ class GraphOcclusion:
             want[self.graph.node_of(path).index] = name
         return want
 
-    def run(self, boxes, layers=(), *, fill="mean", logits: bool = True):
+    def run(self, boxes, layers=(), *, fill="mean", logits: bool = True, total: int | None = None):
         """The model on the image occluded by each box: ``(logits B x K or None, {layer name: B x ...})``,
         the contract of :meth:`Lens.run` on the batch of occluded images; ``fill`` as in
-        :func:`zfwidgets.occlusion`."""
+        :func:`zfwidgets.occlusion`. ``total``: the boxes of the whole job this batch starts (default: this
+        batch), against which ``mode="auto"`` weighs the plan's first-use costs."""
         self._refresh()
         fill = fill_tensor(self.lens, fill)
         x = self.image
@@ -748,16 +827,10 @@ class GraphOcclusion:
         go = self.incremental and self.mode != "full"
         plan = self._plan(boxes) if go else None
         if go and self.mode == "auto":      # the estimate, then the clock
-            go = self._estimate(boxes, plan).pays
-            B = boxes.shape[0]
-            size = (int((boxes[:, 2] - boxes[:, 0]).max()), int((boxes[:, 3] - boxes[:, 1]).max()))
-            if go and B == 1:
-                go = self.measured_pays_for(size, layers, fill=fill)
-            elif go:
-                key = self._decision_key(*size, B, layers)
-                if key not in self._measured:
-                    return self._timed_split(boxes, layers, fill, logits, key)
-                go = self._measured[key]
+            job = max(boxes.shape[0], int(total or 0))
+            go = self._auto(boxes, layers, fill, plan, job)
+            if go is None:
+                return self._timed_split(boxes, layers, fill, logits, job)
         if go and not self._verified:
             go = self._verify(fill)
         if not go:
@@ -812,6 +885,7 @@ class GraphOcclusion:
         out_node = self.graph.nodes[-1]
         life = self._lifetimes(set(want) | ({out_node.index} if logits else set()))
         plan = self._plan(boxes) if plan is None else plan
+        self._base                 # the cached forward and padded inputs, on first use
         vals: dict = {}
         folded = set()            # batch norms folded into the convolution before them
         for n in self.graph.nodes:
