@@ -29,6 +29,7 @@ from .core.graph import ACTIVATIONS, Trace
 from .core.inputs import to_batch, to_input
 from .core.layers import LayerInfo, layer_table, resolve_layer
 from .core.layers import conv_fc_table as _conv_fc_table
+from .core.outputs import SegmentationScores, describe_output, output_selector, suggest_output
 from .core.rules import RectifierSwap, RuleState
 
 __all__ = ["Lens", "Forward", "DefaultTransform"]
@@ -59,25 +60,28 @@ class Forward:
     key: tuple = field(default=(), repr=False)
 
 
-def _to_tensor(img: Image.Image) -> torch.Tensor:
-    arr = np.asarray(img, dtype=np.float32) / 255.0
+def _to_tensor(img: Image.Image, dtype=np.float32) -> torch.Tensor:
+    arr = np.asarray(img, dtype=dtype) / 255.0
     if arr.ndim == 2:
         arr = arr[:, :, None]
     return torch.from_numpy(arr.copy()).permute(2, 0, 1)
 
 
 class DefaultTransform:
-    """PIL image → float tensor in [0, 1], optionally resized and normalised."""
+    """PIL image → float tensor in [0, 1], optionally resized and normalised; computed in float64 when ``dtype``
+    is float64 (the lens gives its model's dtype: a float64 model's input is exact to float64), else float32."""
 
-    def __init__(self, size=None, mean=None, std=None):
-        self.size, self.mean, self.std = size, mean, std
+    def __init__(self, size=None, mean=None, std=None, dtype=torch.float32):
+        self.size, self.mean, self.std, self.dtype = size, mean, std, dtype
 
     def __call__(self, img):
         if self.size is not None and (img.height, img.width) != tuple(self.size):
             img = img.resize((self.size[1], self.size[0]), Image.BILINEAR)
-        x = _to_tensor(img)
+        wide = getattr(self, "dtype", None) == torch.float64   # transforms pickled before dtype existed
+        x = _to_tensor(img, np.float64 if wide else np.float32)
         if self.mean is not None:
-            x = (x - torch.tensor(self.mean).view(-1, 1, 1)) / torch.tensor(self.std).view(-1, 1, 1)
+            x = (x - torch.tensor(self.mean, dtype=x.dtype).view(-1, 1, 1)) / \
+                torch.tensor(self.std, dtype=x.dtype).view(-1, 1, 1)
         return x
 
 
@@ -85,24 +89,37 @@ class Lens:
     """A model with its preprocessing, class names, layer table and cached forward.
 
     Args:
-        model: any ``torch.nn.Module`` mapping a batch N x C x H x W to class scores N x K.
+        model: any ``torch.nn.Module`` taking a batch N x C x H x W (class scores N x K out, or see ``output``).
         transform: PIL image → float tensor C x H x W (default: pixels scaled to [0, 1], resized to
             ``input_size`` when given, normalised by ``mean``/``std`` when given).
         class_names: K names (default ``"class 0"``...).
         input_size: ``(C, H, W)`` the model takes; inferred from the first conv layer's channels when omitted.
         mean, std: per-channel normalisation of the transform, used to display inputs as images and as the
             grey occluder fill (the data set's mean pixel in model-input space).
+        output: where the class scores are in what the model returns, when it is not N x K scores itself: a
+            key (``"logits"``, a dict output), an index (``0``, a tuple output),
+            :class:`~zfwidgets.core.outputs.SegmentationScores` (an N x K x H x W map pooled over the image or a
+            region) or a callable from the output to N x K scores. Every analysis reads the scores through it.
+            With ``input_size`` the output is checked when the lens is built (a forward on the meta device), with
+            an error that says which ``output=`` to pass.
+
+    The model's parameter dtype is honoured: images, fills and references are made in it (float64, bfloat16).
 
     Example:
         >>> lens = Lens(torchvision.models.alexnet(), input_size=(3, 224, 224))
         >>> p = zfwidgets.project(lens, torch.randn(3, 224, 224), "conv5")
+        >>> seg = torchvision.models.segmentation.fcn_resnet50(weights=None, weights_backbone=None, num_classes=3)
+        >>> lens = Lens(seg, input_size=(3, 64, 64), output=SegmentationScores(key="out", box=(8, 8, 40, 40)))
+        >>> lens.predict(torch.randn(3, 64, 64)).shape       # each class's mean score in the box, softmaxed
+        torch.Size([3])
     """
 
     def __init__(self, model: nn.Module, *, transform=None, class_names=None, input_size=None,
-                 mean=None, std=None, name: str | None = None):
+                 mean=None, std=None, name: str | None = None, output=None):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.model = model
+        self.output = output_selector(output)
         attention = [p for p, m in model.named_modules()
                      if isinstance(m, nn.MultiheadAttention) or "Attention" in type(m).__name__]
         if attention:
@@ -131,7 +148,7 @@ class Lens:
         self.mean = None if mean is None else [float(m) for m in np.broadcast_to(mean, (self.channels,))]
         self.std = None if std is None else [float(s) for s in np.broadcast_to(std, (self.channels,))]
         self.transform = transform if transform is not None else DefaultTransform(
-            None if input_size is None else input_size[1:], self.mean, self.std)
+            None if input_size is None else input_size[1:], self.mean, self.std, self.dtype)
         self.class_names = list(class_names) if class_names is not None else None
         self.name = name or type(model).__name__
         self.forward_count = 0        # model forwards run through this lens (tests count them)
@@ -141,6 +158,59 @@ class Lens:
         # activation modules the ReLU rules do not cover: named in the warning projections give
         self.unruled_modules = [p for p, m in model.named_modules() if isinstance(m, _OTHER_ACTIVATION_MODULES)]
         self._other_activations: list = []
+        self._check_output()
+
+    def _probe(self):
+        """One forward of a zero image of ``input_size`` (on the meta device: no compute; on the model's device
+        where the model cannot run there): ``(raw output, paths of the table's layers whose output is not one
+        tensor)``, or ``None`` when neither runs or the size is unknown. The model is left as it was."""
+        if self.input_size is None:
+            return None
+        not_tensors: set = set()
+
+        def hook(path):
+            def record(module, args, out):
+                if not isinstance(out, torch.Tensor):
+                    not_tensors.add(path)
+            return record
+
+        def meta(x):
+            state = {k: v.to("meta") for k, v in [*self.model.named_parameters(), *self.model.named_buffers()]}
+            return torch.func.functional_call(self.model, state, (x.to("meta"),))
+
+        x = torch.zeros(1, *self.input_size, dtype=self.dtype)
+        handles = [i.module.register_forward_hook(hook(i.path)) for i in self.table]
+        try:
+            for run in (meta, lambda x: self.model(x.to(self.device))):
+                not_tensors.clear()
+                try:
+                    with torch.no_grad(), ModelGuard(self.model):
+                        return run(x), set(not_tensors)
+                except Exception:  # noqa: BLE001 - a model meta tensors cannot run: try real zeros, then give up
+                    continue
+        finally:
+            for h in handles:
+                h.remove()
+        return None
+
+    def _check_output(self) -> None:
+        """Check the output's structure now rather than at the first call, and leave layers whose output is not
+        one tensor (HRNet's stages return lists) out of the table: nothing records them unless asked."""
+        probe = self._probe()
+        if probe is None:
+            return
+        out, not_tensors = probe
+        if not_tensors:
+            self.table = [i for i in self.table if i.path not in not_tensors]
+        try:
+            scores = self.class_scores(out)
+        except ValueError:
+            raise
+        except Exception:  # noqa: BLE001 - a selector that meta tensors cannot run: the first call checks it
+            return
+        if scores.shape[0] != 1:
+            raise ValueError(f"the class scores must be N x K with one row per image; one image gave "
+                             f"{tuple(scores.shape)}")
 
     # ----- layers -------------------------------------------------------------------------------
     @property
@@ -174,13 +244,21 @@ class Lens:
         return f"class {k}"
 
     @property
+    def dtype(self) -> torch.dtype:
+        """The model's floating-point parameter dtype (float32 for a model without parameters): inputs,
+        fills and references are made in it."""
+        p = next((p for p in self.model.parameters() if torch.is_floating_point(p)), None)
+        return p.dtype if p is not None else torch.float32
+
+    @property
     def fill_value(self) -> torch.Tensor:
-        """The data set's mean pixel in model-input space (C values): the grey of ZF's occluder."""
+        """The data set's mean pixel in model-input space (C values, the model's dtype): the grey of ZF's
+        occluder."""
         if self.mean is not None and self.std is not None:
-            return torch.zeros(self.channels)  # normalised input: the mean maps to 0
+            return torch.zeros(self.channels, dtype=self.dtype)  # normalised input: the mean maps to 0
         if self.mean is not None:
-            return torch.tensor(self.mean)
-        return torch.full((self.channels,), 0.5)
+            return torch.tensor(self.mean, dtype=self.dtype)
+        return torch.full((self.channels,), 0.5, dtype=self.dtype)
 
     # ----- images -------------------------------------------------------------------------------
     def to_input(self, image) -> torch.Tensor:
@@ -208,11 +286,19 @@ class Lens:
         return (x.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
 
     # ----- running the model --------------------------------------------------------------------
-    def _check_logits(self, out) -> torch.Tensor:
-        if not isinstance(out, torch.Tensor) or out.dim() != 2:
-            what = type(out).__name__ if not isinstance(out, torch.Tensor) else f"shape {tuple(out.shape)}"
-            raise ValueError(f"the model's output must be class scores N x K; got {what}")
-        return out
+    def class_scores(self, output) -> torch.Tensor:
+        """The N x K class scores in the model's raw ``output``, read by the lens's ``output`` selector: every
+        reader of logits (the lens's forwards, occlusion, lesions) goes through here."""
+        scores = output if self.output is None else self.output(output)
+        if not isinstance(scores, torch.Tensor) or scores.dim() != 2:
+            if self.output is None:
+                raise ValueError(f"the model's output must be class scores N x K; got {describe_output(output)}: "
+                                 f"{suggest_output(output)}")
+            raise ValueError(f"output={self.output!r} must give class scores N x K; it gave "
+                             f"{describe_output(scores)}")
+        return scores
+
+    _check_logits = class_scores   # the name readers outside the lens used before class_scores
 
     def run(self, x: torch.Tensor, layers=(), *, logits: bool = True, inference: bool = True):
         """Run a preprocessed batch (N x C x H x W) without gradients.
@@ -231,7 +317,7 @@ class Lens:
             self.forward_count += 1
             out = self.model(x)
             if logits:
-                out = self._check_logits(out)
+                out = self.class_scores(out)
         self._check_channels_first(cap.outputs, resolved)
         return (out if logits else None), dict(cap.outputs)
 
@@ -267,10 +353,12 @@ class Lens:
         modules.update({p: named[p] for p in self._extra_paths})
         state = RuleState("gradient")
         leaf = x.detach().clone().requires_grad_(True)
+        asked = {self.resolve(l)[1] for l in extra_layers}
+        optional = [p for p in modules if p not in asked]   # recorded when they give one tensor, else left out
         with torch.enable_grad(), ModelGuard(self.model), RectifierSwap(state), \
-                Capture(self.model, modules, switches=True) as cap:
+                Capture(self.model, modules, switches=True, optional=optional) as cap:
             self.forward_count += 1
-            logits = self._check_logits(self.model(leaf))
+            logits = self.class_scores(self.model(leaf))
         self._check_channels_first(cap.outputs, modules, only=[self.resolve(l)[1] for l in extra_layers])
         changed = cap.modified_in_place()
         if changed:
@@ -333,7 +421,7 @@ class Lens:
             >>> lens = Lens.from_timm("resnet50", weights="resnet50.safetensors")  # a checkpoint on disk  # doctest: +SKIP
         """
         from .core.timm_models import build_timm
-        own = {"transform", "class_names", "input_size", "mean", "std", "name"}
+        own = {"transform", "class_names", "input_size", "mean", "std", "name", "output"}
         create_kwargs = {k: v for k, v in kwargs.items() if k not in own}
         kwargs = {k: v for k, v in kwargs.items() if k in own}
         model, transform, classes, size, mean, std = build_timm(name, weights, kwargs.get("input_size"),
@@ -344,7 +432,8 @@ class Lens:
     # ----- torchvision --------------------------------------------------------------------------
     @classmethod
     def from_torchvision(cls, arch: str, weights=None, **kwargs) -> "Lens":
-        """A lens on a torchvision classification CNN (``"alexnet"``, ``"vgg16"``, ``"resnet18"``...).
+        """A lens on a torchvision CNN: a classifier (``"alexnet"``, ``"vgg16"``, ``"resnet18"``...) or a
+        segmentation model (``"fcn_resnet50"``, ``"deeplabv3_mobilenet_v3_large"``...).
 
         ``weights`` as in torchvision: ``None`` (random initialisation), ``"DEFAULT"``, a weights name
         (``"IMAGENET1K_V1"``) or an enum. Preprocessing and the ImageNet class names come from the
@@ -356,19 +445,29 @@ class Lens:
         builder (``aux_logits=False``). If the weights file is not in ``TORCH_HOME`` and cannot be downloaded,
         the error says where to put it.
 
+        A segmentation model is built with ``weights_backbone=None`` (offline) unless given, its class names are
+        its weights' (Pascal VOC's 21 categories), its input a square of the weights' resize (520 x 520, or
+        ``input_size``), and its ``output`` defaults to ``SegmentationScores(key="out")``: each class's mean
+        score over the image (pass ``output=SegmentationScores(key="out", box=...)`` for a region).
+
         Example:
             >>> lens = Lens.from_torchvision("alexnet")            # random weights, offline
             >>> lens.layers[:2], lens.input_size
             (['conv1', 'conv2'], (3, 224, 224))
+            >>> seg = Lens.from_torchvision("deeplabv3_mobilenet_v3_large", input_size=(3, 64, 64))
+            >>> seg.class_names[:3], seg.output
+            (['__background__', 'aeroplane', 'bicycle'], SegmentationScores(key='out'))
             >>> from torchvision.models import VGG16_Weights
             >>> lens = Lens.from_torchvision("vgg16", VGG16_Weights.IMAGENET1K_V1)  # offline only with the file in TORCH_HOME  # doctest: +SKIP
         """
-        from .core.torchvision_models import build_torchvision
-        own = {"transform", "class_names", "input_size", "mean", "std", "name"}
+        from .core.torchvision_models import build_torchvision, segmentation_models
+        own = {"transform", "class_names", "input_size", "mean", "std", "name", "output"}
         builder_kwargs = {k: v for k, v in kwargs.items() if k not in own}
         kwargs = {k: v for k, v in kwargs.items() if k in own}
         model, transform, classes, size, w = build_torchvision(arch, weights, kwargs.get("input_size"),
                                                              **builder_kwargs)
+        if arch in segmentation_models():
+            kwargs.setdefault("output", SegmentationScores(key="out"))
         lens = cls(model, **{"transform": transform, "class_names": classes, "input_size": size, "name": arch,
                              **kwargs})
         lens.weights = w

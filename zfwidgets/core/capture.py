@@ -43,15 +43,19 @@ class Capture:
     ``SiLU``) run out of place for the duration of the capture, so that they cannot overwrite a recorded
     output; their ``inplace`` flags are given back on leaving.
     An activation is the module's output as the module returned it (for a conv layer: before its ReLU).
+    A module whose output is not one tensor (a list, tuple or dict: HRNet's stages) is a ``TypeError``, except
+    for the keys in ``optional`` (the layers recorded without being asked for), which are then left out.
     """
 
     def __init__(self, model: nn.Module, modules: dict, *, switches: bool = False, stop: bool = False,
-                 detach: bool = False):
+                 detach: bool = False, optional=()):
         self.model = model
         self.modules = dict(modules)
         self.want_switches = switches
         self.stop = stop
         self.detach = detach
+        self.optional = frozenset(optional)
+        self.skipped: list = []   # optional keys whose output was not one tensor
         self.outputs: dict = {}
         self.versions: dict = {}
         self.switches: dict = {}
@@ -62,6 +66,9 @@ class Capture:
     def _hook_for(self, key):
         def hook(module, args, output):
             if not isinstance(output, torch.Tensor):
+                if key in self.optional:
+                    self.skipped.append(key)
+                    return
                 raise TypeError(f"layer {key!r} returns {type(output).__name__}, not a tensor; "
                                 "choose a layer whose output is one tensor")
             if self.detach:

@@ -2,8 +2,10 @@
 with the labels and boxes that come with it. The lens, every analysis, the miner, the occlusion engine, the zoo
 and the panels read their inputs here, so one item means one image everywhere.
 
-The lens is duck-typed (``transform``, ``channels``, ``input_size``, ``device``, ``fill_value``): the core
-imports nothing above it. Decoding files and bytes, and checking a tensor, live in :mod:`.images`.
+The lens is duck-typed (``transform``, ``channels``, ``input_size``, ``device``, ``fill_value``, ``dtype``): the
+core imports nothing above it. Model input is made in the model's dtype (``lens.dtype``: a float64 or bfloat16
+model gets float64 or bfloat16 input from the same image). Decoding files and bytes, and checking a tensor, live
+in :mod:`.images`.
 
 One image (:func:`as_input`, what the analyses and panels read): a PIL image, a uint8 array H x W [x C], a
 uint8 tensor (H x W, C x H x W or H x W x C), a file path, an image file's bytes, or a float tensor C x H x W /
@@ -139,14 +141,24 @@ def _pixels(t: torch.Tensor) -> np.ndarray:
     return a
 
 
+def _dtype(lens) -> torch.dtype:
+    return getattr(lens, "dtype", None) or torch.float32
+
+
+def _in_dtype(lens, x: torch.Tensor) -> torch.Tensor:
+    """A float tensor in the model's dtype (other dtypes are left for the check to refuse)."""
+    return x.to(_dtype(lens)) if torch.is_floating_point(x) else x
+
+
 def _transformed(lens, image) -> torch.Tensor:
-    """Pixels (PIL, uint8 array or tensor, path, bytes) through the lens's transform: C x H x W, unchecked."""
+    """Pixels (PIL, uint8 array or tensor, path, bytes) through the lens's transform: C x H x W in the model's
+    dtype, unchecked."""
     if isinstance(image, torch.Tensor) and image.dtype == torch.uint8:
         image = _pixels(image)
     x = lens.transform(as_pil(image, lens.channels))
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"the lens's transform returned {type(x).__name__}, expected a tensor CxHxW")
-    return x
+    return _in_dtype(lens, x)
 
 
 def to_input(lens, image) -> torch.Tensor:
@@ -155,7 +167,7 @@ def to_input(lens, image) -> torch.Tensor:
     :meth:`Lens.to_input <zfwidgets.Lens.to_input>`; :func:`as_input` is the lenient form the analyses read."""
     size = None if lens.input_size is None else lens.input_size[1:]
     if isinstance(image, torch.Tensor):
-        return check_input_tensor(image, lens.channels, size, lens.device)
+        return _in_dtype(lens, check_input_tensor(image, lens.channels, size, lens.device))
     return check_input_tensor(_transformed(lens, image).to(lens.device), lens.channels, size, lens.device)
 
 
@@ -177,7 +189,7 @@ def cpu_input(lens, image) -> torch.Tensor:
     image = image_of(image)
     if isinstance(image, torch.Tensor) and torch.is_floating_point(image):
         x = image.detach()
-        return (x[0] if x.dim() == 4 and x.shape[0] == 1 else x).cpu()
+        return _in_dtype(lens, (x[0] if x.dim() == 4 and x.shape[0] == 1 else x).cpu())
     return _transformed(lens, image).detach().cpu()
 
 
@@ -191,7 +203,7 @@ def to_batch(lens, images) -> torch.Tensor:
         finite = torch.isfinite(images).flatten(1).all(1)
         if not bool(finite.all()):
             raise ValueError(f"image {int((~finite).nonzero()[0])} of the batch contains NaN or infinite values")
-        return images.clone()
+        return images.to(_dtype(lens), copy=True)
     xs = [to_input(lens, im) for im in images]
     if not xs:
         raise ValueError("no images given")
@@ -263,8 +275,8 @@ def as_box(box, H: int, W: int, *, clip: bool = False, where: str = "box") -> tu
 
 
 def fill_tensor(lens, fill) -> torch.Tensor:
-    """The occluder fill as C values in model-input space: ``"mean"`` (the lens's :attr:`fill_value`, the data
-    set's mean pixel), a number, or one number per channel."""
+    """The occluder fill as C values in model-input space, in the model's dtype: ``"mean"`` (the lens's
+    :attr:`fill_value`, the data set's mean pixel), a number, or one number per channel."""
     C = lens.channels
     if isinstance(fill, str):
         if fill != "mean":
@@ -288,7 +300,7 @@ def fill_tensor(lens, fill) -> torch.Tensor:
         raise TypeError(f"fill must be 'mean', a number or {C} per-channel numbers; got {type(fill).__name__}")
     if not torch.isfinite(value).all():
         raise ValueError(f"fill must be finite, got {value.tolist()}")
-    return value.to(lens.device)
+    return value.to(lens.device, _dtype(lens))
 
 
 # ----- collections ----------------------------------------------------------------------------------

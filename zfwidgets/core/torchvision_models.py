@@ -1,4 +1,5 @@
-"""Building torchvision classification CNNs offline, with preprocessing and class names from the weights' metadata."""
+"""Building torchvision CNNs offline, classification and segmentation (``torchvision.models.segmentation``), with
+preprocessing and class names from the weights' metadata."""
 from __future__ import annotations
 
 import os
@@ -9,7 +10,7 @@ import torch
 import torchvision
 from torchvision.models import get_model_builder, get_model_weights, list_models
 
-__all__ = ["build_torchvision", "imagenet_classes"]
+__all__ = ["build_torchvision", "imagenet_classes", "segmentation_models"]
 
 
 class ImageNetTransform:
@@ -23,6 +24,11 @@ class ImageNetTransform:
         img = TF.resize(img, self.resize, antialias=True)
         img = TF.center_crop(img, self.crop)
         return TF.normalize(TF.to_tensor(img), self.mean, self.std)
+
+
+def segmentation_models() -> list:
+    """torchvision's segmentation models (``fcn_resnet50``, ``deeplabv3_mobilenet_v3_large``...)."""
+    return list_models(module=torchvision.models.segmentation)
 
 
 def imagenet_classes() -> list:
@@ -54,6 +60,15 @@ def _default_weights(arch: str):
         return None
 
 
+def _categories(w, builder_kwargs):
+    """A segmentation model's class names: its weights' categories, unless ``num_classes`` gives another count."""
+    if w is None:
+        return None
+    cats = list(w.meta["categories"])
+    n = builder_kwargs.get("num_classes")
+    return cats if n is None or n == len(cats) else None
+
+
 def _at_size(transform: ImageNetTransform, input_size) -> tuple:
     """The weights' preprocessing at another input size: the same resize-to-crop ratio (256 → 224 becomes
     146 → 128 for 128 x 128), centre-cropped to ``(H, W)``; ``(transform, (H, W))``."""
@@ -65,8 +80,21 @@ def _at_size(transform: ImageNetTransform, input_size) -> tuple:
     return ImageNetTransform(resize, [h, w], transform.mean, transform.std), (h, w)
 
 
+def _preprocessing(t):
+    """``(ImageNetTransform, crop)`` of a weights' transforms: a classifier's resize and crop; a segmentation
+    model's resize (shorter side), centre-cropped to a square of that side so that every image has one size."""
+    resize = int(t.resize_size[0])
+    crop = int(t.crop_size[0]) if hasattr(t, "crop_size") else resize
+    return ImageNetTransform(resize, crop, t.mean, t.std), crop
+
+
 def build_torchvision(arch: str, weights=None, input_size=None, **builder_kwargs):
     """``(model in eval mode, transform, class names, input size, weights enum or None)``.
+
+    Segmentation models (:func:`segmentation_models`) are built with ``weights_backbone=None`` unless it is
+    given (offline: no ImageNet backbone download); their class names are the weights' categories (Pascal VOC's
+    21) unless ``num_classes`` says otherwise (then ``None``), their preprocessing the weights' resize (520)
+    cropped to a square.
 
     ``builder_kwargs`` go to torchvision's builder (``aux_logits=False``, ``num_classes=10``...). Without
     weights the preprocessing and input size are still those of the architecture's default weights
@@ -75,21 +103,23 @@ def build_torchvision(arch: str, weights=None, input_size=None, **builder_kwargs
     if not isinstance(arch, str):
         raise TypeError(f"arch must be a torchvision model name (str), got {type(arch).__name__}")
     classification = list_models(module=torchvision.models)
-    if arch not in classification:
-        raise ValueError(f"unknown torchvision classification model {arch!r}; e.g. alexnet, vgg16, resnet18 "
-                         f"(all: {', '.join(sorted(classification))})")
+    segmentation = segmentation_models()
+    if arch not in classification and arch not in segmentation:
+        raise ValueError(f"unknown torchvision classification model (or segmentation model) {arch!r}; e.g. alexnet, "
+                         f"vgg16, resnet18, fcn_resnet50 "
+                         f"(all: {', '.join(sorted(classification + segmentation))})")
+    if arch in segmentation:
+        builder_kwargs.setdefault("weights_backbone", None)
     w = _resolve_weights(arch, weights)
     builder = get_model_builder(arch)
     if w is None:
         model = builder(weights=None, **builder_kwargs)
         default = _default_weights(arch)
         if default is not None:
-            t = default.transforms()
-            crop = int(t.crop_size[0])
-            transform = ImageNetTransform(int(t.resize_size[0]), crop, t.mean, t.std)
+            transform, crop = _preprocessing(default.transforms())
         else:
             transform, crop = ImageNetTransform(), 224
-        classes = imagenet_classes()
+        classes = imagenet_classes() if arch not in segmentation else _categories(default, builder_kwargs)
     else:
         fname = os.path.basename(w.url)
         target = Path(torch.hub.get_dir()) / "checkpoints" / fname
@@ -106,10 +136,8 @@ def build_torchvision(arch: str, weights=None, input_size=None, **builder_kwargs
                 "then try again.") from None
         finally:
             socket.setdefaulttimeout(old)
-        t = w.transforms()
-        crop = t.crop_size[0]
-        transform = ImageNetTransform(t.resize_size[0], crop, t.mean, t.std)
-        classes = list(w.meta["categories"])
+        transform, crop = _preprocessing(w.transforms())
+        classes = list(w.meta["categories"]) if arch not in segmentation else _categories(w, builder_kwargs)
     model.eval()
     if input_size is not None:
         transform, (h, w_) = _at_size(transform, input_size)
