@@ -73,6 +73,67 @@ def test_equals_one_naive_forward_per_position(small_lens, small_images, size, s
     assert occ.layer == (layer or "conv2")
 
 
+def test_drilldown_is_exact_where_it_computes(small_lens, small_images):
+    """Issue 29 item 4, drilldown: the coarse grid (every k-th position, the last row and column) and the fine
+    positions around its largest drops are computed, each equal to one naive forward; the others carry the
+    nearest computed position's values; refine=1 computes every position (the exact map), refine=0 the coarse
+    grid alone. The exact mode marks every position computed."""
+    img = small_images[3]
+    x = small_lens.to_input(img)
+    exact = occlusion(small_lens, img, size=4, stride=1, progress=False)
+    assert exact.mode == "exact" and exact.exact.shape == exact.shape and bool(exact.exact.all())
+    channel, tgt, rows = naive(small_lens, x, "conv2", 4, 1, small_lens.fill_value, None)
+    ref_total = torch.tensor([[r[0] for r in row] for row in rows])
+    ref_p = torch.tensor([[r[1] for r in row] for row in rows])
+    ref_top = torch.tensor([[r[2] for r in row] for row in rows])
+    dd = occlusion(small_lens, img, size=4, stride=1, mode="drilldown", coarse_stride=3, refine=0.3,
+                   batch_size=5, progress=False)
+    m = dd.exact
+    assert dd.mode == "drilldown" and dd.shape == exact.shape == (13, 13)
+    coarse = torch.zeros(13, 13, dtype=torch.bool)
+    coarse[torch.tensor([0, 3, 6, 9, 12])[:, None], torch.tensor([0, 3, 6, 9, 12])[None, :]] = True
+    assert bool(m[coarse].all()) and 0.3 * 169 <= int(m.sum()) < 169
+    assert torch.allclose(dd.feature_map[m], ref_total[m], rtol=1e-4, atol=1e-4)
+    assert torch.allclose(dd.probability[m], ref_p[m], atol=1e-5)
+    assert torch.equal(dd.top_class[m], ref_top[m])
+    drop = dd.base_probability - dd.probability[coarse]
+    worst = coarse.nonzero()[drop.argmax()]                      # the largest coarse drop was refined around
+    y, xx = worst.tolist()
+    assert bool(m[max(y - 2, 0):y + 3, max(xx - 2, 0):xx + 3].all())
+    for i, j in (~m).nonzero().tolist():                        # the nearest computed position's values
+        d = ((m.nonzero() - torch.tensor([i, j])) ** 2).sum(1)
+        assert float(dd.probability[i, j]) in dd.probability[m][d == d.min()].tolist()
+    full = occlusion(small_lens, img, size=4, stride=1, mode="drilldown", coarse_stride=3, refine=1.0,
+                     progress=False)
+    assert bool(full.exact.all()) and torch.allclose(full.probability, ref_p, atol=1e-5)
+    only = occlusion(small_lens, img, size=4, stride=1, mode="drilldown", coarse_stride=3, refine=0.0,
+                     progress=False)
+    assert torch.equal(only.exact, coarse)
+    for kw, match in (({"mode": "fastest"}, "mode"), ({"mode": "drilldown", "refine": 1.5}, "refine"),
+                      ({"mode": "drilldown", "coarse_stride": 4, "stride": 3}, "coarse_stride")):
+        with pytest.raises(ValueError, match=match):
+            occlusion(small_lens, img, **{"size": 4, "stride": 1, "progress": False, **kw})
+
+
+def test_drilldown_on_the_plan_equals_plain_forwards():
+    """Drilldown on a model the engine follows incrementally (ResNet-18 at 64 px, the plan forced): every
+    computed position equals the exact map computed by plain forwards within 1e-4."""
+    import torchvision
+    from zfwidgets.inference import occlusion_engine
+    torch.manual_seed(0)
+    lens = zfwidgets.Lens(torchvision.models.resnet18().eval(), input_size=(3, 64, 64))
+    x = torch.randn(1, 3, 64, 64)
+    occlusion_engine(lens, x).mode = "full"
+    ref = occlusion(lens, x, size=16, stride=4, layer="layer2", progress=False)
+    occlusion_engine(lens, x).mode = "incremental"
+    dd = occlusion(lens, x, size=16, stride=4, layer="layer2", mode="drilldown", progress=False)
+    assert occlusion_engine(lens, x).last_mode == "incremental"
+    m = dd.exact
+    assert 0 < int(m.sum()) < m.numel()
+    assert torch.allclose(dd.probability[m], ref.probability[m], atol=1e-4)
+    assert torch.allclose(dd.feature_map[m], ref.feature_map[m], rtol=1e-4, atol=1e-4)
+
+
 def test_grid_by_hand():
     ys, xs, boxes = occluder_grid(10, 10, 3, 4)
     assert ys.tolist() == [0, 4, 8] and boxes[2, 2].tolist() == [8, 8, 10, 10]  # last one clipped

@@ -48,7 +48,10 @@ class OcclusionMaps:
     ``feature_map``: total rectified activation of map ``channel`` of ``layer``; ``probability``: p(``target``);
     ``top_class``/``top_probability``: the most probable class and its probability; ``base_*``: the same
     for the unoccluded image; ``projection``: the deconvnet projection of map ``channel``'s strongest
-    activation in the unoccluded image; ``image``: the model input; ``display``: it as H x W x 3 uint8.
+    activation in the unoccluded image; ``image``: the model input; ``display``: it as H x W x 3 uint8;
+    ``mode``: what made the maps (``"exact"``: every position computed; ``"drilldown"``: see :func:`occlusion`);
+    ``exact``: ``ny x nx`` bools, the positions computed exactly (the others carry the value of the nearest
+    computed position).
     """
     feature_map: torch.Tensor
     probability: torch.Tensor
@@ -70,6 +73,8 @@ class OcclusionMaps:
     image: torch.Tensor = field(repr=False)
     display: np.ndarray = field(repr=False)
     class_names: list = field(default_factory=list, repr=False)
+    mode: str = "exact"
+    exact: torch.Tensor = field(default=None, repr=False)
 
     @property
     def shape(self) -> tuple:
@@ -227,8 +232,48 @@ def _auto_batch_size(lens, x, boxes, layer) -> int:
     return int(min(1024, max(1, _BATCH_BYTES // max(per_box, 1))))
 
 
+MODES = ("exact", "drilldown")
+# the defaults of drilldown: the coarse map stride in fine strides, and the share of the fine positions refined
+DRILLDOWN_FACTOR = 2
+DRILLDOWN_REFINE = 0.25
+
+
+def _coarse_indices(n: int, k: int) -> list:
+    """Every ``k``-th of ``n`` grid indices, the last one always among them (the coarse map reaches the edge)."""
+    idx = list(range(0, n, k))
+    return idx if idx[-1] == n - 1 else idx + [n - 1]
+
+
+def _drilldown_positions(ny: int, nx: int, k: int, drop: torch.Tensor, refine: float) -> torch.Tensor:
+    """The fine positions (flat indices) to refine: around the coarse positions in order of their ``drop``
+    (cy x cx, largest first), every fine position nearer that coarse one than ``k``, until ``refine`` of all
+    positions are covered."""
+    cy, cx = _coarse_indices(ny, k), _coarse_indices(nx, k)
+    budget = refine * ny * nx
+    chosen = torch.zeros(ny, nx, dtype=torch.bool)
+    for flat in drop.flatten().argsort(descending=True).tolist():
+        if int(chosen.sum()) >= budget:
+            break
+        y, x = cy[flat // len(cx)], cx[flat % len(cx)]
+        chosen[max(y - k + 1, 0):y + k, max(x - k + 1, 0):x + k] = True
+    return chosen.flatten().nonzero().flatten()
+
+
+def _nearest_fill(values: torch.Tensor, computed: torch.Tensor) -> torch.Tensor:
+    """``values`` (ny x nx) with every position not ``computed`` given the value of the nearest computed one
+    (in grid steps; ties to the first)."""
+    pos = computed.nonzero().float()                                  # M x 2
+    grid = torch.stack(torch.meshgrid(torch.arange(values.shape[0]), torch.arange(values.shape[1]),
+                                      indexing="ij"), -1).view(-1, 2).float()
+    nearest = torch.cdist(grid, pos).argmin(1)
+    src = pos[nearest].long()
+    filled = values[src[:, 0], src[:, 1]].view(values.shape)
+    return torch.where(computed, values, filled)
+
+
 def occlusion(lens, image, *, size, stride, fill="mean", target=None, layer=None, batch_size: int | None = None,
-              progress=True) -> OcclusionMaps:
+              progress=True, mode: str = "exact", coarse_stride=None, refine: float = DRILLDOWN_REFINE
+              ) -> OcclusionMaps:
     """Slide an occluder over ``image`` and map the model's response (ZF Fig. 7).
 
     Args:
@@ -242,6 +287,12 @@ def occlusion(lens, image, *, size, stride, fill="mean", target=None, layer=None
         batch_size: occluder positions evaluated together; default: as many as keep what a batch holds at
             its peak (:meth:`~zfwidgets.inference.GraphOcclusion.batch_bytes`) under 512 MB, up to 1024.
         progress: show a progress bar (``True``/``False`` or a callable ``f(done, total)``).
+        mode: ``"exact"`` (every position computed) or ``"drilldown"`` (Krypton, adaptive drill-down: a
+            coarse map first, at ``coarse_stride``, then the fine ``stride`` only around the coarse positions
+            with the largest drops of p(target), ``refine`` of all positions; every computed position is exact,
+            the others carry the values of the nearest computed position: ``exact`` marks which).
+        coarse_stride: the coarse stride of drilldown, a multiple of ``stride`` (default twice it).
+        refine: the share of of the fine positions refined (0 to 1).
 
     Example:
         >>> s = zfwidgets.samples()[0]
@@ -253,6 +304,8 @@ def occlusion(lens, image, *, size, stride, fill="mean", target=None, layer=None
     if batch_size is not None:
         batch_size = check_int("batch_size", batch_size, minimum=1)
     check_flag("progress", progress)
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     x = as_input(lens, image).detach()
     H, W = x.shape[-2:]
     ys, xs, boxes = occluder_grid(H, W, size, stride)
@@ -262,14 +315,56 @@ def occlusion(lens, image, *, size, stride, fill="mean", target=None, layer=None
     probs, K = base.probabilities, base.probabilities.shape[0]
     proj = project(lens, x, name, channel, method="deconvnet")
 
-    flat = boxes.view(-1, 4)
     if batch_size is None:
         batch_size = _auto_batch_size(lens, x, boxes, name)
-    chunks = [flat[i:i + batch_size] for i in range(0, flat.shape[0], batch_size)]
-    parts = [_evaluate_boxes(lens, x, b, value, name, channel, target, total=flat.shape[0] - k * batch_size)
-             for k, b in enumerate(_progress(chunks, total=len(chunks), desc="occlusion", enabled=progress))]
-    shape = boxes.shape[:2]
-    total, p, top, top_p = (torch.cat(t).view(shape) for t in zip(*parts))
+
+    def evaluate(index, total):
+        """The four maps, values at the flat grid positions ``index``, in batches (a job of ``total``)."""
+        chunks = [index[i:i + batch_size] for i in range(0, index.shape[0], batch_size)]
+        parts = [_evaluate_boxes(lens, x, boxes.view(-1, 4)[b], value, name, channel, target,
+                                 total=total - k * batch_size)
+                 for k, b in enumerate(_progress(chunks, total=len(chunks), desc="occlusion", enabled=progress))]
+        return [torch.cat(t) for t in zip(*parts)]
+
+    ny, nx = boxes.shape[:2]
+    if mode == "exact":
+        computed = torch.ones(ny, nx, dtype=torch.bool)
+        maps = [m.view(ny, nx) for m in evaluate(torch.arange(ny * nx), ny * nx)]
+    else:
+        maps, computed = _drilldown(evaluate, ny, nx, _pair("stride", stride), coarse_stride, refine,
+                                    float(probs[target]))
+    total, p, top, top_p = maps
     return OcclusionMaps(total, p, top, top_p, ys, xs, boxes, _pair("size", size), _pair("stride", stride),
                          name, channel, target, proj, base_total, float(probs[target]), int(probs.argmax()),
-                         value.cpu(), x.cpu(), lens.to_display(x), [lens.class_name(k) for k in range(K)])
+                         value.cpu(), x.cpu(), lens.to_display(x), [lens.class_name(k) for k in range(K)],
+                         mode, computed)
+
+
+def _drilldown(evaluate, ny: int, nx: int, stride: tuple, coarse_stride, refine: float, base_p: float):
+    """The drilldown: four maps and the computed positions: the coarse grid (every k-th fine position, the last
+    row and column included), then the fine positions around its largest drops of p(target)."""
+    if not 0.0 <= float(refine) <= 1.0:
+        raise ValueError(f"refine must be between 0 and 1, got {refine!r}")
+    coarse = _pair("coarse_stride", coarse_stride) if coarse_stride is not None else \
+        (DRILLDOWN_FACTOR * stride[0], DRILLDOWN_FACTOR * stride[1])
+    if coarse[0] != coarse[1] or stride[0] != stride[1] or coarse[0] % stride[0]:
+        raise ValueError(f"coarse_stride must be a multiple of a square stride, got {coarse_stride!r} for "
+                         f"stride {stride}")
+    k = coarse[0] // stride[0]
+    cy, cx = _coarse_indices(ny, k), _coarse_indices(nx, k)
+    computed = torch.zeros(ny, nx, dtype=torch.bool)
+    computed[torch.tensor(cy)[:, None], torch.tensor(cx)[None, :]] = True
+    first = computed.flatten().nonzero().flatten()
+    got = evaluate(first, first.shape[0] + int(refine * ny * nx))
+    maps = [torch.zeros(ny * nx, dtype=t.dtype) for t in got]
+    for m, v in zip(maps, got):
+        m[first] = v
+    drop = base_p - maps[1].view(ny, nx)[torch.tensor(cy)[:, None], torch.tensor(cx)[None, :]]
+    more = _drilldown_positions(ny, nx, k, drop, refine)
+    more = more[~computed.flatten()[more]]
+    if more.numel():
+        for m, v in zip(maps, evaluate(more, more.shape[0])):
+            m[more] = v
+        computed.view(-1)[more] = True
+    return [_nearest_fill(m.view(ny, nx), computed) for m in maps], computed
+
