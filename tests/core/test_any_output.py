@@ -156,6 +156,36 @@ def test_region_score_under_occlusion_equals_plain_calls():
     assert_same_state(before, model_state(model))
 
 
+@pytest.mark.parametrize("kind", ["dict", "segmentation"])
+def test_lesion_reads_the_selected_scores(kind):
+    """Lesions (and every analysis) read the scores through the selector: against a plain call with the
+    channels zeroed by a hook."""
+    torch.manual_seed(2)
+    if kind == "dict":
+        model, output, score = TwoHeads(), "logits", (lambda b: model(b)["logits"])
+    else:
+        model, output = TinySeg(), SegmentationScores(box=(0, 4, 6, 12))
+        score = (lambda b: model(b)[..., 0:6, 4:12].mean((-2, -1)))
+    before = model_state(model)
+    lens = zf.Lens(model, input_size=(3, 12, 12), output=output)
+    x, y = torch.rand(6, 3, 12, 12), torch.tensor([0, 1, 2, 3, 0, 1])
+    r = zf.lesion(lens, x, y, "conv1", channels=[1, 4], progress=False)
+
+    def zero(m, a, o):
+        o = o.clone()
+        o[:, [1, 4]] = 0
+        return o
+    with torch.no_grad():
+        plain = score(x)
+        h = model.conv1.register_forward_hook(zero)
+        lesioned = score(x)
+        h.remove()
+    np.testing.assert_array_equal(r.predictions_before, plain.argmax(1).numpy())
+    np.testing.assert_array_equal(r.predictions_after, lesioned.argmax(1).numpy())
+    np.testing.assert_allclose(r.probabilities_after, lesioned.softmax(1).numpy(), rtol=1e-5, atol=1e-6)
+    assert_same_state(before, model_state(model))
+
+
 def test_torchvision_segmentation_model():
     torch.manual_seed(0)
     lens = zf.Lens.from_torchvision("deeplabv3_mobilenet_v3_large", input_size=(3, 64, 64))
