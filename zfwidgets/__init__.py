@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 
+from .core.outputs import SegmentationScores
 from .core.project import Projection, deconvnet_steps, project, render
 from .lens import Forward, Lens
 from .zoo import available, load, model_card, samples, snapshot_epochs
@@ -56,7 +57,7 @@ _LAZY = {
     "SanityPanel": "zfwidgets.widgets.sanity",
 }
 
-__all__ = ["Lens", "Forward", "Projection", "project", "deconvnet_steps", "render", "load", "samples",
+__all__ = ["Lens", "Forward", "SegmentationScores", "Projection", "project", "deconvnet_steps", "render", "load", "samples",
            "available", "model_card", "snapshot_epochs", *sorted(_LAZY)]
 
 

@@ -323,10 +323,11 @@ def _fresh_model(lens, seed):
     return model
 
 
-def _train_scratch(model, x, y, *, steps, lr, batch, seed):
+def _train_scratch(model, x, y, *, steps, lr, batch, seed, scores=lambda out: out):
     """Adam (weight decay 5e-4) for exactly ``steps`` steps of ``batch`` images, the learning rate on a cosine
     from ``lr`` to 0 and the gradient norm clipped at 1: a fixed recipe, with no stopping rule that a
-    rounding difference could move. Returns the final training loss and accuracy (eval mode)."""
+    rounding difference could move. ``scores``: the model's output to class scores (the lens's output selector).
+    Returns the final training loss and accuracy (eval mode)."""
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=5e-4)
     n = x.shape[0]
@@ -339,7 +340,7 @@ def _train_scratch(model, x, y, *, steps, lr, batch, seed):
                 for group in opt.param_groups:
                     group["lr"] = 0.5 * lr * (1 + math.cos(math.pi * done / steps))
                 idx = perm[i:i + batch]
-                loss = F.cross_entropy(model(x[idx]), y[idx])
+                loss = F.cross_entropy(scores(model(x[idx])), y[idx])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -349,7 +350,7 @@ def _train_scratch(model, x, y, *, steps, lr, batch, seed):
                     break
     model.eval()
     with torch.no_grad():
-        out = model(x)
+        out = scores(model(x))
         return float(F.cross_entropy(out, y)), float((out.argmax(1) == y).double().mean())
 
 
@@ -443,9 +444,11 @@ def feature_generalisation(lens, n_per_class=(5, 10, 20), *, layer=None, data=No
             with torch.random.fork_rng(devices=[]):
                 model = _fresh_model(lens, int(seed) * 1000 + r * 100 + k).to(lens.device)
                 loss, acc_tr = _train_scratch(model, xin_tr[dev_idx], ytr[idx].to(lens.device), steps=scratch_steps,
-                                              lr=scratch_lr, batch=64, seed=int(seed) + r)
+                                              lr=scratch_lr, batch=64, seed=int(seed) + r,
+                                              scores=lens.class_scores)
             with torch.no_grad():
-                pred = torch.cat([model(xin_te[i:i + batch_size]).argmax(1) for i in range(0, len(yte), batch_size)])
+                pred = torch.cat([lens.class_scores(model(xin_te[i:i + batch_size])).argmax(1)
+                                  for i in range(0, len(yte), batch_size)])
             scr[r, k] = float((pred.cpu() == yte).double().mean())
             scr_train[r, k] = acc_tr
             scr_loss[r, k] = loss
