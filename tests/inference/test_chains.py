@@ -228,6 +228,7 @@ def test_a_model_fx_cannot_trace_falls_back_to_full_forwards():
     lens = zf.Lens(Untraceable().eval(), input_size=(3, 16, 16))
     engine = GraphOcclusion(lens, image(lens, 6))
     assert not engine.incremental and engine.runs_plain_forwards
+    assert "cannot be followed" in engine.estimate([(0, 0, 6, 6)]).reason
     check(engine, [(0, 0, 6, 6), (10, 12, 20, 20)], ["conv"], 0.0)
     assert engine.last_mode == "full"
 

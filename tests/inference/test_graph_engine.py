@@ -174,13 +174,14 @@ def test_estimate_and_auto_mode():
     small = zf.Lens(build("zfnet-fashion"), input_size=(1, 28, 28))
     e = occlusion_engine(small, image(small.input_size))
     assert e.runs_plain_forwards and not e.pays_for(6)
+    assert "must save at least 20%" in e.estimate([(0, 0, 6, 6)]).reason
     e.run([(0, 0, 6, 6)])
     assert e.last_mode == "full"                  # the 28x28 net: plain forwards are cheaper
     lens = tv_lens("resnet18", 224, seed=1)
     e = GraphOcclusion(lens, image(lens.input_size, 1))
     _, _, grid = occluder_grid(224, 224, 32, 8)
     est = e.estimate(grid.view(-1, 4)[:64])
-    assert est.pays and est.incremental < est.full and est.bound >= 1 / est.fraction > 1
+    assert est.pays and est.incremental < est.full and est.bound >= 1 / est.fraction > 1 and est.reason == ""
     assert e.pays_for(32) and not e.runs_plain_forwards
     assert e.layer_shapes()["layer4"] == (512, 7, 7)
     forced = GraphOcclusion(lens, image(lens.input_size, 1), mode="full")

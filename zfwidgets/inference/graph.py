@@ -284,15 +284,10 @@ def _linear(m: nn.Linear, h: torch.Tensor) -> torch.Tensor:
 
 def _gather(base, corners: torch.Tensor, size: tuple) -> torch.Tensor:
     """B windows of ``size`` of ``base`` (1 x ... x H x W) at ``corners`` (B x 2): a B x ... x h x w tensor."""
+    # one slice copy per box: an advanced-indexing gather of all windows at once is several times slower on
+    # maps of many channels (a DenseNet's concatenations), and cat always returns a new tensor to write into
     h, w = size
-    B = corners.shape[0]
-    if B <= 4:
-        return torch.cat([base[..., r:r + h, c:c + w] for r, c in corners.tolist()])
-    dev = base.device
-    rows = (corners[:, 0, None] + torch.arange(h)).to(dev)          # B x h
-    cols = (corners[:, 1, None] + torch.arange(w)).to(dev)          # B x w
-    g = base[0][..., rows[:, :, None], cols[:, None, :]]            # ... x B x h x w
-    return g.movedim(-3, 0).contiguous()
+    return torch.cat([base[..., r:r + h, c:c + w] for r, c in corners.tolist()])
 
 
 def _overlay(win: torch.Tensor, off: list, patch: torch.Tensor, poff: list) -> torch.Tensor:
@@ -397,7 +392,7 @@ class GraphOcclusion:
         self.graph = g = Graph.of(self.lens, tuple(x.shape[1:]))
         self.incremental = bool(g.traced)
         self._values, self._padded, self._geom, self._fold, self._cost = None, {}, {}, {}, {}
-        self._delta_fc, self._delta_sources = {}, set()
+        self._delta_fc, self._delta_sources, self._full_cost = {}, set(), 0.0
         if not self.incremental:
             return
         self._from_input = set()
@@ -694,10 +689,15 @@ class GraphOcclusion:
         B = boxes.shape[0]
         full = B * max(self._full_cost, 1.0)
         if plan is None:
-            return Estimate(float("inf"), full, float("inf"), 1.0, False)
+            return Estimate(float("inf"), full, float("inf"), 1.0, False,
+                            "the model's graph cannot be followed on windows (not traced, or a node the engine "
+                            "cannot run on windows before the first global node)")
         inc, tight = self._plan_cost(plan, boxes)
         frac = inc / full
-        return Estimate(inc, full, frac, full / max(tight, 1.0), frac <= 1.0 - self.min_saving)
+        pays = frac <= 1.0 - self.min_saving
+        reason = "" if pays else (f"the plan costs {frac:.0%} of plain forwards' multiply-adds (fixed costs "
+                                  f"included); it must save at least {self.min_saving:.0%}")
+        return Estimate(inc, full, frac, full / max(tight, 1.0), pays, reason)
 
     def _plan_cost(self, plan: _Plan, boxes) -> tuple:
         """``(incremental cost with fixed costs, each box's own changed region's multiply-adds)``."""
