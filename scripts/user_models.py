@@ -94,6 +94,8 @@ def overrides(arch: str, images: list, work: Path) -> dict:
         "N_TEST": "6", "FRACTION": "0.5",
         "N_TRAIN, N_TEST": "4, 2", "N_PER_CLASS": "(1,)",
         "BASELINE": repr("alexnet"),
+        # notebook 11: 2 images, 3 layers randomised (top, middle, first) in each kind of step, 3 units compared
+        "N_SANITY": "2", "N_LAYERS": "3", "N_UNITS": "3",
         "OCCLUDER_STRIDE": "32", "REPEATS": "1", "SCRATCH_STEPS": "2",
         "MINE_LAYERS": repr(["conv1"]),   # the miner on the first conv layer only (a ResNet's every block: ~12,000 projections)
         # 30 + 30 of the digits (every class in both parts) instead of 899 + 898 through a 224x224 model
