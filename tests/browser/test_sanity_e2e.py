@@ -23,9 +23,8 @@ TOL = 1e-6
 
 CELLS = [
     "import zfwidgets as zf\n"
-    "from zfwidgets.widgets.sanity import SanityPanel\n"
     "lens = zf.load('zfnet-fashion')\n",
-    f"panel = SanityPanel(lens, zf.samples()[{SAMPLE}].image)\n"
+    f"panel = zf.SanityPanel(lens, zf.samples()[{SAMPLE}].image)\n"
     "panel\n",
 ]
 
