@@ -11,6 +11,9 @@ import json
 import math
 import time
 
+import nbformat
+from nbformat.v4 import new_code_cell, new_notebook
+
 from .jupyter import ARTIFACTS, lab_page, run_all
 
 TIME_LIMIT = 180.0
@@ -56,13 +59,10 @@ STEP_IS = """([sel, step]) => {
 
 
 def notebook(tmp_path):
-    nb = {"cells": [{"cell_type": "code", "execution_count": None, "id": f"c{k}", "metadata": {}, "outputs": [],
-                     "source": src} for k, src in enumerate(CELLS)],
-          "metadata": {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"}},
-          "nbformat": 4, "nbformat_minor": 5}
     path = tmp_path / "nb" / "sanity_panel.ipynb"
     path.parent.mkdir(parents=True)
-    path.write_text(json.dumps(nb))
+    kernel = {"display_name": "Python 3", "language": "python", "name": "python3"}
+    nbformat.write(new_notebook(cells=[new_code_cell(src) for src in CELLS], metadata={"kernelspec": kernel}), path)
     return path
 
 
