@@ -47,6 +47,7 @@ import torch
 from .._progress import progress as _progress
 from ..core.inputs import gather, is_single_image
 from ..core.project import METHODS, project
+from ..lens import Lens
 from ._common import check_flag, check_int, check_lens
 
 __all__ = ["randomize", "sanity_check", "SanityCheck", "selectivity", "Selectivity", "similarities",
@@ -198,9 +199,8 @@ def randomize(lens, layer, *, cascade: bool = True, seed: int = 0):
         what = f"randomised from {asked[min(asked, key=paths.index)]}"
     else:
         what = f"{', '.join(asked.values())} randomised"
-    from ..lens import Lens
     return Lens(model, transform=lens.transform, class_names=lens.class_names, input_size=lens.input_size,
-                mean=lens.mean, std=lens.std, name=f"{lens.name} ({what})")
+                mean=lens.mean, std=lens.std, output=lens.output, name=f"{lens.name} ({what})")
 
 
 # ----- similarity of two projections ---------------------------------------------------------------------

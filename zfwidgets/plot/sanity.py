@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..core.project import render
+
 __all__ = ["plot_sanity_check"]
 
 _METRIC_TITLES = {"spearman_abs": "Spearman, |map|", "spearman": "Spearman, signed", "ssim": "SSIM",
@@ -35,7 +37,6 @@ def plot_sanity_check(result, *, kind: str = "cascade", image: int = 0, figsize=
     """
     from matplotlib.figure import Figure
 
-    from ..core.project import render
     if kind not in ("cascade", "independent"):
         raise ValueError(f"kind must be 'cascade' or 'independent', got {kind!r}")
     steps = [s for s in result.steps if s == "none" or s.startswith(kind + ":")]
