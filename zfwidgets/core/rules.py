@@ -84,7 +84,6 @@ class RuleState:
 
     def __init__(self, rule: str = "gradient"):
         self.rule = rule
-        self.calls = 0          # rectifications recorded (tests count them)
         self.others: set[str] = set()  # non-ReLU activation functions seen during the forward
         # every rectification's and hardtanh's (ReLU6's) output in order, with its version: ``(kind, tensor,
         # version)``; the cropped backward reads its masks from them (the graph's rectifiers, matched in order)
@@ -142,7 +141,6 @@ class RectifierSwap(TorchFunctionMode):
         if func in _RELU_FUNCS:
             x = args[0] if args else kwargs["input"]
             if isinstance(x, torch.Tensor) and (x.requires_grad or x.grad_fn is not None):
-                self.state.calls += 1
                 out = RuleReLU.apply(x, self.state)
                 self.state.trail.append(("relu", out, out._version))
                 return out

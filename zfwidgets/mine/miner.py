@@ -228,7 +228,7 @@ class _MaxHooks:
 def _collate(items):
     """A batch of ``(input, ok)`` items: the inputs stacked and the flags as a list. From a worker the stack
     comes as one shared tensor; the flags as a second tensor would cost a second file descriptor passed per
-    batch (0.8 ms), so they travel in the pickle."""
+    batch, so they travel in the pickle."""
     return torch.stack([x for x, _ in items]), [bool(ok) for _, ok in items]
 
 
@@ -318,8 +318,8 @@ def mine(model, data, layers=None, *, k: int = 9, rule: str = "deconvnet", weigh
 def _old_objects_frozen():
     """The objects that exist before the job kept out of the cyclic garbage collector's passes during it
     (``gc.freeze``), given back to it after (``gc.unfreeze``). The job's hits and boxes set off a full
-    collection, which would walk every object of the process (torch's modules and functions: 0.12 s on a
-    2-core CPU) once in every rank. Left alone where the process had frozen objects itself."""
+    collection, which would walk every object of the process (torch's modules and functions) once in every
+    rank. Left alone where the process had frozen objects itself."""
     if gc.get_freeze_count():
         yield
         return
@@ -466,7 +466,7 @@ def _finish(part: dict) -> dict:
 
 def _pack(part: dict) -> tuple:
     """One rank's finished winners as a few large buffers (pickling thousands of small tensors is what made the
-    gather slow: 0.5 s for 5 MB): keys, boxes, scales and lengths, every projection in one float16 tensor and
+    gather slow): keys, boxes, scales and lengths, every projection in one float16 tensor and
     every patch in one uint8 tensor. :func:`_unpack` gives back views of them, value for value."""
     keys = list(part)
     lengths = [(part[q][1].numel(), part[q][3].numel()) for q in keys]

@@ -27,9 +27,9 @@ __all__ = ["project_winners", "SEEDS_PER_WALK"]
 SEEDS_PER_WALK = 128
 
 # The seeds of one walk go down in batches padded to a multiple of this (copies of the first seed, their results
-# dropped): the transposed convolutions then see few distinct shapes. Each new shape costs about 1 ms of oneDNN
-# set-up once per process, a cost that does not shrink with more ranks (unpadded: 0.18 s of a rank's 1.0 s of
-# projections on the bundled model; padded to 8: 0.05 s, for 4% more work; padded to 16: 12% more work).
+# dropped): the transposed convolutions then see few distinct shapes. Each new shape costs oneDNN a set-up once
+# per process, a cost that does not shrink with more ranks; a small multiple keeps the padded work small
+# (benchmarks/results/ holds the measurements).
 SEED_BUCKET = 8
 
 
@@ -43,8 +43,8 @@ def _bucket(n: int) -> int:
 
 
 # A hit's fixed work (its share of a walk call, its box, crop and patch, the Python around them) counted as
-# multiply-adds, for the deal only: fitted to the bundled model's chunk times on a 2-core CPU, where the
-# per-hit work is 0.1-0.2 ms beside 15 G multiply-adds/s. On larger inputs the counted work dominates.
+# multiply-adds, for the deal only: fitted to the bundled model's chunk times (small maps, where this fixed work
+# is a large share). On larger inputs the counted work dominates.
 HIT_MACS = 2_000_000
 
 
