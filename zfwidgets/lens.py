@@ -16,6 +16,7 @@ Example:
 """
 from __future__ import annotations
 
+import itertools
 import warnings
 from dataclasses import dataclass, field
 
@@ -24,7 +25,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .core.capture import Capture, ModelGuard
+from .core.capture import Capture, ModelGuard, SilencedHooks, unwrap
 from .core.graph import ACTIVATIONS, Trace
 from .core.inputs import to_batch, to_input
 from .core.layers import LayerInfo, layer_table, resolve_layer
@@ -67,6 +68,26 @@ def _to_tensor(img: Image.Image, dtype=np.float32) -> torch.Tensor:
     return torch.from_numpy(arr.copy()).permute(2, 0, 1)
 
 
+def _read_through(model: nn.Module, trace) -> tuple[list[LayerInfo], str]:
+    """``(layer table, prefix)``, the table read through a user's wrapper module: where the whole table is one
+    module holding the model (``self.m`` of a ``forward`` returning ``self.m(x)["logits"]``), the table is the
+    inner model's, its layers named as without the wrapper, their paths from ``model`` (``m.layer1.0``, prefix
+    ``"m."``)."""
+    table, prefix = layer_table(model, trace), ""
+    while len(table) == 1 and not isinstance(table[0].module, (nn.Conv2d, nn.Linear)):
+        prefix += table[0].path + "."
+        inner = table[0].module
+        table = layer_table(inner, Trace.of(inner))
+    if not prefix:
+        return table, prefix
+    table = [LayerInfo(i.name, prefix + i.path, i.module, i.kind) for i in table]
+    # the module the layers all lie in (``m.r`` of a wrapper over a module calling ``self.r``): its own
+    # dotted paths are accepted without the prefix
+    parts = [i.path.split(".")[:-1] for i in table]
+    common = [p[0] for p in itertools.takewhile(lambda p: len(set(p)) == 1, zip(*parts))]
+    return table, ".".join(common) + "." if common else prefix
+
+
 class DefaultTransform:
     """PIL image → float tensor in [0, 1], optionally resized and normalised; computed in float64 when ``dtype``
     is float64 (the lens gives its model's dtype: a float64 model's input is exact to float64), else float32."""
@@ -90,6 +111,10 @@ class Lens:
 
     Args:
         model: any ``torch.nn.Module`` taking a batch N x C x H x W (class scores N x K out, or see ``output``).
+            ``DataParallel``, ``DistributedDataParallel`` and ``torch.compile`` are unwrapped (the lens runs
+            the module they hold, never compiled, with a warning); a wrapper module of the user's holding the
+            model is read through (the inner model's layer names, paths ``m.layer1.0``). The user's own hooks
+            are silenced while the model is traced and given back; the lens's forwards run them.
         transform: PIL image → float tensor C x H x W (default: pixels scaled to [0, 1], resized to
             ``input_size`` when given, normalised by ``mean``/``std`` when given).
         class_names: K names (default ``"class 0"``...).
@@ -118,6 +143,13 @@ class Lens:
                  mean=None, std=None, name: str | None = None, output=None):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        # the lens runs the original module (same parameters): names are the same with and without the
+        # wrapper, and a compiled model is never compiled (torch.compile compiles at the wrapper's first call)
+        model, wrappers = unwrap(model)
+        if wrappers:
+            warnings.warn(f"Lens: {type(model).__name__} unwrapped from {' in '.join(reversed(wrappers))}: the "
+                          "lens runs the module it holds (the same parameters"
+                          f"{', never compiled' if 'torch.compile' in wrappers else ''})", stacklevel=2)
         self.model = model
         self.output = output_selector(output)
         attention = [p for p, m in model.named_modules()
@@ -132,7 +164,8 @@ class Lens:
             raise ValueError(f"{type(model).__name__} has no Conv2d layer: zfwidgets visualises convolutional "
                              "networks")
         self._trace: dict = {}
-        self.table: list[LayerInfo] = layer_table(model, Trace.of(model, self._trace))
+        with SilencedHooks(model):   # the user's own hooks never change the names
+            self.table, self._inner_prefix = _read_through(model, Trace.of(model, self._trace))
         # a model with blocks keeps answering to the convK / fcK numbering of its convolutions
         numbered = _conv_fc_table(model)
         self._aliases = {i.name: i for i in numbered if i.name not in {t.name for t in self.table}} \
@@ -179,12 +212,13 @@ class Lens:
             return torch.func.functional_call(self.model, state, (x.to("meta"),))
 
         x = torch.zeros(1, *self.input_size, dtype=self.dtype)
+        silenced = SilencedHooks(self.model)   # the probe is no forward of the user's: their hooks stay out
         handles = [i.module.register_forward_hook(hook(i.path)) for i in self.table]
         try:
             for run in (meta, lambda x: self.model(x.to(self.device))):
                 not_tensors.clear()
                 try:
-                    with torch.no_grad(), ModelGuard(self.model):
+                    with torch.no_grad(), ModelGuard(self.model), silenced:
                         return run(x), set(not_tensors)
                 except Exception:  # noqa: BLE001 - a model meta tensors cannot run: try real zeros, then give up
                     continue
@@ -220,7 +254,17 @@ class Lens:
 
     def resolve(self, layer) -> tuple[str, str, nn.Module]:
         """``(name, path, module)`` of a layer given by friendly name, dotted path or module."""
-        return resolve_layer(self.model, layer, self.table, self._aliases)
+        try:
+            return resolve_layer(self.model, layer, self.table, self._aliases)
+        except ValueError as unknown:
+            # a user's wrapper module: the inner model's own dotted paths (``layer1.0.conv1`` under ``m.``) too
+            prefix = getattr(self, "_inner_prefix", "")
+            if not (prefix and isinstance(layer, str)) or layer.startswith(prefix):
+                raise
+            try:
+                return resolve_layer(self.model, prefix + layer, self.table, self._aliases)
+            except ValueError:
+                raise unknown from None
 
     def layer_info(self, layer) -> LayerInfo:
         name, path, module = self.resolve(layer)

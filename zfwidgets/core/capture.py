@@ -3,7 +3,8 @@
 :class:`Capture` is a context manager over forward hooks: every handle goes in one list, ``remove()``
 clears it and is safe to call twice, and leaving the block removes them in ``finally`` (also when the
 body raises). :class:`ModelGuard` puts a model in eval mode for the call and gives every module back the
-``training`` flag it had.
+``training`` flag it had. :class:`SilencedHooks` takes the user's own hooks out for a trace and puts the same
+ones back; :func:`unwrap` finds the module under ``DataParallel`` / DDP / ``torch.compile``.
 
 Example:
     >>> model = zfwidgets.load("zfnet-fashion").model
@@ -15,10 +16,11 @@ Example:
 from __future__ import annotations
 
 import torch
+import torch.nn.modules.module as _torch_module
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Capture", "ModelGuard", "StopForward", "pool_switches"]
+__all__ = ["Capture", "ModelGuard", "SilencedHooks", "StopForward", "pool_switches", "unwrap"]
 
 
 class StopForward(Exception):
@@ -140,3 +142,63 @@ class ModelGuard:
         for m, flag in self.flags:
             m.training = flag
         return False
+
+
+class SilencedHooks:
+    """Take every forward (pre-)hook and backward hook out of ``model``'s modules, and torch's global forward
+    hooks, for the block; put the same ones back in ``finally``, in the same order (their handles still remove
+    them: each hook dict is emptied and refilled in place, never replaced).
+
+    The lens traces and probes the model with them silenced: a user's hook computing with its output
+    (``if out.mean() > 0``) cannot run on fx proxies or meta tensors, and would turn the trace into the
+    flat ``convK`` names. Hooks registered inside the block are kept after the ones given back.
+
+    >>> model = nn.Sequential(nn.Conv2d(1, 2, 3))
+    >>> h = model[0].register_forward_hook(lambda m, a, out: print("hook"))
+    >>> with SilencedHooks(model):
+    ...     _ = model(torch.zeros(1, 1, 5, 5))
+    >>> _ = model(torch.zeros(1, 1, 5, 5))
+    hook
+    """
+
+    def __init__(self, model: nn.Module):
+        dicts = [d for m in model.modules()
+                 for d in (m._forward_hooks, m._forward_pre_hooks, m._backward_hooks, m._backward_pre_hooks)]
+        dicts += [_torch_module._global_forward_hooks, _torch_module._global_forward_pre_hooks]
+        self._saved = [(d, list(d.items())) for d in dicts if d]
+
+    def __enter__(self):
+        for d, _ in self._saved:
+            d.clear()
+        return self
+
+    def __exit__(self, *exc):
+        for d, items in self._saved:
+            added = list(d.items())
+            d.clear()
+            d.update(items)
+            d.update(added)
+        return False
+
+
+def unwrap(model: nn.Module) -> tuple[nn.Module, list[str]]:
+    """``(module, wrappers)``: the module under ``nn.DataParallel``, ``DistributedDataParallel`` (their
+    ``.module``) and ``torch.compile``'s ``OptimizedModule`` (its ``_orig_mod``), the same object with the same
+    parameters, and the wrappers' names outermost first (empty for a plain module). Nothing is compiled: torch
+    compiles an OptimizedModule at its first call, and the original module's calls never reach it.
+
+    >>> inner = nn.Conv2d(1, 2, 3)
+    >>> m, wrappers = unwrap(nn.DataParallel(inner))
+    >>> m is inner, wrappers
+    (True, ['DataParallel'])
+    """
+    wrappers = []
+    while True:
+        if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            wrappers.append(type(model).__name__)
+            model = model.module
+        elif type(model).__name__ == "OptimizedModule" and isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            wrappers.append("torch.compile")
+            model = model._orig_mod
+        else:
+            return model, wrappers
