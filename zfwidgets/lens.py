@@ -28,8 +28,7 @@ from torch import nn
 from .core.capture import Capture, ModelGuard, SilencedHooks, unwrap
 from .core.graph import ACTIVATIONS, Trace
 from .core.inputs import to_batch, to_input
-from .core.layers import LayerInfo, layer_table, resolve_layer
-from .core.layers import conv_fc_table as _conv_fc_table
+from .core.layers import LayerInfo, conv_fc_table, layer_table, resolve_layer
 from .core.outputs import SegmentationScores, describe_output, output_selector, suggest_output
 from .core.rules import RectifierSwap, RuleState
 
@@ -159,7 +158,7 @@ class Lens:
                              f"{' ...' if len(attention) > 3 else ''}): zfwidgets visualises convolutional networks, "
                              "whose units have a place in the image; a transformer's convolution is only its patch "
                              "embedding")
-        convs = [i for i in _conv_fc_table(model) if i.kind == "conv"]
+        convs = [i for i in conv_fc_table(model) if i.kind == "conv"]
         if not convs:
             raise ValueError(f"{type(model).__name__} has no Conv2d layer: zfwidgets visualises convolutional "
                              "networks")
@@ -167,7 +166,7 @@ class Lens:
         with SilencedHooks(model):   # the user's own hooks never change the names
             self.table, self._inner_prefix = _read_through(model, Trace.of(model, self._trace))
         # a model with blocks keeps answering to the convK / fcK numbering of its convolutions
-        numbered = _conv_fc_table(model)
+        numbered = conv_fc_table(model)
         self._aliases = {i.name: i for i in numbered if i.name not in {t.name for t in self.table}} \
             if [i.path for i in numbered] != [i.path for i in self.table] else {}
         if input_size is not None:
