@@ -48,8 +48,7 @@ class OcclusionMaps:
     ``feature_map``: total rectified activation of map ``channel`` of ``layer``; ``probability``: p(``target``);
     ``top_class``/``top_probability``: the most probable class and its probability; ``base_*``: the same
     for the unoccluded image; ``projection``: the deconvnet projection of map ``channel``'s strongest
-    activation in the unoccluded image (computed on first access, from the model as it is then); ``image``:
-    the model input; ``display``: it as H x W x 3 uint8;
+    activation in the unoccluded image; ``image``: the model input; ``display``: it as H x W x 3 uint8;
     ``mode``: what made the maps (``"exact"``: every position computed; ``"drilldown"``: see :func:`occlusion`);
     ``exact``: ``ny x nx`` bools, the positions computed exactly (the others carry the value of the nearest
     computed position).
@@ -66,7 +65,7 @@ class OcclusionMaps:
     layer: str
     channel: int
     target: int
-    _projection: object = field(repr=False)     # the Projection, or what computes it on first access
+    projection: Projection
     base_feature_map: float
     base_probability: float
     base_class: int
@@ -76,14 +75,6 @@ class OcclusionMaps:
     class_names: list = field(default_factory=list, repr=False)
     mode: str = "exact"
     exact: torch.Tensor = field(default=None, repr=False)
-
-    @property
-    def projection(self) -> Projection:
-        """The deconvnet projection of map ``channel``'s strongest activation in the unoccluded image, computed
-        on first access (a backward through the model: a map that is never plotted does not pay for it)."""
-        if not isinstance(self._projection, Projection):
-            self._projection = self._projection()
-        return self._projection
 
     @property
     def shape(self) -> tuple:
@@ -322,9 +313,7 @@ def occlusion(lens, image, *, size, stride, fill="mean", target=None, layer=None
     base = unoccluded(lens, x, layer=layer, target=target)
     name, target, channel, base_total = base.layer, base.target, base.channel, base.base_feature_map
     probs, K = base.probabilities, base.probabilities.shape[0]
-
-    def proj():
-        return project(lens, x, name, channel, method="deconvnet")
+    proj = project(lens, x, name, channel, method="deconvnet")
 
     if batch_size is None:
         batch_size = _auto_batch_size(lens, x, boxes, name)
