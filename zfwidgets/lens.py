@@ -341,7 +341,6 @@ class Lens:
                              f"{describe_output(scores)}")
         return scores
 
-    _check_logits = class_scores   # the name readers outside the lens used before class_scores
 
     def run(self, x: torch.Tensor, layers=(), *, logits: bool = True, inference: bool = True):
         """Run a preprocessed batch (N x C x H x W) without gradients.

@@ -971,7 +971,7 @@ class GraphOcclusion:
         if logits:
             fxo = self.graph.nodes[-1].fx_node
             out = fx.node.map_arg(fxo.args[0], lambda a: self._full_value(vals, self._index_of(a)))
-            out = self.lens._check_logits(out)
+            out = self.lens.class_scores(out)
         return out, res
 
     def _full_value(self, vals: dict, j: int):
