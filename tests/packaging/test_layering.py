@@ -138,6 +138,6 @@ def test_no_module_level_import_cycle():
 
 
 @pytest.mark.parametrize("module", ["zfwidgets.analysis._inputs", "zfwidgets.inference.chain",
-                                    "zfwidgets.analysis.incremental", "zfwidgets.mine.walk"])
+                                    "zfwidgets.analysis.incremental"])
 def test_the_removed_copies_stay_removed(module):
     assert module not in MODULES
