@@ -16,7 +16,7 @@ import sys
 import pytest
 
 RESTRICT = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
-            "OMP_NUM_THREADS": "2"}
+            "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}
 
 # float32 work whose rounding depends on the vector width: a long reduction, a convolution (oneDNN) and a
 # matrix product; the digests of their bytes, and the dispatch torch reports
@@ -54,7 +54,7 @@ def test_the_avx2_restriction_changes_the_kernels():
     restricted = probe(RESTRICT)
     assert restricted["capability"] == "AVX2"
     assert restricted["threads"] == 2
-    free = probe({"OMP_NUM_THREADS": "2"})   # the same thread count: only the kernels differ
+    free = probe({"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"})   # the same thread count: only the kernels differ
     if free["capability"] != "AVX512":
         pytest.skip(f"this CPU runs {free['capability']} kernels already: the re-run is the normal run here")
     differs = [k for k in ("sum", "conv", "matmul") if free[k] != restricted[k]]

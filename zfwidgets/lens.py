@@ -228,7 +228,9 @@ class Lens:
 
     def _check_output(self) -> None:
         """Check the output's structure now rather than at the first call, and leave layers whose output is not
-        one tensor (HRNet's stages return lists) out of the table: nothing records them unless asked."""
+        one tensor (HRNet's stages return lists) out of the table: nothing records them unless asked. A dict or
+        tuple output, or an ``output=`` that does not give N x K scores, is refused; a single map (a backbone, a
+        segmentation net without ``output=``) gets a warning that names the ``output=`` to pass."""
         probe = self._probe()
         if probe is None:
             return
@@ -237,8 +239,14 @@ class Lens:
             self.table = [i for i in self.table if i.path not in not_tensors]
         try:
             scores = self.class_scores(out)
-        except ValueError:
-            raise
+        except ValueError as e:
+            if self.output is not None or not isinstance(out, torch.Tensor):
+                raise
+            # one map (a backbone, a fully convolutional net): layers, projections and receptive fields work
+            # without class scores; the calls that need them raise this message then
+            warnings.warn(f"{e}; until then the lens has no class scores (predict, occlusion, lesions refuse)",
+                          stacklevel=3)
+            return
         except Exception:  # noqa: BLE001 - a selector that meta tensors cannot run: the first call checks it
             return
         if scores.shape[0] != 1:

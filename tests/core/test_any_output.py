@@ -120,8 +120,10 @@ def test_head_selected_everywhere(as_tuple, output):
 def test_segmentation_scores_pool_the_class_map():
     torch.manual_seed(0)
     model = TinySeg()
-    with pytest.raises(ValueError, match=r"tensor of shape \(1, 4, 12, 12\): pass output=zf.SegmentationScores\(\)"):
-        zf.Lens(model, input_size=(3, 12, 12))
+    with pytest.warns(UserWarning, match=r"tensor of shape \(1, 4, 12, 12\): pass output=zf.SegmentationScores\(\)"):
+        plain = zf.Lens(model, input_size=(3, 12, 12))
+    with pytest.raises(ValueError, match=r"pass output=zf.SegmentationScores\(\)"):
+        plain.predict(torch.rand(3, 12, 12))
     x = torch.rand(3, 12, 12)
     with torch.no_grad():
         full = model(x[None])

@@ -170,8 +170,11 @@ def test_non_classification_output_is_refused():
         def forward(self, x):
             return self.conv(x)
 
-    with pytest.raises(ValueError, match="class scores N x K"):     # checked when the lens is built
-        zf.Lens(Seg(), input_size=(1, 8, 8))
+    with pytest.warns(UserWarning, match="class scores N x K"):      # checked when the lens is built
+        built = zf.Lens(Seg(), input_size=(1, 8, 8))
+    assert built.layers == ["conv1"]                                # a backbone keeps its layers
+    with pytest.raises(ValueError, match="class scores N x K"):
+        built.predict(torch.rand(1, 8, 8))
     lens = zf.Lens(Seg())                                           # no size to check with: the first call says
     with pytest.raises(ValueError, match="class scores N x K"):
         lens.predict(torch.rand(1, 8, 8))
