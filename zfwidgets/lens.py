@@ -283,6 +283,45 @@ class Lens:
                 return LayerInfo(name, path, module, info.kind)
         return LayerInfo(name, path, module, "other")
 
+    def rectified(self, layer) -> bool:
+        """Whether a unit of ``layer`` is read in a rectified map (ZF's definition of a unit): the layer is
+        followed by its ReLU (``conv1`` of a chain: the map after ``relu1``) or ends with one (a ResNet block).
+        Such a unit's activation is its value after the ReLU: a unit at or below zero is not active and
+        projects to nothing. Other layers (the class scores, a convolution followed by batch norm) are read as
+        they are, and a projection of one of their units starts from 1. See :meth:`summary`.
+
+        Example:
+            >>> lens = zfwidgets.load("zfnet-fashion")
+            >>> lens.rectified("conv1"), lens.rectified("fc8")
+            (True, False)
+        """
+        from .core.graph import Graph, GraphError
+        path = self.resolve(layer)[1]
+        cache = self.__dict__.setdefault("_rectified", {})
+        if path not in cache:
+            try:
+                graph = Graph.of(self)
+                cache[path] = graph.rectified(graph.node_of(path))
+            except (GraphError, RuntimeError, TypeError, ValueError):   # a model the graph cannot read
+                cache[path] = False
+        return cache[path]
+
+    def summary(self) -> str:
+        """The layer table as text: each name, its module path and kind, and which map a unit of it denotes
+        (after its ReLU, or the layer's output as it is: see :meth:`rectified`).
+
+        Example:
+            >>> print(zfwidgets.load("zfnet-fashion").summary().splitlines()[1])
+            conv1  conv1  conv  after its ReLU (rectified: a unit at or below 0 is not active)
+        """
+        rows = [("layer", "path", "kind", "a unit is read")]
+        for i in self.table:
+            what = ("after its ReLU (rectified: a unit at or below 0 is not active)" if self.rectified(i.path)
+                    else "as the layer outputs it (not rectified: projections start from 1)")
+            rows.append((i.name, i.path, i.kind, what))
+        widths = [max(len(r[k]) for r in rows) for k in range(3)]
+        return "\n".join("  ".join(r[k].ljust(widths[k]) for k in range(3)) + "  " + r[3] for r in rows)
+
     # ----- device, classes ----------------------------------------------------------------------
     @property
     def device(self) -> torch.device:

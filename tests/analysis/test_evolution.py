@@ -96,9 +96,11 @@ def test_conv1_projection_is_the_filter_at_the_strongest_position():
             i, rest = divmod(flat, 36)
             y, xx = divmod(rest, 6)
             assert ev.image_index["conv1"][c_pos, s] == i
-            assert ev.activation["conv1"][c_pos, s] == pytest.approx(float(out[i, c, y, xx]), rel=1e-6)
-            # the deconvnet of a first-layer unit: its filter, placed over its receptive field
-            expected[c_pos, s, 0, y:y + 3, xx:xx + 3] = conv.weight[c, 0].detach().numpy()
+            value = max(float(out[i, c, y, xx]), 0.0)          # ZF's unit: after conv1's ReLU
+            assert ev.activation["conv1"][c_pos, s] == pytest.approx(value, rel=1e-6)
+            assert ev.active["conv1"][c_pos, s] == (value > 0)
+            # the deconvnet of a first-layer unit: its filter times its activation, over its receptive field
+            expected[c_pos, s, 0, y:y + 3, xx:xx + 3] = conv.weight[c, 0].detach().numpy() * value
     np.testing.assert_allclose(ev.projections["conv1"], expected, rtol=1e-5, atol=1e-6)
     for c_pos in range(2):
         for s in range(3):

@@ -59,3 +59,31 @@ def small_sequential(pool="max", seed=0):
     return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), down,
                          nn.Conv2d(4, 6, 3, padding=1), nn.ReLU(inplace=True), down2,
                          nn.Flatten(), nn.Linear(6 * 4 * 4, 12), nn.ReLU(), nn.Linear(12, 5))
+
+
+def unit_value(model, x, path, channel, position=None, rectified=True):
+    """ZF's top signal for one unit (issue 27: a projection starts from the activation), read independently of
+    the library: the module's output at the unit by a forward hook on a copy of the model, after the ReLU that
+    the test knows follows the layer (``rectified``): ``max(value, 0)``; 1 for a layer nothing rectifies."""
+    if not rectified:
+        return 1.0
+    m = non_inplace_copy(model).eval()
+    out = {}
+    h = dict(m.named_modules())[path].register_forward_hook(lambda mod, i, o: out.setdefault("a", o))
+    try:
+        with torch.no_grad():
+            m(x[None] if x.dim() == 3 else x)
+    finally:
+        h.remove()
+    a = out["a"][0, channel]
+    if position is not None:
+        a = a[position[0], position[1]]
+    return max(float(a), 0.0)
+
+
+def relu_follows(model, module) -> bool:
+    """In a sequential ``model``: whether the first module after ``module`` that is not a dropout is a ReLU."""
+    mods = list(model)
+    i = next(k for k, m in enumerate(mods) if m is module)
+    rest = [m for m in mods[i + 1:] if not isinstance(m, nn.Dropout)]
+    return bool(rest) and isinstance(rest[0], nn.ReLU)

@@ -58,16 +58,24 @@ def resnet():
     return torchvision.models.resnet18(num_classes=5).eval()
 
 
-def autograd_projection(model, module, x, channel, position):
-    """d activation[channel][position] / d input by autograd on the plain model (the gradient projection)."""
+# the layers of these tests whose map a ReLU rectifies (a ResNet block ends with one; SmallRes's head is read
+# by F.relu): ZF's unit there is the activation after it, and the projection starts from its value; the
+# others (ResNet's conv5 before batch norm, SmallRes's block.2 before the add) start from 1
+RECTIFIED = {"layer1.0", "layer2.0", "head"}
+
+
+def autograd_projection(model, module, x, channel, position, rectified):
+    """d activation[channel][position] / d input by autograd on the plain model (the gradient projection),
+    times the activation where the map is ``rectified`` (ZF's seed)."""
     leaf, out = x[None].clone().requires_grad_(True), {}
     h = module.register_forward_hook(lambda m, a, o: out.setdefault("y", o))
     try:
         model(leaf)
     finally:
         h.remove()
-    grad, = torch.autograd.grad(out["y"][0, channel][position], leaf)
-    return grad[0]
+    unit = out["y"][0, channel][position]
+    grad, = torch.autograd.grad(unit, leaf)
+    return grad[0] * (float(unit.clamp(min=0)) if rectified else 1.0)
 
 
 def check_against_plain(lens, model, x, layers):
@@ -79,7 +87,7 @@ def check_against_plain(lens, model, x, layers):
     for layer in layers:
         p = zf.project(lens, x, layer, 1, method="gradient")
         _, _, module = lens.resolve(layer)
-        ref = autograd_projection(model, module, x, 1, p.position)
+        ref = autograd_projection(model, module, x, 1, p.position, layer in RECTIFIED)
         assert float(ref.abs().max()) > 0
         torch.testing.assert_close(p.pixels, ref, rtol=1e-5, atol=1e-6 * float(ref.abs().max()))
 

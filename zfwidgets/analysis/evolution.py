@@ -222,7 +222,9 @@ class FeatureEvolution:
     held the strongest activation), ``activation[layer][c, s]`` (its value) and ``similarity[layer][c, s]``
     (shift-invariant cosine between the projection and the last snapshot's, see the module docstring; NaN
     when either is all zero), ``cosine[layer][c, s]`` (the plain cosine), ``baseline[layer]`` (the mean
-    similarity between different chosen maps at the last snapshot).
+    similarity between different chosen maps at the last snapshot), ``active[layer][c, s]`` (False where the
+    map never fires on the images at that snapshot: its activation after the ReLU is 0 and its projection
+    zeros; see :meth:`zfwidgets.Lens.rectified`).
     """
     epochs: list
     layers: list
@@ -235,6 +237,7 @@ class FeatureEvolution:
     cosine: dict = field(default_factory=dict, repr=False)
     baseline: dict = field(default_factory=dict)
     images: np.ndarray = field(default=None, repr=False)  # n x H x W x 3 uint8
+    active: dict = field(default_factory=dict, repr=False)
 
     def stability(self) -> dict:
         """``{layer: mean similarity to the final projection, per snapshot}`` (NaNs skipped)."""
@@ -404,13 +407,16 @@ def feature_evolution(lens_or_name, images, layers, channels=None, *, epochs=Non
         if [lens.resolve(l)[0] for l in names] != names:
             raise ValueError("the snapshots do not share the layers asked for")
 
+    rectified = {l: final.rectified(l) for l in names}
+
     def strongest(lens):
         vals = {l: [] for l in names}
         xs = x.to(lens.device)
         for s in range(0, n, batch_size):
             _, acts = run_layers(lens, xs[s:s + batch_size], names)
             for l in names:
-                vals[l].append(acts[l].flatten(2).amax(2) if acts[l].dim() == 4 else acts[l])
+                a = acts[l].clamp(min=0) if rectified[l] else acts[l]    # ZF's unit: after the layer's ReLU
+                vals[l].append(a.flatten(2).amax(2) if a.dim() == 4 else a)
         return {l: _strongest(torch.cat(v)) for l, v in vals.items()}
 
     final_strongest = strongest(final)
@@ -445,6 +451,7 @@ def feature_evolution(lens_or_name, images, layers, channels=None, *, epochs=Non
     proj = {l: np.zeros((len(chosen[l]), S) + shape, np.float32) for l in names}
     where = {l: np.zeros((len(chosen[l]), S), np.int64) for l in names}
     value = {l: np.zeros((len(chosen[l]), S)) for l in names}
+    active = {l: np.ones((len(chosen[l]), S), bool) for l in names}
     for s, lens in enumerate(_progress(lenses, total=S, desc="snapshots", enabled=show_progress)):
         best = final_strongest if lens is final else strongest(lens)
         for l in names:
@@ -455,6 +462,7 @@ def feature_evolution(lens_or_name, images, layers, channels=None, *, epochs=Non
                 proj[l][c_pos, s] = p.pixels.detach().float().cpu().numpy()
                 where[l][c_pos, s] = i
                 value[l][c_pos, s] = vals[c]
+                active[l][c_pos, s] = p.active
         lens.clear_cache()
     sim = {l: np.array([[shift_cosine(proj[l][c, s], proj[l][c, -1]) for s in range(S)]
                         for c in range(len(chosen[l]))]) for l in names}
@@ -467,4 +475,4 @@ def feature_evolution(lens_or_name, images, layers, channels=None, *, epochs=Non
         pairs = [v for v in pairs if np.isfinite(v)]
         base[l] = float(np.mean(pairs)) if pairs else float("nan")
     display = np.stack([final.to_display(x[i]) for i in range(n)]) if n <= 512 else None
-    return FeatureEvolution(epoch_list, names, chosen, proj, where, value, sim, method, cos, base, display)
+    return FeatureEvolution(epoch_list, names, chosen, proj, where, value, sim, method, cos, base, display, active)

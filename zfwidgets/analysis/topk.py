@@ -43,7 +43,9 @@ class Hit:
     ``index``: the image's position in the data set; ``position``: ``(y, x)`` of its strongest activation
     in the map (``None`` for a fully connected unit); ``activation``: its value; ``box``: the receptive
     field; ``patch``: the displayed image inside the box (h x w x 3 uint8); ``projection``: the
-    projection of that activation cropped to the box (C x h x w, signed).
+    projection of that activation cropped to the box (C x h x w, signed). In a rectified layer (see
+    :meth:`zfwidgets.Lens.rectified`) the activation is read after the ReLU; a hit at 0 is not ``active``
+    (a map that never fires on the data set) and its projection is zeros.
     """
     index: int
     position: tuple | None
@@ -51,6 +53,7 @@ class Hit:
     box: Box
     patch: np.ndarray
     projection: torch.Tensor
+    active: bool = True
 
 
 @dataclass
@@ -139,6 +142,7 @@ def top_activations(lens, images, layer, channels=None, k: int = 9, batch_size: 
     name, path, _ = lens.resolve(layer)
 
     data = gather(lens, images)
+    rectified = lens.rectified(name)
 
     best_v = best_i = best_p = None
     chosen = None
@@ -163,6 +167,8 @@ def top_activations(lens, images, layer, channels=None, k: int = 9, batch_size: 
                 best_p = torch.full((C, k), -1, dtype=torch.long)
                 spatial_w = a.shape[3] if a.dim() == 4 else None
             a = a[:, chosen].float().cpu()
+            if rectified:     # ZF's unit: the map after the layer's ReLU (ties: the first position, then image)
+                a = a.clamp(min=0)
             B = a.shape[0]
             if a.dim() == 4:
                 flat = a.flatten(2)
@@ -207,6 +213,6 @@ def top_activations(lens, images, layer, channels=None, k: int = 9, batch_size: 
         box = fields.box(pos)
         proj = project(lens, x, name, chosen[r], position="max" if pos is None else pos, method=method)
         hits[r][j] = Hit(index, pos, float(best_v[r, j]), box, box.crop(shown[index]).copy(),
-                         box.crop(proj.pixels).cpu().clone())
+                         box.crop(proj.pixels).cpu().clone(), proj.active)
     hits = [[h for h in row if h is not None] for row in hits]
     return TopActivations(name, chosen, k, best_v, best_i, positions, hits, count, method, lens.name)

@@ -157,6 +157,22 @@ def is_relu(node: Node) -> bool:
     return node.op in ("call_function", "call_method") and node.target in _RELU
 
 
+def _passes(node: Node) -> bool:
+    """A dropout or identity: in eval mode its output is its input."""
+    if node.op == "call_module":
+        return isinstance(node.module, (nn.Identity, nn.modules.dropout._DropoutNd))
+    return node.op == "call_function" and node.target in (F.dropout, F.dropout2d)
+
+
+def _keeps_rectified(node: Node) -> bool:
+    """A max pooling, dropout or identity: zero stays zero and a positive value positive."""
+    if node.op == "call_module":
+        return isinstance(node.module, (nn.MaxPool2d, nn.AdaptiveMaxPool2d, nn.Identity,
+                                        nn.modules.dropout._DropoutNd))
+    return node.op == "call_function" and node.target in (F.max_pool2d, torch.max_pool2d, F.adaptive_max_pool2d,
+                                                         F.dropout, F.dropout2d)
+
+
 def macs_per_position(m: nn.Module, in_channels: int | None = None) -> float:
     """Multiply-adds of one output position of a convolution (a pooling: its window's reads over
     ``in_channels``; a linear layer: one output row)."""
@@ -588,6 +604,31 @@ class Graph:
                     return n
             raise GraphError(f"{path!r} does not run in {type(self.model).__name__}'s forward")
         return self.nodes[i]
+
+    def rectified(self, node: Node) -> bool:
+        """Whether ``node``'s map is rectified: the node is a ReLU (a block ending in one), a max pooling (or
+        dropout, identity) of a rectified map, or every operation reading it is a ReLU (a convolution followed
+        by its ReLU, through dropout or identity: ZF's "layer"). A unit of such a map is
+        read after the ReLU (ZF §2: the rectified map); any other node (class scores, a convolution followed by
+        batch norm) is read as it is.
+
+        >>> g = Graph.of(zfwidgets.load("zfnet-fashion"))
+        >>> g.rectified(g.node_of("conv1")), g.rectified(g.node_of("fc8"))
+        (True, False)
+        """
+        if is_relu(node):
+            return True
+        if _keeps_rectified(node):     # ZF's pooled layer: the max of a rectified map is rectified
+            srcs = [self.nodes[i] for i in node.inputs if self.nodes[i].kind != "meta"]
+            if len(srcs) == 1 and self.rectified(srcs[0]):
+                return True
+        if not self.traced and not self.is_chain:    # a recorded order of modules: who reads what is unknown
+            return False
+
+        def read_by_relus(n):       # through dropouts and identities (eval mode: the same map)
+            users = [self.nodes[u] for u in n.users if self.nodes[u].kind != "meta"]
+            return bool(users) and all(is_relu(u) or (_passes(u) and read_by_relus(u)) for u in users)
+        return read_by_relus(node)
 
     def ancestors(self, node: Node) -> list:
         """The nodes ``node`` depends on (itself included), in order."""

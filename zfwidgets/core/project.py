@@ -37,7 +37,8 @@ from .geometry import batchnorm_scale, grow
 from .graph import Graph, is_relu
 from .rules import RULES
 
-__all__ = ["Projection", "project", "deconvnet_steps", "render", "select_activation"]
+__all__ = ["Projection", "project", "deconvnet_steps", "render", "select_activation", "unit_seed",
+           "not_active_image"]
 
 METHODS = tuple(RULES)  # ("gradient", "deconvnet", "guided")
 
@@ -73,14 +74,31 @@ def render(pixels: torch.Tensor, mode: str = "signed", scale: float | None = Non
     return (y.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
 
 
+def not_active_image(h: int, w: int) -> np.ndarray:
+    """What a panel or figure shows in place of the projection of a unit that is not active (its activation after the
+    ReLU is 0, so it projects to nothing): an h x w x 3 light grey tile crossed by its two diagonals.
+
+    >>> t = not_active_image(4, 4); t.shape, t[0, 0].tolist(), t[0, 1].tolist()
+    ((4, 4, 3), [120, 120, 120], [225, 225, 225])
+    """
+    tile = np.full((h, w, 3), 225, np.uint8)
+    for y in range(h):
+        for x in {round(y * (w - 1) / max(h - 1, 1)), round((h - 1 - y) * (w - 1) / max(h - 1, 1))}:
+            tile[y, x] = 120
+    return tile
+
+
 @dataclass
 class Projection:
     """One activation projected to input space.
 
     ``pixels`` is shaped like one model input (C x H x W); ``position`` is ``(y, x)`` in the layer's map
-    (``None`` for a fully connected unit or for ``position="map"``); ``activation`` the value projected
-    (for ``"map"``, the sum of the rectified map). The top signal is a unit at the chosen activation
-    (the rectified map itself for ``"map"``), so ``pixels`` is the gradient-like projection of that unit.
+    (``None`` for a fully connected unit or for ``position="map"``); ``activation`` the unit's value (in a
+    rectified layer, after its ReLU: see :meth:`zfwidgets.Lens.rectified`; for ``"map"``, the sum of the
+    rectified map). The top signal is the activation itself at the unit (ZF §2.1; the rectified map itself
+    for ``"map"``; 1 for a layer nothing rectifies, such as the class scores), so ``pixels`` is the
+    projection of that activation. ``active`` is False for a unit at or below 0 in a rectified layer: it
+    projects to nothing (``pixels`` all zeros) and the panels say "not active on this image".
 
     Example:
         >>> p = zfwidgets.project(lens, zfwidgets.samples()[36].image, "conv3", 5)
@@ -93,6 +111,7 @@ class Projection:
     position: tuple | None
     activation: float
     method: str
+    active: bool = True
 
     def to_image(self, mode: str = "signed", scale: float | None = None) -> np.ndarray:
         """H x W x 3 uint8: signed (zero at mid grey) or ``"abs"`` heat map; see :func:`render`."""
@@ -105,10 +124,33 @@ class Projection:
         return buf.getvalue()
 
 
-def select_activation(act: torch.Tensor, layer: str, channel=None, position="max"):
-    """Choose the activation to project in ``act`` (1 x C x H x W or 1 x K).
+def unit_seed(value: float, rectified: bool) -> float:
+    """The top signal of a unit whose activation is ``value``: the activation after the ReLU in a rectified
+    layer (0 for a unit that is not active), 1 in a layer nothing rectifies (see :func:`select_activation`).
 
-    Returns ``(seed, channel, position, value)``: ``seed`` the top signal shaped like ``act``.
+    >>> unit_seed(2.5, True), unit_seed(-1.0, True), unit_seed(-1.0, False)
+    (2.5, 0.0, 1.0)
+    """
+    return max(float(value), 0.0) if rectified else 1.0
+
+
+def select_activation(act: torch.Tensor, layer: str, channel=None, position="max", *, rectified: bool = False):
+    """Choose the unit to project in ``act`` (1 x C x H x W or 1 x K) and its top signal.
+
+    Returns ``(seed, channel, position, value, active)``: ``seed`` the top signal shaped like ``act``.
+    A unit is ZF's (§2.1: the deconvnet projects the activation itself): in a ``rectified`` layer (see
+    :meth:`zfwidgets.Lens.rectified`) its ``value`` is read after the ReLU and the seed is that value, so a
+    unit at or below 0 is not ``active`` and its seed is all zeros; in any other layer (class scores) the
+    seed is 1 and ``value`` the raw output. ``position="map"`` seeds the whole rectified map. ``"max"``
+    takes the first maximum in row-major order (ties: the smallest y, then x).
+
+    Example:
+        >>> a = torch.tensor([[[[-2.0, 3.0], [3.0, 0.5]]]])
+        >>> seed, c, pos, value, active = select_activation(a, "conv1", rectified=True)
+        >>> pos, value, active, seed[0, 0].tolist()
+        ((0, 1), 3.0, True, [[0.0, 3.0], [0.0, 0.0]])
+        >>> select_activation(a, "conv1", position=(0, 0), rectified=True)[3:]
+        (0.0, False)
     """
     a = act.detach()
     if a.dim() not in (2, 4) or a.shape[0] != 1:
@@ -122,13 +164,22 @@ def select_activation(act: torch.Tensor, layer: str, channel=None, position="max
             raise ValueError(f"channel {channel} is out of range: layer {layer!r} has {n} channels (0..{n - 1})")
         channel = int(channel)
     seed = torch.zeros_like(a)
+
+    def unit(index, raw):
+        """The seed's value at one unit and ``(value, active)``."""
+        seed[index] = unit_seed(raw, rectified)
+        return (max(raw, 0.0), raw > 0) if rectified else (raw, True)
+
+    if rectified:     # units are chosen in the rectified map (ties, all-zero maps: the first in row-major order)
+        a = a.clamp(min=0)
+
     if a.dim() == 2:
         if position not in ("max", None):
             raise ValueError(f"layer {layer!r} is fully connected: it has no spatial positions; "
                              f"use position='max', got {position!r}")
         c = int(a[0].argmax()) if channel is None else channel
-        seed[0, c] = 1.0
-        return seed, c, None, float(a[0, c])
+        value, active = unit((0, c), float(a[0, c]))
+        return seed, c, None, value, active
     H, W = a.shape[2:]
     if channel is None:
         flat = int(a[0].argmax())
@@ -136,7 +187,8 @@ def select_activation(act: torch.Tensor, layer: str, channel=None, position="max
     amap = a[0, channel]
     if position == "map":
         seed[0, channel] = amap.clamp(min=0)
-        return seed, channel, None, float(amap.clamp(min=0).sum())
+        total = float(amap.clamp(min=0).sum())
+        return seed, channel, None, total, total > 0
     if position == "max" or position is None:
         flat = int(amap.argmax())
         y, x = divmod(flat, W)
@@ -147,8 +199,8 @@ def select_activation(act: torch.Tensor, layer: str, channel=None, position="max
         y, x = int(position[0]), int(position[1])
         if not (0 <= y < H and 0 <= x < W):
             raise ValueError(f"position {(y, x)} is outside layer {layer!r}'s {H}x{W} feature map")
-    seed[0, channel, y, x] = 1.0
-    return seed, channel, (y, x), float(amap[y, x])
+    value, active = unit((0, channel, y, x), float(amap[y, x]))
+    return seed, channel, (y, x), value, active
 
 
 def _check_method(method):
@@ -178,7 +230,8 @@ def project(lens, image, layer, channel=None, *, position="max", method: str = "
     act = fwd.activations.get(path)
     if act is None:  # the forward ended before this module ran (not part of the path to the output)
         raise ValueError(f"layer {name!r} did not run during the forward; choose another layer")
-    seed, channel, pos, value = select_activation(act, name, channel, position)
+    seed, channel, pos, value, active = select_activation(act, name, channel, position,
+                                                          rectified=lens.rectified(path))
     if RULES[method].rectifies_signal and (lens.unruled_modules or lens._other_activations):
         what = ", ".join(lens.unruled_modules) or "functional calls"
         lens.warn_once(("others", method),
@@ -186,14 +239,14 @@ def project(lens, image, layer, channel=None, *, position="max", method: str = "
                        f"({', '.join(lens._other_activations) or 'see modules'}) are backpropagated as plain "
                        "gradients")
     fwd.state.rule = method
-    if not act.requires_grad:
+    if not act.requires_grad or not active:
         pixels = torch.zeros_like(fwd.input[0])
     elif (pixels := _cropped_backward(lens, fwd, path, seed, method)) is not None:
         pass
     else:
         (grad,) = torch.autograd.grad(act, fwd.input, seed, retain_graph=True, allow_unused=True)
         pixels = torch.zeros_like(fwd.input[0]) if grad is None else grad[0].detach()
-    return Projection(pixels, name, channel, pos, value, method)
+    return Projection(pixels, name, channel, pos, value, method, active)
 
 
 # ----- the cropped backward (on the model's graph: zfwidgets.core.backward) ------------------------------
@@ -266,9 +319,14 @@ def deconvnet_steps(lens, image, layer, channel=None, *, position="max", dtype=t
     At an add the signal goes down both branches; at a concatenation it is split by channels; where
     branches meet again their signals are summed. The result equals ``project(..., method="deconvnet")``.
 
-    Returns a list of ``(path, reconstruction)``: the signal *below* each node on the way down (for a node
-    with several inputs one entry per input, ``"path:input"``), the last entry being the projection in pixel
-    space (1 x C x H x W). ``dtype=torch.float64`` computes in double precision on a copy of the weights.
+    The top signal is the unit's activation (in a rectified layer, after its ReLU; a unit at or below 0
+    projects to zeros; see :func:`select_activation`), as in :func:`project`. Max-pool switches are torch's:
+    in a window with tied maxima the first in row-major order wins.
+
+    Returns a list of ``(path, reconstruction)`` (tensors detached from autograd): the signal *below* each
+    node on the way down (for a node with several inputs one entry per input, ``"path:input"``), the last
+    entry being the projection in pixel space (1 x C x H x W). ``dtype=torch.float64`` computes in double
+    precision on a copy of the weights.
 
     Example:
         >>> lens = zfwidgets.load("zfnet-fashion")
@@ -301,7 +359,8 @@ def deconvnet_steps(lens, image, layer, channel=None, *, position="max", dtype=t
         return node.module if dtype == torch.float32 else copy.deepcopy(node.module).to(dtype)
 
     values = _forward_values(graph, gm, module_of, x, target)
-    seed, channel, pos, value = select_activation(values[target.index].float(), name, channel, position)
+    seed, channel, pos, value, active = select_activation(values[target.index].float(), name, channel, position,
+                                                          rectified=graph.rectified(target))
     signals = {target.index: seed.to(dtype)}
     fx_index = {n.fx_node: n.index for n in graph.nodes} if graph.traced else {}
     steps = []
@@ -351,7 +410,7 @@ def deconvnet_steps(lens, image, layer, channel=None, *, position="max", dtype=t
         pixels = torch.zeros_like(x)
     if not steps or steps[-1][1] is not pixels:
         steps.append(("input", pixels))
-    return steps
+    return [(label, g.detach()) for label, g in steps]
 
 
 def _forward_values(graph, gm, module_of, x, target):

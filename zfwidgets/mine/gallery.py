@@ -166,8 +166,9 @@ class Gallery:
             im = patch[int(qo[n] - qo[first]): int(qo[n + 1] - qo[first])].numpy().reshape(h, w, 3).copy()
             pos = s["positions"][c, j]
             position = None if int(pos[0]) < 0 else (int(pos[0]), int(pos[1]))
-            out.append(Hit(int(s["indices"][c, j]), position, float(s["values"][c, j]),
-                           Box(y0, x0, y1, x1, (uy0, ux0, uy1, ux1)), im, p))
+            value = float(s["values"][c, j])
+            out.append(Hit(int(s["indices"][c, j]), position, value, Box(y0, x0, y1, x1, (uy0, ux0, uy1, ux1)),
+                           im, p, not (L.info.get("rectified", False) and value <= 0)))
         return out
 
     def top(self, layer, channels=None):

@@ -148,7 +148,7 @@ class _Dist:
 
 
 # ----- the pass ---------------------------------------------------------------------------------------
-def _reduce(a: torch.Tensor, name: str, threshold: torch.Tensor, k: int):
+def _reduce(a: torch.Tensor, name: str, threshold: torch.Tensor, k: int, rectified: bool = False):
     """The entries of one batch that can enter the maps' top-k states: ``(value, flat position of the maximum,
     image row, map)`` for each image's maximum per map that beats ``threshold`` (``C``: the state's k-th value,
     ``-inf`` while not full), the position the first maximum in row-major order (``-1`` for a fully connected
@@ -156,7 +156,9 @@ def _reduce(a: torch.Tensor, name: str, threshold: torch.Tensor, k: int):
     image without a second pass over the maxima. The maxima are one vectorised pass (``amax``), ten times
     quicker than ``max`` with its indices; after the first batches few maps of few images are candidates, and
     only theirs are searched for the position. While a state is not full (the first batch) only the batch's
-    own ``k`` best per map (ties included) can enter, and only they are searched."""
+    own ``k`` best per map (ties included) can enter, and only they are searched. In a ``rectified`` layer a
+    unit is read after the ReLU (ZF's unit, as :func:`zfwidgets.core.select_activation` reads it): the maxima
+    are clamped at 0 and a map at or below 0 everywhere has its first position."""
     if a.dim() == 4:
         flat = a.flatten(2)
         val = flat.amax(2)
@@ -164,6 +166,8 @@ def _reduce(a: torch.Tensor, name: str, threshold: torch.Tensor, k: int):
         flat, val = None, a
     else:
         raise ValueError(f"layer {name!r} has output shape {tuple(a.shape)}; expected N x C x H x W or N x K")
+    if rectified:
+        val = val.clamp(min=0)
     threshold = threshold.to(val.device, val.dtype)
     cand = val.le(threshold).logical_not_()
     if val.shape[0] > k and bool(torch.isneginf(threshold).any()):
@@ -172,7 +176,7 @@ def _reduce(a: torch.Tensor, name: str, threshold: torch.Tensor, k: int):
     if flat is None:
         pos = torch.full_like(b, -1)
     else:
-        pos = flat[b, c].argmax(1) if b.numel() else b
+        pos = (flat[b, c].clamp(min=0) if rectified else flat[b, c]).argmax(1) if b.numel() else b
     return val[b, c].float().cpu(), pos.cpu(), b.cpu(), c.cpu()
 
 
@@ -184,6 +188,7 @@ class _MaxHooks:
         from ..core.capture import StopForward
         self.lens, self.names, self.stop = lens, list(names), StopForward
         self.states = states    # {name: TopK}: positions are found only for the maxima that can enter
+        self.rectified = {n: lens.rectified(n) for n in self.names}
         self.out, self.handles = {}, []
 
     def _hook(self, name):
@@ -191,7 +196,7 @@ class _MaxHooks:
             if not isinstance(output, torch.Tensor):
                 raise TypeError(f"layer {name!r} returns {type(output).__name__}, not a tensor")
             st = self.states[name]
-            self.out[name] = _reduce(output, name, st.threshold(), st.k)
+            self.out[name] = _reduce(output, name, st.threshold(), st.k, self.rectified[name])
             if len(self.out) == len(self.names):
                 raise self.stop
         return hook
@@ -490,7 +495,8 @@ def _build(lens, specs, source, merged, results, widths, k, rule, weights_name, 
     layers, infos = {}, []
     for name, path, kind, C, cin in specs:
         st = merged[name]
-        info = {"name": name, "path": path, "kind": kind, "channels": C, "in_channels": lens.channels}
+        info = {"name": name, "path": path, "kind": kind, "channels": C, "in_channels": lens.channels,
+                "rectified": lens.rectified(name)}
         infos.append(info)
         flat, w = st.positions, widths[name]
         positions = torch.full((C, k, 2), -1, dtype=torch.long)

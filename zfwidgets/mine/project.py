@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ..core.geometry import grow_hw, out_size, window_params
+from ..core.project import unit_seed
 from .walk import chain_plan, record, walk
 
 __all__ = ["project_winners", "SEEDS_PER_WALK"]
@@ -101,13 +102,14 @@ def _hits(specs, states, widths):
     for name, path, kind, C, cin in specs:
         st, w = states[name], widths[name]
         indices, positions = st.indices.tolist(), st.positions.tolist()   # python ints: no tensor indexing
+        values = st.values.tolist()
         for c in range(C):
             for j in range(st.k):
                 i = indices[c][j]
                 if i >= 0:
                     f = positions[c][j]
                     pos = None if w is None else (f // w, f % w)
-                    out.append((i, name, path, c, j, pos))
+                    out.append((i, name, path, c, j, pos, values[c][j]))
     return out
 
 
@@ -176,7 +178,8 @@ def _walk_graph(lens, xs, hits, plans, rule, row_of, displays, fields, out, bar)
                         if a1 > a0 and b1 > b0:
                             proj[:, a0 - y0:a1 - y0, b0 - x0:b1 - x0] = sig.g[n, :, a0 - wy:a1 - wy, b0 - wx:b1 - wx]
                     patch = displays[row_of[s[0]]][y0:y1, x0:x1].copy()
-                    out[(name, s[3], s[4])] = ((y0, x0, y1, x1, *box.unclipped), proj.cpu(), patch)
+                    out[(name, s[3], s[4])] = ((y0, x0, y1, x1, *box.unclipped),
+                                               proj.cpu() * unit_seed(s[6], lens.rectified(name)), patch)
                 if bar is not None:
                     bar.update(len(part))
 
@@ -218,6 +221,12 @@ def project_winners(lens, source, specs, states, widths, rule, chunk, rank, worl
         bar = tqdm(total=sum(len(by_image[i]) for q in mine for i in chunks[q]), desc="projections", unit="hit",
                    dynamic_ncols=True, leave=True)
     out, fields, plans = {}, {}, {}
+    rectified = {s[0]: lens.rectified(s[0]) for s in specs}
+
+    def scale(hit):
+        """A projection walked from a seed of 1 times the unit's top signal (its activation: ZF's unit)."""
+        return unit_seed(hit[6], rectified[hit[1]])
+
     try:
         for q in mine:
             ims = chunks[q]
@@ -248,7 +257,7 @@ def project_winners(lens, source, specs, states, widths, rule, chunk, rank, worl
                             else:
                                 proj = g[n, :, y0 - uy0:y1 - uy0, x0 - ux0:x1 - ux0].clone()
                             patch = displays[row_of[s[0]]][y0:y1, x0:x1].copy()
-                            out[(name, s[3], s[4])] = ((y0, x0, y1, x1, *box.unclipped), proj, patch)
+                            out[(name, s[3], s[4])] = ((y0, x0, y1, x1, *box.unclipped), proj * scale(s), patch)
                         if bar is not None:
                             bar.update(len(part))
             rest = [h for h in chunk_hits if h[2] not in walked]
@@ -258,7 +267,7 @@ def project_winners(lens, source, specs, states, widths, rule, chunk, rank, worl
                 rest = [h for h in rest if h not in graph_hits]
             if rest:
                 from ..core.project import project
-                for i, name, path, c, j, pos in rest:
+                for i, name, path, c, j, pos, _ in rest:
                     x = xs[row_of[i]:row_of[i] + 1]
                     p = project(lens, x, name, c, position="max" if pos is None else pos, method=rule)
                     if name not in fields:

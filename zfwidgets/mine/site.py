@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..core.project import render
+from ..core.project import not_active_image, render
 
 __all__ = ["write_site"]
 
@@ -80,7 +80,8 @@ def write_site(gallery, folder, *, layers=None, zoom=None) -> Path:
             z = zoom or max(1, min(4, 96 // max(th, 1)))
             proj_imgs, patch_imgs = [], []
             for j, h in enumerate(hits):
-                p = _tile(h, render(h.projection, "signed", scale if scale > 0 else None), 128)
+                p = _tile(h, render(h.projection, "signed", scale if scale > 0 else None) if h.active
+                          else not_active_image(*h.projection.shape[-2:]), 128)
                 q = _tile(h, h.patch if h.patch.ndim == 3 else np.repeat(h.patch[..., None], 3, 2), 255)
                 for kind, arr, out in (("p", p, proj_imgs), ("i", q, patch_imgs)):
                     name = f"img/{layer}/c{c}_{j}_{kind}.png"
@@ -88,7 +89,8 @@ def write_site(gallery, folder, *, layers=None, zoom=None) -> Path:
                     iid = html.escape(gallery.image_id(h.index))
                     what = "projection" if kind == "p" else "patch"
                     out.append(f"<img src='{html.escape(name)}' width='{arr.shape[1] * z}' height='{arr.shape[0] * z}'"
-                               f" alt='{what} {j + 1}' title='{iid}: {h.activation:.4g} at {h.position}'>")
+                               f" alt='{what} {j + 1}' title='{iid}: {h.activation:.4g} at {h.position}"
+                               f"{'' if h.active else ', not active on this image'}'>")
                     n_img += 1
             g = f"<div class='grid' style='grid-template-columns:repeat({grid},auto)'>"
             blocks.append(f"<div class='map' id='map{c}'><h3>{html.escape(layer)} map {c} "

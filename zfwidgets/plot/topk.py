@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 
-from ..core.project import render
+from ..core.project import not_active_image, render
 
 __all__ = ["plot_top_activations"]
 
@@ -101,12 +101,14 @@ def plot_top_activations(top, channels=None, *, mode: str = "signed", cols: int 
         else:
             scale = max(float(h.projection.abs().sum(0).max()) for h in hits)
             blank = 0
-        proj_tiles = [_place(tile_hw, h, render(h.projection, mode, scale if scale > 0 else None), blank)
-                      for h in hits]
+        proj_tiles = [_place(tile_hw, h, render(h.projection, mode, scale if scale > 0 else None) if h.active
+                             else not_active_image(*h.projection.shape[-2:]), blank) for h in hits]
         patch_tiles = [_place(tile_hw, h, _rgb(h.patch), _BLANK) for h in hits]
         ax_p.imshow(_mosaic(proj_tiles, grid, tile_hw), interpolation="nearest")
         ax_i.imshow(_mosaic(patch_tiles, grid, tile_hw), interpolation="nearest")
-        ax_p.set_title(f"{top.layer} #{c}: projections", fontsize=8)
+        off = sum(not h.active for h in hits)
+        ax_p.set_title(f"{top.layer} #{c}: projections" + (f" ({off} not active: crossed)" if off else ""),
+                       fontsize=8)
         ax_i.set_title(f"patches (max {hits[0].activation:.3g})", fontsize=8)
     how = "signed, zero = mid grey" if mode == "signed" else "|x| heat map"
     fig.suptitle(f"Top-{top.k} activations of {top.layer} ({top.method} projections, {how}, one scale per map; "

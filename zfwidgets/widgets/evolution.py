@@ -16,6 +16,7 @@ import ipywidgets as W
 import numpy as np
 import torch
 
+from ..core.project import not_active_image
 from ._common import Panel, display_factor, fit, image_widget, png_bytes, upscale
 
 __all__ = ["EvolutionPanel"]
@@ -146,7 +147,8 @@ class EvolutionPanel(Panel):
                 projs = ev.projections[l][:, s]                          # c x C x H x W
                 h, w = projs.shape[-2:]
                 f = display_factor(h, w, self.tile_size)
-                tiles = [upscale(_render(p), f) for p in projs]
+                live = ev.active[l][:, s] if l in ev.active else np.ones(len(projs), bool)
+                tiles = [upscale(_render(p) if on else not_active_image(*p.shape[-2:]), f) for p, on in zip(projs, live)]
                 if ev.images is not None:
                     pics = [upscale(ev.images[int(ev.image_index[l][c, s])], f) for c in range(len(projs))]
                 else:
@@ -180,9 +182,13 @@ class EvolutionPanel(Panel):
             txt = ", ".join("–" if not np.isfinite(v) else f"{v:.2f}" for v in sims)
             parts.append(f'<span class="zf-similarity" data-layer="{html.escape(l)}">{html.escape(l)}: '
                          f'{txt}</span>')
+        off = [f"{l} map {c}" for l in ev.layers if l in ev.active
+               for c, on in zip(ev.channels[l], ev.active[l][:, self.snapshot]) if not on]
+        note = (f'; <span class="zf-not-active">not active on these images (crossed out): {html.escape(", ".join(off))}'
+                '</span>') if off else ""
         self.info.value = (f'<span class="zf-epoch-now" data-epoch="{ev.epochs[self.snapshot]}">epoch '
                            f'{ev.epochs[self.snapshot]}</span> ({self.snapshot + 1} of {len(ev.epochs)}); cosine '
-                           f'similarity to the last snapshot: ' + "; ".join(parts))
+                           f'similarity to the last snapshot: ' + "; ".join(parts) + note)
 
     def _state(self) -> dict:
         ev = self.result

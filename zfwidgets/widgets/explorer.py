@@ -17,8 +17,9 @@ import numpy as np
 
 from ..core.inputs import image_of, label_of
 from ..core.project import METHODS as PROJECTION_METHODS
-from ._common import (Panel, display_factor, image_widget, mosaic, png_bytes, probs_html, show_png,
-                      to_uint8_map, upscale)
+from ..core.project import not_active_image
+from ._common import (Panel, display_factor, image_widget, mosaic, png_bytes, probs_html,
+                      show_png, to_uint8_map, upscale)
 
 __all__ = ["Explorer"]
 
@@ -440,16 +441,22 @@ class Explorer(Panel):
         p = projections[self.method]
         self.projection, self.projections = p, (projections if self.side_by_side else {})
         factor = self._factor(*p.pixels.shape[-2:])
-        show_png(self.projection_image, upscale(p.to_image(), factor))
+
+        def picture(q):      # a unit at 0 after its ReLU projects to nothing: say so rather than show grey
+            return q.to_image() if q.active else not_active_image(*q.pixels.shape[-2:])
+        show_png(self.projection_image, upscale(picture(p), factor))
         if self.side_by_side:
             for m, q in projections.items():
-                show_png(self.side_images[m], upscale(q.to_image(), factor))
+                show_png(self.side_images[m], upscale(picture(q), factor))
         pos = "" if p.position is None else ",".join(str(v) for v in p.position)
         where = "strongest activation" if self.position == "max" else f"position {p.position}"
+        what = (f"{p.method} projection of {html.escape(p.layer)} map {p.channel}, {where} ({p.activation:.3g})"
+                if p.active else f"{html.escape(p.layer)} map {p.channel}, {where}: <b>not active on this image</b> "
+                "(0 after its ReLU: it projects to nothing)")
         self.projection_info.value = (
             f'<span data-layer="{html.escape(p.layer)}" data-channel="{p.channel}" data-position="{pos}" '
-            f'data-activation="{p.activation:.6g}" data-method="{p.method}">{p.method} projection of '
-            f'{html.escape(p.layer)} map {p.channel}, {where} ({p.activation:.3g})</span>')
+            f'data-activation="{p.activation:.6g}" data-method="{p.method}" '
+            f'data-active="{str(p.active).lower()}">{what}</span>')
         self.map_canvas.redraw_overlay()
 
     # ----- overlays ------------------------------------------------------------------------------
@@ -480,6 +487,7 @@ class Explorer(Panel):
                 "channels": None if self._acts is None else int(self._acts.shape[0]),
                 "position": self.position, "projected": None if p is None else p.position,
                 "activation": None if p is None else p.activation, "method": self.method,
+                "active": None if p is None else p.active,
                 "side_by_side": self.side_by_side, "top5": list(self._top5), "top1": self._top1,
                 "images": len(self.entries), "renders": self.renders}
 

@@ -17,6 +17,7 @@ import math
 import ipywidgets as W
 import numpy as np
 
+from ..core.project import not_active_image
 from ._common import Panel, display_factor, png_bytes, upscale
 
 __all__ = ["TopGallery"]
@@ -189,7 +190,8 @@ class TopGallery(Panel):
         tw = max(max(h.box.unclipped[3] - h.box.unclipped[1], h.box.width) for h in hits)
         scale = max(float(h.projection.abs().max()) for h in hits)
         factor = display_factor(th, tw, self.tile_size)
-        proj_tiles = [self._place(h, _render(h.projection, scale), th, tw, 128) for h in hits]
+        proj_tiles = [self._place(h, _render(h.projection, scale) if h.active else
+                                  not_active_image(*h.projection.shape[-2:]), th, tw, 128) for h in hits]
         patch_tiles = [self._place(h, self._rgb(h.patch), th, tw, 255) for h in hits]
         grid = max(1, math.ceil(math.sqrt(self.result.k)))
         proj = self._grid(proj_tiles, grid, factor)
@@ -198,7 +200,10 @@ class TopGallery(Panel):
         self.proj_canvas.set_picture(png_bytes(proj), proj.shape[1], proj.shape[0])
         self.patch_canvas.set_picture(png_bytes(patches), patches.shape[1], patches.shape[0])
         vals = ", ".join(f"{h.activation:.3g}" for h in hits)
-        self.info.value = f"map {self.channel}: activations {vals}"
+        off = sum(not h.active for h in hits)
+        note = (f'; <span class="zf-not-active">{off} of {len(hits)} not active on their image (0 after the '
+                'ReLU: crossed out)</span>') if off else ""
+        self.info.value = f"map {self.channel}: activations {vals}{note}"
 
     @staticmethod
     def _rgb(patch) -> np.ndarray:
