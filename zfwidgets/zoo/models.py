@@ -7,6 +7,9 @@ and AlexNet); in ``allconv-fashion`` each of those poolings is a learned 3x3 str
 ``zfnet-fashion`` with an AlexNet-like first layer (9x9 filters at stride 3 instead of 5x5 at stride 1:
 ZF Fig. 6's comparison at 28x28 scale). ``zfnet-fashion-half`` is ``zfnet-fashion`` with five outputs,
 trained on five of the ten classes only (the source of the within-domain transfer, ZF Sec. 5.2).
+``zfnet-fashion-randomlabels`` is ``zfnet-fashion`` trained to memorise randomly permuted labels of a training
+subset (the data randomisation test of Adebayo et al., 2018: its projections should differ from the real model's
+if they depend on what the model learned).
 
 Modules carry the friendly names directly (``model.conv1``, ``model.fc6``...), so a layer name is also
 its module path.
@@ -52,6 +55,8 @@ SPECS = {
     "allconv-fashion": dict(pool="conv", conv1=(5, 1, 2), classes=10),
     "zfnet-fashion-coarse": dict(pool="max", conv1=(9, 3, 4), classes=10),
     "zfnet-fashion-half": dict(pool="max", conv1=(5, 1, 2), classes=5),
+    # zfnet-fashion trained on randomly permuted labels (Adebayo et al.'s data randomisation test)
+    "zfnet-fashion-randomlabels": dict(pool="max", conv1=(5, 1, 2), classes=10, labels="permuted"),
 }
 # the Fashion-MNIST classes zfnet-fashion-half is trained on (T-shirt/top, Trouser, Coat, Sandal, Bag); the
 # other five (Pullover, Dress, Shirt, Sneaker, Ankle boot) are the transfer targets: each has a relative

@@ -15,6 +15,8 @@ Commands (each reproduces what ships; --recipe runs the bundled model's two stag
     python -m zfwidgets.zoo.train --arch zfnet-fashion-coarse --recipe --threads 1
     python -m zfwidgets.zoo.train --arch zfnet-fashion-half --recipe --threads 1 --snapshots 1,2,3,4,6,8,12
     python -m zfwidgets.zoo.train --arch zfnet-fashion --ablation --threads 1 [--variants a,b --out DIR --keep DIR]
+    python -m zfwidgets.zoo.train --arch zfnet-fashion-randomlabels --subset 4000 --epochs 60 --no-augment \
+        --dropout 0 --batchnorm --snapshots none
 """
 from __future__ import annotations
 
@@ -144,6 +146,9 @@ def train(arch: str, *, epochs: int, seed: int, variant: str = "base", batch_siz
     if subset is not None:  # a fixed random subset of the training set (ablations: cheaper, same for all)
         keep = torch.randperm(len(xtr), generator=torch.Generator().manual_seed(seed))[:subset]
         xtr, ytr = xtr[keep], ytr[keep]
+    permuted = SPECS[arch].get("labels") == "permuted"
+    if permuted:   # the data randomisation test: the same images, their labels shuffled among them (fixed)
+        ytr = ytr[torch.randperm(len(ytr), generator=torch.Generator().manual_seed(seed + 2))]
     # training accuracy on a fixed sample of the training set (or all of it): evaluation is not free on 2 cores
     ev = torch.randperm(len(xtr), generator=torch.Generator().manual_seed(seed + 1))[:train_eval] \
         if train_eval else slice(None)
@@ -194,11 +199,12 @@ def train(arch: str, *, epochs: int, seed: int, variant: str = "base", batch_siz
         if out is not None and epoch in snapshots and epoch != last:
             torch.save(_half_state(shipped), out / f"{arch}.epoch{epoch}.pt")
     command = (f"python -m zfwidgets.zoo.train --arch {arch} --epochs {epochs} --seed {seed}"
+               + (f" --subset {subset}" if subset is not None else "")
                + (f" --train-eval {train_eval}" if train_eval else "") + (f" --lr {lr}" if lr != 2e-3 else "")
                + (" --resume" if resume else "") + ("" if augment else " --no-augment")
                + (f" --dropout {dropout}" if dropout is not None else "")
                + (" --batchnorm" if batchnorm else "") + (" --channels-last" if channels_last else "")
-               + (" --snapshots " + ",".join(map(str, snapshots))
+               + (" --snapshots " + (",".join(map(str, snapshots)) or "none")
                   if tuple(snapshots) != SNAPSHOT_EPOCHS and not resume else ""))
     stages = (previous.get("stages", [previous["command"]]) if previous else []) + [command]
     card = {"name": arch, "variant": variant, "seed": seed, "epochs": last, "batch_size": batch_size,
@@ -209,6 +215,8 @@ def train(arch: str, *, epochs: int, seed: int, variant: str = "base", batch_siz
             "snapshot_epochs": ([e for e in previous["snapshot_epochs"][:-1]] if previous else [])
             + [e for e in snapshots if first <= e < last] + [last],
             "train_images": len(xtr), "train_accuracy_images": len(xev),
+            **({"labels": "randomly permuted among the training images (fixed by the seed): train accuracy is "
+                          "against the permuted labels, test accuracy against the true ones"} if permuted else {}),
             **({"classes": list(classes), "class_names": [FASHION_CLASSES[c] for c in classes]}
                if classes is not None else {}),
             "memory_format": "channels_last" if channels_last else (previous or {}).get("memory_format",
@@ -348,14 +356,15 @@ def main(argv=None) -> int:
                    help="with --ablation: a folder to keep each variant's final weights in")
     p.add_argument("--channels-last", action="store_true", help="train in channels-last memory layout")
     p.add_argument("--snapshots", default=None,
-                   help="comma-separated epochs to keep snapshots of (default 1,2,4,8)")
+                   help="comma-separated epochs to keep snapshots of (default 1,2,4,8; none: no snapshots)")
     p.add_argument("--train-eval", type=int, default=None,
                    help="measure training accuracy on a fixed sample of N training images (default: all)")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     a.out.mkdir(parents=True, exist_ok=True)
     log = lambda s: print(s, flush=True)  # noqa: E731
-    snapshots = tuple(int(e) for e in a.snapshots.split(",")) if a.snapshots else SNAPSHOT_EPOCHS
+    snapshots = () if a.snapshots == "none" else \
+        tuple(int(e) for e in a.snapshots.split(",")) if a.snapshots else SNAPSHOT_EPOCHS
     if a.ablation:
         ablation(a.arch, seed=a.seed, out=a.out, root=a.data_root, log=log,
                  variants=a.variants.split(",") if a.variants else None, keep=a.keep)
