@@ -40,6 +40,7 @@ _LAZY = {
     # what a projection can and cannot tell (Adebayo et al. 2018; Mahendran & Vedaldi 2016)
     "randomize": "zfwidgets.analysis.sanity",
     "sanity_check": "zfwidgets.analysis.sanity",
+    "data_randomization": "zfwidgets.analysis.sanity",
     "selectivity": "zfwidgets.analysis.sanity",
     # the data-set miner and its gallery file
     "mine": "zfwidgets.mine.miner",

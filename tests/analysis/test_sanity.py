@@ -251,3 +251,32 @@ def test_a_convolution_inside_a_block_is_reset_alone_not_cascaded():
     assert changed(before, r.model) == ["layer1.1.conv2.weight"]
     assert r.name == "resnet18 (conv5 randomised)"
     assert changed(before, lens.model) == []
+
+
+def test_data_randomization_equals_a_recomputation(lens, images):
+    """The data randomisation test's figures: the other model's projections of the trained model's unit,
+    compared by the similarities written out above. The other model here is the same architecture with weights
+    made by hand (its own reset_parameters under a seed): the test needs the comparison, not the training."""
+    torch.manual_seed(7)
+    other_model = copy.deepcopy(lens.model)
+    for m in other_model.modules():
+        if hasattr(m, "reset_parameters") and m is not other_model:
+            m.reset_parameters()
+    other = zf.Lens(other_model, transform=lens.transform, class_names=lens.class_names,
+                    input_size=lens.input_size, mean=lens.mean, std=lens.std, name="other")
+    before = state(lens.model)
+    dr = zf.data_randomization(lens, other, images, methods=("guided", "gradient"), keep=2, progress=False)
+    assert dr.steps == ["none", "random labels"] and dr.layer == "fc8"
+    tops = [int(lens.predict(im).argmax()) for im in images]
+    for m in dr.methods:
+        for i, im in enumerate(images):
+            a = zf.project(lens, im, "fc8", tops[i], method=m).pixels
+            b = zf.project(other, im, "fc8", tops[i], method=m).pixels
+            assert torch.allclose(dr.projections[m]["random labels"][i], b, atol=1e-6)
+            expected = metrics_by_hand(a, b)
+            for metric in METRICS:
+                assert dr.per_image(m, "random labels", metric)[i] == pytest.approx(expected[metric], abs=1e-6)
+    assert changed(before, lens.model) == []
+    assert dr.kind_steps()[0] == "labels" and len(dr.plot().axes) == 2 * 3 + 4
+    with pytest.raises(ValueError, match="same architecture"):
+        zf.data_randomization(lens, zf.load("allconv-fashion"), images, progress=False)

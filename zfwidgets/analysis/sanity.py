@@ -50,7 +50,8 @@ from ..core.project import METHODS, project
 from ..lens import Lens
 from ._common import check_flag, check_int, check_lens
 
-__all__ = ["randomize", "sanity_check", "SanityCheck", "selectivity", "Selectivity", "similarities",
+__all__ = ["randomize", "sanity_check", "data_randomization", "SanityCheck", "selectivity", "Selectivity",
+           "similarities",
            "METRICS", "randomised_layers", "all_steps"]
 
 METRICS = ("spearman_abs", "spearman", "ssim", "hog")
@@ -303,14 +304,23 @@ class SanityCheck:
         v = self.per_image(method, step, metric)
         return float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
 
-    def curve(self, method: str, metric: str = "spearman_abs", kind: str = "cascade") -> tuple[list, np.ndarray]:
-        """``(steps, means)``: ``"none"`` and the steps of ``kind`` (``"cascade"`` or ``"independent"``) in order."""
-        if kind not in ("cascade", "independent"):
-            raise ValueError(f"kind must be 'cascade' or 'independent', got {kind!r}")
-        steps = [s for s in self.steps if s == "none" or s.startswith(kind + ":")]
+    def kind_steps(self, kind: str | None = None) -> tuple[str, list]:
+        """``(kind, steps)``: ``"none"`` and the steps of ``kind`` in order: ``"cascade"``, ``"independent"`` or
+        ``"labels"`` (the data randomisation test's); ``None``: ``"labels"`` for a :func:`data_randomization`
+        result, else ``"cascade"``."""
+        if kind is None:
+            kind = "labels" if RANDOM_LABELS in self.steps else "cascade"
+        if kind not in ("cascade", "independent", "labels"):
+            raise ValueError(f"kind must be 'cascade', 'independent' or 'labels', got {kind!r}")
+        return kind, [s for s in self.steps if s == "none" or s.startswith(kind + ":")
+                      or (kind == "labels" and s == RANDOM_LABELS)]
+
+    def curve(self, method: str, metric: str = "spearman_abs", kind: str | None = None) -> tuple[list, np.ndarray]:
+        """``(steps, means)``: ``"none"`` and the steps of ``kind`` in order (see :meth:`kind_steps`)."""
+        _, steps = self.kind_steps(kind)
         return steps, np.array([self.similarity(method, s, metric) for s in steps])
 
-    def plot(self, *, kind: str = "cascade", image: int = 0, figsize=None):
+    def plot(self, *, kind: str | None = None, image: int = 0, figsize=None):
         """Adebayo et al.'s figure: methods x randomisation steps, and the similarity curves."""
         from ..plot.sanity import plot_sanity_check
         return plot_sanity_check(self, kind=kind, image=image, figsize=figsize)
@@ -402,15 +412,37 @@ def sanity_check(lens, images, layer=None, methods=DEFAULT_METHODS, *, steps=Non
         wanted = ["none"] + [s for s in possible[1:] if s in steps]
     x = _inputs(lens, images)
     N = x.shape[0]
+    # the unit of each image, chosen on the trained model, and the trained projections
+    name, path, units, trained = _trained_units(lens, x, layer, methods)
+    unit = "class score of the trained model's top class" if layer is None else \
+        f"strongest unit of {name} in the trained model"
+
+    # steps that re-initialise only layers above the unit's layer cannot change it
+    can_change = all_steps(lens, None if layer is None else path)
+    skipped = [s for s in wanted if s not in can_change]
+    run = [s for s in wanted if s not in skipped]
+    note = (f"steps {skipped} re-initialise only layers above {name}, which cannot change a unit of {name}: "
+            "left out") if skipped else ""
+
+    def lens_of(s):
+        kind, lname = s.split(":", 1)
+        return randomize(lens, lname, cascade=kind == "cascade", seed=seed)
+    values, projections = _compare_steps(lens, x, name, methods, units, trained, run, lens_of, keep, progress,
+                                         "sanity check")
+    shown = [lens.to_display(x[i]) for i in range(min(keep, N))]
+    return SanityCheck(name, unit, methods, run, values, units, skipped, note, seed, projections, shown)
+
+
+def _trained_units(lens, x, layer, methods):
+    """``(name, path, units, trained projections)``: each image's unit on ``lens`` (the top class's score for
+    ``layer=None``, else the layer's strongest unit) and its projection by every method."""
     last = lens.layers[-1]
     if layer is None:
         name, path = last, lens.resolve(last)[1]
     else:
         name, path, _ = lens.resolve(layer)
-
-    # the unit of each image, chosen on the trained model, and the trained projections
     units, trained = [], {m: [] for m in methods}
-    for i in range(N):
+    for i in range(x.shape[0]):
         if layer is None:
             fwd = lens.forward(x[i])
             act = fwd.activations.get(path)
@@ -425,36 +457,70 @@ def sanity_check(lens, images, layer=None, methods=DEFAULT_METHODS, *, steps=Non
         units.append((channel, position))
         for m in methods:
             trained[m].append(_project(lens, x[i], name, channel, position or "max", m))
-    unit = "class score of the trained model's top class" if layer is None else \
-        f"strongest unit of {name} in the trained model"
+    return name, path, units, trained
 
-    # steps that re-initialise only layers above the unit's layer cannot change it
-    can_change = all_steps(lens, None if layer is None else path)
-    skipped = [s for s in wanted if s not in can_change]
-    run = [s for s in wanted if s not in skipped]
-    note = (f"steps {skipped} re-initialise only layers above {name}, which cannot change a unit of {name}: "
-            "left out") if skipped else ""
 
+def _compare_steps(lens, x, name, methods, units, trained, run, lens_of, keep, progress, desc):
+    """Per step (``"none"``: the model itself; any other: the lens ``lens_of(step)``), each method's projection
+    of every image's unit compared with the trained one: ``(values, projections)`` as :class:`SanityCheck`
+    holds them."""
+    N = x.shape[0]
     values = {m: {s: {mt: np.full(N, np.nan) for mt in METRICS} for s in run} for m in methods}
     projections = {m: {} for m in methods}
-    for s in _progress(run, total=len(run), desc="sanity check", enabled=progress):
-        if s == "none":
-            rlens = None
-        else:
-            kind, lname = s.split(":", 1)
-            rlens = randomize(lens, lname, cascade=kind == "cascade", seed=seed)
+    for s in _progress(run, total=len(run), desc=desc, enabled=progress):
+        other = None if s == "none" else lens_of(s)
         for i in range(N):
             channel, position = units[i]
             for m in methods:
-                q = trained[m][i] if rlens is None else _project(rlens, x[i], name, channel, position or "max", m)
+                q = trained[m][i] if other is None else _project(other, x[i], name, channel, position or "max", m)
                 for mt, v in similarities(trained[m][i], q).items():
                     values[m][s][mt][i] = v
                 if i < keep:
                     projections[m].setdefault(s, []).append(q)
-        if rlens is not None:
-            rlens.clear_cache()
-    shown = [lens.to_display(x[i]) for i in range(min(keep, N))]
-    return SanityCheck(name, unit, methods, run, values, units, skipped, note, seed, projections, shown)
+        if other is not None:
+            other.clear_cache()
+    return values, projections
+
+
+RANDOM_LABELS = "random labels"
+
+
+def data_randomization(lens, other, images, layer=None, methods=DEFAULT_METHODS, *, keep: int = 1,
+                       progress=True) -> SanityCheck:
+    """Adebayo et al.'s data randomisation test: the same architecture trained on randomly permuted labels
+    (``other``: a lens, or a bundled model's name such as ``"zfnet-fashion-randomlabels"``) against the model
+    trained on the true ones (``lens``). The unit is chosen on ``lens`` as in :func:`sanity_check` (by default
+    the score of its top class on each image) and projected by both; their similarities are step
+    ``"random labels"`` of the result (``"none"`` is the model against itself). A method whose maps depend on
+    what the model learned gives low similarities: a model that memorised noise has nothing to show.
+
+    Example:
+        >>> other = randomize(lens, "conv1")      # stands in here for zfwidgets.load("zfnet-fashion-randomlabels")
+        >>> dr = data_randomization(lens, other, images[:2], methods=("gradient",), progress=False)
+        >>> dr.steps
+        ['none', 'random labels']
+    """
+    check_lens(lens)
+    if isinstance(other, str):
+        from ..zoo import load
+        other = load(other)
+    check_lens(other)
+    methods = _check_methods(methods)
+    keep = check_int("keep", keep, minimum=0)
+    check_flag("progress", progress)
+    if [i.path for i in other.table] != [i.path for i in lens.table] or other.input_size != lens.input_size:
+        raise ValueError(f"the two lenses must be the same architecture: {lens.name} has layers {lens.layers} at "
+                         f"input {lens.input_size}, {other.name} has {other.layers} at {other.input_size}")
+    x = _inputs(lens, images)
+    name, _, units, trained = _trained_units(lens, x, layer, methods)
+    run = ["none", RANDOM_LABELS]
+    values, projections = _compare_steps(lens, x, name, methods, units, trained, run, lambda s: other, keep,
+                                         progress, "data randomisation")
+    unit = "class score of the trained model's top class" if layer is None else \
+        f"strongest unit of {name} in the trained model"
+    shown = [lens.to_display(x[i]) for i in range(min(keep, x.shape[0]))]
+    return SanityCheck(name, unit, methods, run, values, units, [], f"{RANDOM_LABELS}: {other.name}", 0,
+                       projections, shown)
 
 
 # ----- selectivity -------------------------------------------------------------------------------

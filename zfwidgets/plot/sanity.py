@@ -26,9 +26,10 @@ _METRIC_TITLES = {"spearman_abs": "Spearman, |map|", "spearman": "Spearman, sign
                   "hog": "HOG (Pearson)"}
 
 
-def plot_sanity_check(result, *, kind: str = "cascade", image: int = 0, figsize=None):
-    """Draw a :class:`~zfwidgets.analysis.sanity.SanityCheck` (``kind``: ``"cascade"`` or ``"independent"``
-    steps; ``image``: which of the kept images' projections to show).
+def plot_sanity_check(result, *, kind: str | None = None, image: int = 0, figsize=None):
+    """Draw a :class:`~zfwidgets.analysis.sanity.SanityCheck` (``kind``: ``"cascade"``, ``"independent"`` or
+    ``"labels"`` steps, default the result's own: see its ``kind_steps``; ``image``: which of the kept images'
+    projections to show).
 
     Example:
         >>> from zfwidgets.analysis.sanity import sanity_check
@@ -37,9 +38,7 @@ def plot_sanity_check(result, *, kind: str = "cascade", image: int = 0, figsize=
     """
     from matplotlib.figure import Figure
 
-    if kind not in ("cascade", "independent"):
-        raise ValueError(f"kind must be 'cascade' or 'independent', got {kind!r}")
-    steps = [s for s in result.steps if s == "none" or s.startswith(kind + ":")]
+    kind, steps = result.kind_steps(kind)
     kept = len(result.images)
     if not 0 <= image < kept:
         raise ValueError(f"image {image} has no kept projections: {kept} image(s) kept (sanity_check(keep=...))")
@@ -55,7 +54,7 @@ def plot_sanity_check(result, *, kind: str = "cascade", image: int = 0, figsize=
         for c, s in enumerate(steps, start=1):
             axes[c].imshow(render(result.projections[m][s][image], "abs"), interpolation="nearest")
             if r == 0:
-                axes[c].set_title("trained" if s == "none" else s.split(":", 1)[1], fontsize=8)
+                axes[c].set_title("trained" if s == "none" else s.split(":", 1)[-1], fontsize=8)
         for ax in axes:
             ax.set_xticks([])
             ax.set_yticks([])
@@ -63,7 +62,7 @@ def plot_sanity_check(result, *, kind: str = "cascade", image: int = 0, figsize=
             axes[0].set_title("image", fontsize=8)
     metrics = list(result.values[methods[0]][steps[0]])      # the result's metrics, in its order
     curves = np.atleast_1d(grid[-1].subgridspec(1, len(metrics)).subplots())
-    labels = ["trained" if s == "none" else s.split(":", 1)[1] for s in steps]
+    labels = ["trained" if s == "none" else s.split(":", 1)[-1] for s in steps]
     for ax, metric in zip(curves, metrics):
         for m in methods:
             _, ys = result.curve(m, metric, kind)
@@ -74,6 +73,6 @@ def plot_sanity_check(result, *, kind: str = "cascade", image: int = 0, figsize=
         ax.tick_params(labelsize=7)
     curves[0].legend(fontsize=6, loc="lower left")
     what = "top class score" if result.unit.startswith("class score") else f"strongest unit of {result.layer}"
-    fig.suptitle(f"{kind} randomisation, {what}: |projection| (each scaled to its max); similarity to the trained "
+    fig.suptitle(f"{'data (label)' if kind == 'labels' else kind} randomisation, {what}: |projection| (each scaled to its max); similarity to the trained "
                  "model's, mean over images", fontsize=9)
     return fig
