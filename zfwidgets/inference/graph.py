@@ -48,6 +48,7 @@ Example:
 from __future__ import annotations
 
 import math
+import operator
 import time
 from dataclasses import dataclass
 
@@ -92,6 +93,9 @@ SETUP_FORWARDS = 4
 # product reads them faster than torch's default path, from the same dense weights (no copy). Used for
 # batches up to this size where torch has it (a private op: looked up at import, its failure falls back).
 _ONEDNN_ROWS = 16
+# operations whose output is a view of their input (no new memory in a forward)
+_VIEWS = {torch.flatten, torch.reshape, operator.getitem, "view", "reshape", "flatten", "contiguous", "squeeze",
+          "unsqueeze", "permute", "transpose"}
 _ONEDNN_LINEAR = getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None) \
     if torch.backends.mkldnn.is_available() else None
 
@@ -505,7 +509,7 @@ class GraphOcclusion:
         """Bytes a batch of ``boxes`` holds at its peak, the larger of its two ways: through the plan, the node
         values still to be read (a window per box where the plan has one, the whole map per box where it runs
         on whole maps), the input window gathered for the node being run, and the whole maps of ``layers``
-        handed back; as plain forwards, a node's input and output per box. The cached forward of the
+        handed back; as plain forwards, every node's output while a later node still reads it. The cached forward of the
         unoccluded image is not counted: it is held whatever the batch.
 
         >>> e = GraphOcclusion(lens, image)
@@ -518,12 +522,12 @@ class GraphOcclusion:
         nodes = self.graph.nodes
         size = {n.index: math.prod(n.out_shape[1:]) for n in nodes if isinstance(n.out_shape, tuple)
                 and len(n.out_shape) > 1}
-        plain = 2 * B * max(size.values(), default=0)
+        want = set(self._targets(layers))
+        life = self._lifetimes(want | {nodes[-1].index})
+        plain = B * self._plain_peak(size, life)
         if not self.incremental:
             return plain * self.image.element_size()
         windows = self._plan(boxes).windows
-        want = set(self._targets(layers))
-        life = self._lifetimes(want | {nodes[-1].index})
         live, peak, held = B * sum(size.get(i, 0) for i in want), 0, {}
         for n in nodes:
             i = n.index
@@ -544,6 +548,23 @@ class GraphOcclusion:
             live += held[i]
             peak = max(peak, live + gathered)
         return max(plain, peak) * self.image.element_size()
+
+    def _plain_peak(self, size: dict, life) -> int:
+        """Elements one image's plain forward holds at its peak: every node's output from when it is made until
+        its last reader has run (a DenseNet block holds all its layers' outputs and their concatenation), the
+        node's inputs and output together while it runs. Views and in-place operations make nothing new."""
+        nodes, held, live, peak = self.graph.nodes, {}, 0, 0
+        for n in nodes:
+            i = n.index
+            for j in life.free.get(i - 1, ()):
+                live -= held.pop(j, 0)
+            if i not in life.needed or i not in size or n.op in ("placeholder", "output") or n.kind == "meta" \
+                    or n.target in _VIEWS or in_place(n, n.fx_node.kwargs if n.fx_node is not None else {}):
+                continue
+            held[i] = size[i]
+            live += size[i]
+            peak = max(peak, live)
+        return peak
 
     @property
     def runs_plain_forwards(self) -> bool:
