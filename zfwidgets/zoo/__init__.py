@@ -34,7 +34,7 @@ def available() -> list:
 
     Example:
         >>> zfwidgets.available()
-        ['zfnet-fashion', 'allconv-fashion', 'zfnet-fashion-coarse', 'zfnet-fashion-half']
+        ['zfnet-fashion', 'allconv-fashion', 'zfnet-fashion-coarse', 'zfnet-fashion-half', 'zfnet-fashion-randomlabels']
     """
     return list(ARCHITECTURES)
 

@@ -15,7 +15,7 @@ Commands (each reproduces what ships; --recipe runs the bundled model's two stag
     python -m zfwidgets.zoo.train --arch zfnet-fashion-coarse --recipe --threads 1
     python -m zfwidgets.zoo.train --arch zfnet-fashion-half --recipe --threads 1 --snapshots 1,2,3,4,6,8,12
     python -m zfwidgets.zoo.train --arch zfnet-fashion --ablation --threads 1 [--variants a,b --out DIR --keep DIR]
-    python -m zfwidgets.zoo.train --arch zfnet-fashion-randomlabels --subset 4000 --epochs 60 --no-augment \
+    python -m zfwidgets.zoo.train --arch zfnet-fashion-randomlabels --subset 4000 --epochs 80 --no-augment \
         --dropout 0 --batchnorm --snapshots none
 """
 from __future__ import annotations
@@ -209,7 +209,8 @@ def train(arch: str, *, epochs: int, seed: int, variant: str = "base", batch_siz
     stages = (previous.get("stages", [previous["command"]]) if previous else []) + [command]
     card = {"name": arch, "variant": variant, "seed": seed, "epochs": last, "batch_size": batch_size,
             "optimizer": f"AdamW(lr={lr}, weight_decay=5e-4), OneCycle", "augmentation":
-            "horizontal flip, shift up to 2 px", "weights_dtype": "float16",
+            ("horizontal flip, shift up to 2 px" if augment else "none")
+            + (f"; earlier stages: {previous['augmentation']}" if previous else ""), "weights_dtype": "float16",
             "batchnorm": ("BatchNorm2d after every conv in training, folded into the conv weights for shipping"
                           if batchnorm else (previous or {}).get("batchnorm")),
             "snapshot_epochs": ([e for e in previous["snapshot_epochs"][:-1]] if previous else [])
