@@ -27,7 +27,8 @@ assert not (dist.read_text("direct_url.json") or "").count('"editable": true'), 
 
 torch.set_num_threads(1)
 lenses = {name: zf.load(name) for name in zf.available()}
-assert set(lenses) == {"zfnet-fashion", "allconv-fashion", "zfnet-fashion-coarse", "zfnet-fashion-half"}, sorted(lenses)
+assert set(lenses) == {"zfnet-fashion", "allconv-fashion", "zfnet-fashion-coarse", "zfnet-fashion-half",
+                       "zfnet-fashion-randomlabels"}, sorted(lenses)
 epochs = zf.snapshot_epochs("zfnet-fashion")
 snap = zf.load("zfnet-fashion", epoch=epochs[0])
 assert zf.snapshot_epochs("zfnet-fashion-half") == [1, 2, 3, 4, 6, 8, 12, 17]
