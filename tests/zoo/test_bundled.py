@@ -19,7 +19,8 @@ needs_data = pytest.mark.skipif(not HAVE_DATA and not os.environ.get("CI"),
                                 reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
 
 
-@pytest.mark.parametrize("name", ["zfnet-fashion", "allconv-fashion", "zfnet-fashion-coarse", "zfnet-fashion-half"])
+@pytest.mark.parametrize("name", ["zfnet-fashion", "allconv-fashion", "zfnet-fashion-coarse", "zfnet-fashion-half",
+                                  "zfnet-fashion-randomlabels"])
 @needs_data
 def test_shipped_weights_reproduce_the_card_accuracy(name):
     """An independent recomputation over the 10,000 test images (zfnet-fashion-half: the 5,000 of its five
@@ -39,6 +40,24 @@ def test_shipped_weights_reproduce_the_card_accuracy(name):
     assert card["seed"] == 0 and card["history"][-1]["test_accuracy"] == card["test_accuracy"]
     assert card["epochs"] == card["history"][-1]["epoch"] == len(card["history"])
     assert len(card["commit"]) >= 40 and card["stages"]
+
+
+@needs_data
+def test_random_label_model_memorised_its_permuted_labels():
+    """Issue 27 item 5: >= 95% train accuracy on the permuted labels, recomputed here from the card's recipe
+    (the subset and the permutation drawn as its seed says), and chance on the true test labels."""
+    lens, card = zf.load("zfnet-fashion-randomlabels"), zf.model_card("zfnet-fashion-randomlabels")
+    x, y = load_fashion_mnist("train")
+    x, y = torch.from_numpy(x.copy()), torch.from_numpy(y.copy())
+    keep = torch.randperm(len(x), generator=torch.Generator().manual_seed(card["seed"]))[:card["train_images"]]
+    x, y = x[keep], y[keep]
+    permuted = y[torch.randperm(len(y), generator=torch.Generator().manual_seed(card["seed"] + 2))]
+    assert float((permuted == y).float().mean()) < 0.2           # the labels really were shuffled
+    batch = ((x.float() / 255 - lens.mean[0]) / lens.std[0])[:, None]
+    logits, _ = lens.run(batch)
+    pred = logits.argmax(1)
+    assert float((pred == permuted).float().mean()) >= 0.95
+    assert float((pred == y).float().mean()) < 0.3 and card["test_accuracy"] < 0.2
 
 
 @pytest.mark.parametrize("name, target", [("zfnet-fashion", 0.93), ("allconv-fashion", 0.92)])
