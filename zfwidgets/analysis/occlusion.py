@@ -218,8 +218,9 @@ def _evaluate_boxes(lens, x, boxes, fill, layer, channel, target, total=None):
 # occluder positions per batch (batch_size=None): as many as the engine says a batch holds in this many bytes
 # at its peak (GraphOcclusion.batch_bytes: the plan's live windows and maps, or a plain forward's), up to 1024.
 # Larger batches run the fully connected layers as more efficient matrix products; the memory a batch holds
-# is what bounds them.
-_BATCH_BYTES = 512 * 2 ** 20
+# is what bounds them. The count is of tensors; the kernels' own copies (oneDNN's reordered inputs, scratch)
+# come on top, a few times it on DenseNet: measured peaks are in benchmarks/results/ (occlusion_first_call).
+_BATCH_BYTES = 128 * 2 ** 20
 # boxes of the grid the batch's bytes are estimated on (spread over it: the border boxes are clipped smaller)
 _PROBE = 16
 
@@ -285,7 +286,7 @@ def occlusion(lens, image, *, size, stride, fill="mean", target=None, layer=None
         target: the class whose probability is mapped (an int); default the predicted class.
         layer: the layer whose strongest feature map is followed; default the last conv layer.
         batch_size: occluder positions evaluated together; default: as many as keep what a batch holds at
-            its peak (:meth:`~zfwidgets.inference.GraphOcclusion.batch_bytes`) under 512 MB, up to 1024.
+            its peak (:meth:`~zfwidgets.inference.GraphOcclusion.batch_bytes`) under 128 MB, up to 1024.
         progress: show a progress bar (``True``/``False`` or a callable ``f(done, total)``).
         mode: ``"exact"`` (every position computed) or ``"drilldown"`` (Krypton, adaptive drill-down: a
             coarse map first, at ``coarse_stride``, then the fine ``stride`` only around the coarse positions
