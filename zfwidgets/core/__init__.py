@@ -12,5 +12,6 @@ from .rules import RULES, Deconvnet, Gradient, GuidedBackprop, RectifierSwap, Ru
 __all__ = ["Capture", "ModelGuard", "StopForward", "pool_switches", "Graph", "Node", "Window", "LayerInfo",
            "layer_table",
            "resolve_layer", "sequential_modules", "Projection", "deconvnet_steps", "project", "render",
-           "select_activation", "unit_seed", "not_active_image", "RULES", "Deconvnet", "Gradient", "GuidedBackprop", "RectifierSwap",
+           "select_activation", "unit_seed", "not_active_image", "RULES", "Deconvnet", "Gradient", "GuidedBackprop",
+           "RectifierSwap",
            "RuleReLU", "RuleState"]

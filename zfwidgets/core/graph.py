@@ -165,12 +165,12 @@ def _passes(node: Node) -> bool:
 
 
 def _keeps_rectified(node: Node) -> bool:
-    """A max pooling, dropout or identity: zero stays zero and a positive value positive."""
+    """A max pooling, or a node that passes its input on: zero stays zero and a positive value positive."""
+    if _passes(node):
+        return True
     if node.op == "call_module":
-        return isinstance(node.module, (nn.MaxPool2d, nn.AdaptiveMaxPool2d, nn.Identity,
-                                        nn.modules.dropout._DropoutNd))
-    return node.op == "call_function" and node.target in (F.max_pool2d, torch.max_pool2d, F.adaptive_max_pool2d,
-                                                         F.dropout, F.dropout2d)
+        return isinstance(node.module, (nn.MaxPool2d, nn.AdaptiveMaxPool2d))
+    return node.op == "call_function" and node.target in (F.max_pool2d, torch.max_pool2d, F.adaptive_max_pool2d)
 
 
 def macs_per_position(m: nn.Module, in_channels: int | None = None) -> float:

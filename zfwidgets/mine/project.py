@@ -97,6 +97,11 @@ def _chain_costs(plan, shapes) -> dict:
     return out
 
 
+def _scale(lens, hit) -> float:
+    """A projection walked from a seed of 1 times the unit's top signal (its activation: ZF's unit)."""
+    return unit_seed(hit[6], lens.rectified(hit[1]))
+
+
 def _hits(specs, states, widths):
     out = []
     for name, path, kind, C, cin in specs:
@@ -179,7 +184,7 @@ def _walk_graph(lens, xs, hits, plans, rule, row_of, displays, fields, out, bar)
                             proj[:, a0 - y0:a1 - y0, b0 - x0:b1 - x0] = sig.g[n, :, a0 - wy:a1 - wy, b0 - wx:b1 - wx]
                     patch = displays[row_of[s[0]]][y0:y1, x0:x1].copy()
                     out[(name, s[3], s[4])] = ((y0, x0, y1, x1, *box.unclipped),
-                                               proj.cpu() * unit_seed(s[6], lens.rectified(name)), patch)
+                                               proj.cpu() * _scale(lens, s), patch)
                 if bar is not None:
                     bar.update(len(part))
 
@@ -221,11 +226,6 @@ def project_winners(lens, source, specs, states, widths, rule, chunk, rank, worl
         bar = tqdm(total=sum(len(by_image[i]) for q in mine for i in chunks[q]), desc="projections", unit="hit",
                    dynamic_ncols=True, leave=True)
     out, fields, plans = {}, {}, {}
-    rectified = {s[0]: lens.rectified(s[0]) for s in specs}
-
-    def scale(hit):
-        """A projection walked from a seed of 1 times the unit's top signal (its activation: ZF's unit)."""
-        return unit_seed(hit[6], rectified[hit[1]])
 
     try:
         for q in mine:
@@ -257,7 +257,8 @@ def project_winners(lens, source, specs, states, widths, rule, chunk, rank, worl
                             else:
                                 proj = g[n, :, y0 - uy0:y1 - uy0, x0 - ux0:x1 - ux0].clone()
                             patch = displays[row_of[s[0]]][y0:y1, x0:x1].copy()
-                            out[(name, s[3], s[4])] = ((y0, x0, y1, x1, *box.unclipped), proj * scale(s), patch)
+                            out[(name, s[3], s[4])] = ((y0, x0, y1, x1, *box.unclipped), proj * _scale(lens, s),
+                                                       patch)
                         if bar is not None:
                             bar.update(len(part))
             rest = [h for h in chunk_hits if h[2] not in walked]
