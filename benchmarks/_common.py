@@ -57,6 +57,15 @@ def seeded_image(lens, seed: int = 0) -> torch.Tensor:
     return torch.randn(1, C, H, W, generator=g)
 
 
+def smooth_image(lens, seed: int = 0) -> torch.Tensor:
+    """A smooth random model input 1 x C x H x W: 14 x 14 seeded noise scaled up bilinearly (random weights
+    give flat occlusion maps on white noise)."""
+    C, H, W = lens.input_size
+    g = torch.Generator().manual_seed(seed)
+    return torch.nn.functional.interpolate(torch.randn(1, C, 14, 14, generator=g), size=(H, W), mode="bilinear",
+                                           align_corners=False)
+
+
 def interleaved(fns: dict, runs: int = 5, warmup: int = 1) -> dict:
     """Time each callable ``runs`` times, alternating between them run by run (the order rotates every
     run); ``{name: [seconds, ...]}``. ``warmup`` untimed rounds first."""

@@ -75,8 +75,9 @@ def test_equals_one_naive_forward_per_position(small_lens, small_images, size, s
 
 def test_drilldown_is_exact_where_it_computes(small_lens, small_images):
     """Issue 29 item 4, drilldown: the coarse grid (every k-th position, the last row and column) and the fine
-    positions around its largest drops are computed, each equal to one naive forward; the others carry the
-    nearest computed position's values; refine=1 computes every position (the exact map), refine=0 the coarse
+    positions around its largest drops are computed, each equal to one naive forward; at the others the maps
+    are interpolated linearly (the top class: the nearest computed position's); refine=1 computes every
+    position (the exact map), refine=0 the coarse
     grid alone. The exact mode marks every position computed."""
     img = small_images[3]
     x = small_lens.to_input(img)
@@ -100,9 +101,14 @@ def test_drilldown_is_exact_where_it_computes(small_lens, small_images):
     worst = coarse.nonzero()[drop.argmax()]                      # the largest coarse drop was refined around
     y, xx = worst.tolist()
     assert bool(m[max(y - 2, 0):y + 3, max(xx - 2, 0):xx + 3].all())
-    for i, j in (~m).nonzero().tolist():                        # the nearest computed position's values
+    for i, j in (~m).nonzero().tolist():                        # the top class: the nearest computed one's
         d = ((m.nonzero() - torch.tensor([i, j])) ** 2).sum(1)
-        assert float(dd.probability[i, j]) in dd.probability[m][d == d.min()].tolist()
+        assert int(dd.top_class[i, j]) in dd.top_class[m][d == d.min()].tolist()
+    row = m[0].nonzero().flatten().tolist()                      # the first row: on the computed positions'
+    for j in (~m[0]).nonzero().flatten().tolist():               # hull, linear between its two neighbours
+        a, b = max(c for c in row if c < j), min(c for c in row if c > j)
+        pa, pb = float(dd.probability[0, a]), float(dd.probability[0, b])
+        assert float(dd.probability[0, j]) == pytest.approx(pa + (j - a) / (b - a) * (pb - pa), abs=1e-6)
     full = occlusion(small_lens, img, size=4, stride=1, mode="drilldown", coarse_stride=3, refine=1.0,
                      progress=False)
     assert bool(full.exact.all()) and torch.allclose(full.probability, ref_p, atol=1e-5)
@@ -132,6 +138,37 @@ def test_drilldown_on_the_plan_equals_plain_forwards():
     assert 0 < int(m.sum()) < m.numel()
     assert torch.allclose(dd.probability[m], ref.probability[m], atol=1e-4)
     assert torch.allclose(dd.feature_map[m], ref.feature_map[m], rtol=1e-4, atol=1e-4)
+
+
+def test_threshold_and_fast_on_the_plan():
+    """Issue 29 item 4, threshold and fast on ResNet-18 at 64 px (the plan forced): the positions marked exact
+    equal the exact map computed by plain forwards within 1e-4, the others are approximations that do differ
+    from it; tau=1 cuts nothing (the exact map, every position marked exact); fast computes exactly a subset
+    of what drilldown computes, and marks it."""
+    import torchvision
+    from zfwidgets.inference import occlusion_engine
+    torch.manual_seed(0)
+    lens = zfwidgets.Lens(torchvision.models.resnet18().eval(), input_size=(3, 64, 64))
+    x = torch.nn.functional.interpolate(torch.randn(1, 3, 8, 8), size=64, mode="bilinear")
+    kw = {"size": 16, "stride": 4, "layer": "layer3", "progress": False}
+    occlusion_engine(lens, x).mode = "full"
+    ref = occlusion(lens, x, **kw)
+    occlusion_engine(lens, x).mode = "incremental"
+    thr = occlusion(lens, x, mode="threshold", tau=0.8, **kw)
+    assert thr.mode == "threshold" and occlusion_engine(lens, x).last_mode == "incremental"
+    m = thr.exact
+    assert 0 < int(m.sum()) < m.numel()
+    assert torch.allclose(thr.probability[m], ref.probability[m], atol=1e-4)
+    assert torch.allclose(thr.feature_map[m], ref.feature_map[m], rtol=1e-4, atol=1e-4)
+    assert float((thr.feature_map[~m] - ref.feature_map[~m]).abs().max()) > 1e-3
+    whole = occlusion(lens, x, mode="threshold", tau=1.0, **kw)
+    assert bool(whole.exact.all()) and torch.allclose(whole.probability, ref.probability, atol=1e-4)
+    fast = occlusion(lens, x, mode="fast", tau=0.8, **kw)
+    assert fast.mode == "fast" and 0 < int(fast.exact.sum()) < int(m.sum())
+    f = fast.exact
+    assert torch.allclose(fast.probability[f], ref.probability[f], atol=1e-4)
+    with pytest.raises(ValueError, match="tau"):
+        occlusion(lens, x, mode="threshold", tau=0.0, **kw)
 
 
 def test_grid_by_hand():

@@ -49,9 +49,10 @@ class OcclusionMaps:
     ``top_class``/``top_probability``: the most probable class and its probability; ``base_*``: the same
     for the unoccluded image; ``projection``: the deconvnet projection of map ``channel``'s strongest
     activation in the unoccluded image; ``image``: the model input; ``display``: it as H x W x 3 uint8;
-    ``mode``: what made the maps (``"exact"``: every position computed; ``"drilldown"``: see :func:`occlusion`);
-    ``exact``: ``ny x nx`` bools, the positions computed exactly (the others carry the value of the nearest
-    computed position).
+    ``mode``: what made the maps (``"exact"``: every position computed exactly; ``"threshold"``,
+    ``"drilldown"``, ``"fast"``: Krypton's approximations, see :func:`occlusion`); ``exact``: ``ny x nx``
+    bools, the positions computed exactly (the others were approximated: their changed regions cut by the
+    projective-field threshold, or not computed and interpolated, see :func:`occlusion`).
     """
     feature_map: torch.Tensor
     probability: torch.Tensor
@@ -197,8 +198,10 @@ def occluder_grid(height: int, width: int, size, stride) -> tuple:
     return torch.tensor(ys), torch.tensor(xs), boxes
 
 
-def _evaluate_boxes(lens, x, boxes, fill, layer, channel, target, total=None):
-    """One batch of occluder positions: ``(feature-map totals, p(target), top class, top probability)``.
+def _evaluate_boxes(lens, x, boxes, fill, layer, channel, target, total=None, tau=None):
+    """One batch of occluder positions: ``(feature-map totals, p(target), top class, top probability, exact)``
+    (``exact``: B bools, the boxes computed exactly; all of them unless ``tau``, the projective-field
+    threshold, cut a box's changed region).
 
     ``x``: the unoccluded input (1 x C x H x W); ``boxes``: B x 4 clipped ``(y0, x0, y1, x1)``; ``fill``: C
     values; ``layer``: a resolved layer name; ``channel``/``target``: ints; ``total``: the positions left in
@@ -207,12 +210,13 @@ def _evaluate_boxes(lens, x, boxes, fill, layer, channel, target, total=None):
     the part of each node of the model's graph that the occluder changes recomputed, exact) or batched full
     forwards run the batch: counted, then timed (small models, models fx cannot trace: full forwards).
     """
-    logits, acts = occluded_run(lens, x, boxes, fill, [layer], total=total)
+    logits, acts = occluded_run(lens, x, boxes, fill, [layer], total=total, tau=tau)
+    exact = occlusion_engine(lens, x).last_exact if tau is not None else torch.ones(boxes.shape[0], dtype=torch.bool)
     amap = acts[layer][:, channel]
     total = amap.clamp(min=0).flatten(1).sum(1)
     probs = logits.float().softmax(1)
     top_p, top = probs.max(1)
-    return total.float().cpu(), probs[:, target].cpu(), top.cpu(), top_p.cpu()
+    return total.float().cpu(), probs[:, target].cpu(), top.cpu(), top_p.cpu(), exact.cpu()
 
 
 # occluder positions per batch (batch_size=None): as many as the engine says a batch holds in this many bytes
@@ -233,10 +237,12 @@ def _auto_batch_size(lens, x, boxes, layer) -> int:
     return int(min(1024, max(1, _BATCH_BYTES // max(per_box, 1))))
 
 
-MODES = ("exact", "drilldown")
+MODES = ("exact", "threshold", "drilldown", "fast")
 # the defaults of drilldown: the coarse map stride in fine strides, and the share of the fine positions refined
 DRILLDOWN_FACTOR = 2
 DRILLDOWN_REFINE = 0.25
+# the default projective-field threshold of threshold and fast (the share of a map's side a changed region keeps)
+DEFAULT_TAU = 0.7
 
 
 def _coarse_indices(n: int, k: int) -> list:
@@ -260,6 +266,25 @@ def _drilldown_positions(ny: int, nx: int, k: int, drop: torch.Tensor, refine: f
     return chosen.flatten().nonzero().flatten()
 
 
+def _linear_fill(values: torch.Tensor, computed: torch.Tensor) -> torch.Tensor:
+    """``values`` (ny x nx) with every position not ``computed`` interpolated linearly from the computed ones
+    (on their Delaunay triangulation, scipy's ``griddata``); the nearest computed value outside their hull."""
+    from scipy.interpolate import griddata
+    pos = computed.nonzero().numpy()
+    if pos.shape[0] < 3 or computed.all():
+        return _nearest_fill(values, computed)
+    gy, gx = np.mgrid[0:values.shape[0], 0:values.shape[1]]
+    src = values[computed].double().numpy()
+    try:
+        filled = griddata(pos, src, (gy, gx), method="linear")
+    except (ValueError, RuntimeError):       # a degenerate set (one row or column): no triangulation
+        return _nearest_fill(values, computed)
+    out = torch.from_numpy(filled).to(values.dtype)
+    near = _nearest_fill(values, computed)
+    out = torch.where(torch.from_numpy(np.isnan(filled)), near, out)
+    return torch.where(computed, values, out)
+
+
 def _nearest_fill(values: torch.Tensor, computed: torch.Tensor) -> torch.Tensor:
     """``values`` (ny x nx) with every position not ``computed`` given the value of the nearest computed one
     (in grid steps; ties to the first)."""
@@ -273,8 +298,8 @@ def _nearest_fill(values: torch.Tensor, computed: torch.Tensor) -> torch.Tensor:
 
 
 def occlusion(lens, image, *, size, stride, fill="mean", target=None, layer=None, batch_size: int | None = None,
-              progress=True, mode: str = "exact", coarse_stride=None, refine: float = DRILLDOWN_REFINE
-              ) -> OcclusionMaps:
+              progress=True, mode: str = "exact", tau: float = DEFAULT_TAU, coarse_stride=None,
+              refine: float = DRILLDOWN_REFINE) -> OcclusionMaps:
     """Slide an occluder over ``image`` and map the model's response (ZF Fig. 7).
 
     Args:
@@ -288,12 +313,24 @@ def occlusion(lens, image, *, size, stride, fill="mean", target=None, layer=None
         batch_size: occluder positions evaluated together; default: as many as keep what a batch holds at
             its peak (:meth:`~zfwidgets.inference.GraphOcclusion.batch_bytes`) under 128 MB, up to 1024.
         progress: show a progress bar (``True``/``False`` or a callable ``f(done, total)``).
-        mode: ``"exact"`` (every position computed) or ``"drilldown"`` (Krypton, adaptive drill-down: a
-            coarse map first, at ``coarse_stride``, then the fine ``stride`` only around the coarse positions
-            with the largest drops of p(target), ``refine`` of all positions; every computed position is exact,
-            the others carry the values of the nearest computed position: ``exact`` marks which).
-        coarse_stride: the coarse stride of drilldown, a multiple of ``stride`` (default twice it).
-        refine: the share of of the fine positions refined (0 to 1).
+        mode: Krypton's (Nakandala et al. 2019) two approximations, or neither:
+
+            - ``"exact"`` (default): every position computed, equal to full recomputation;
+            - ``"threshold"``: projective-field thresholding: every position computed, but a deep layer
+              recomputes only the central ``tau`` of each side of an occluder's changed region and keeps the
+              unoccluded values elsewhere (:meth:`~zfwidgets.inference.GraphOcclusion.run`); models the engine
+              cannot follow, and batches it runs as plain forwards, come out exact;
+            - ``"drilldown"``: adaptive drill-down: a coarse map first, at ``coarse_stride``, then the fine
+              ``stride`` only around the coarse positions with the largest drops of p(target), ``refine`` of
+              all positions; every computed position is exact; at the others the feature-map and probability
+              maps are interpolated linearly from the computed positions, the top class and its probability
+              taken from the nearest one;
+            - ``"fast"``: both.
+
+            The result's ``mode`` says which made it and ``exact`` which positions were computed exactly.
+        tau: the projective-field threshold of threshold and fast, in (0, 1].
+        coarse_stride: the coarse stride of drilldown and fast, a multiple of ``stride`` (default twice it).
+        refine: the share of the fine positions drilldown and fast refine (0 to 1).
 
     Example:
         >>> s = zfwidgets.samples()[0]
@@ -307,6 +344,11 @@ def occlusion(lens, image, *, size, stride, fill="mean", target=None, layer=None
     check_flag("progress", progress)
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not 0.0 < float(tau) <= 1.0:
+        raise ValueError(f"tau must be a number in (0, 1], got {tau!r}")
+    if not 0.0 <= float(refine) <= 1.0:
+        raise ValueError(f"refine must be between 0 and 1, got {refine!r}")
+    cut = float(tau) if mode in ("threshold", "fast") else None
     x = as_input(lens, image).detach()
     H, W = x.shape[-2:]
     ys, xs, boxes = occluder_grid(H, W, size, stride)
@@ -323,18 +365,16 @@ def occlusion(lens, image, *, size, stride, fill="mean", target=None, layer=None
         """The four maps, values at the flat grid positions ``index``, in batches (a job of ``total``)."""
         chunks = [index[i:i + batch_size] for i in range(0, index.shape[0], batch_size)]
         parts = [_evaluate_boxes(lens, x, boxes.view(-1, 4)[b], value, name, channel, target,
-                                 total=total - k * batch_size)
+                                 total=total - k * batch_size, tau=cut)
                  for k, b in enumerate(_progress(chunks, total=len(chunks), desc="occlusion", enabled=progress))]
         return [torch.cat(t) for t in zip(*parts)]
 
     ny, nx = boxes.shape[:2]
-    if mode == "exact":
-        computed = torch.ones(ny, nx, dtype=torch.bool)
+    if mode in ("exact", "threshold"):
         maps = [m.view(ny, nx) for m in evaluate(torch.arange(ny * nx), ny * nx)]
     else:
-        maps, computed = _drilldown(evaluate, ny, nx, _pair("stride", stride), coarse_stride, refine,
-                                    float(probs[target]))
-    total, p, top, top_p = maps
+        maps = _drilldown(evaluate, ny, nx, _pair("stride", stride), coarse_stride, refine, float(probs[target]))
+    total, p, top, top_p, computed = maps
     return OcclusionMaps(total, p, top, top_p, ys, xs, boxes, _pair("size", size), _pair("stride", stride),
                          name, channel, target, proj, base_total, float(probs[target]), int(probs.argmax()),
                          value.cpu(), x.cpu(), lens.to_display(x), [lens.class_name(k) for k in range(K)],
@@ -342,10 +382,9 @@ def occlusion(lens, image, *, size, stride, fill="mean", target=None, layer=None
 
 
 def _drilldown(evaluate, ny: int, nx: int, stride: tuple, coarse_stride, refine: float, base_p: float):
-    """The drilldown: four maps and the computed positions: the coarse grid (every k-th fine position, the last
-    row and column included), then the fine positions around its largest drops of p(target)."""
-    if not 0.0 <= float(refine) <= 1.0:
-        raise ValueError(f"refine must be between 0 and 1, got {refine!r}")
+    """The drilldown: the four maps and the positions computed exactly: the coarse grid (every k-th fine
+    position, the last row and column included), then the fine positions around its largest drops of
+    p(target)."""
     coarse = _pair("coarse_stride", coarse_stride) if coarse_stride is not None else \
         (DRILLDOWN_FACTOR * stride[0], DRILLDOWN_FACTOR * stride[1])
     if coarse[0] != coarse[1] or stride[0] != stride[1] or coarse[0] % stride[0]:
@@ -357,7 +396,7 @@ def _drilldown(evaluate, ny: int, nx: int, stride: tuple, coarse_stride, refine:
     computed[torch.tensor(cy)[:, None], torch.tensor(cx)[None, :]] = True
     first = computed.flatten().nonzero().flatten()
     got = evaluate(first, first.shape[0] + int(refine * ny * nx))
-    maps = [torch.zeros(ny * nx, dtype=t.dtype) for t in got]
+    maps = [torch.zeros(ny * nx, dtype=t.dtype) for t in got]     # the last: exact (False where not computed)
     for m, v in zip(maps, got):
         m[first] = v
     drop = base_p - maps[1].view(ny, nx)[torch.tensor(cy)[:, None], torch.tensor(cx)[None, :]]
@@ -367,5 +406,7 @@ def _drilldown(evaluate, ny: int, nx: int, stride: tuple, coarse_stride, refine:
         for m, v in zip(maps, evaluate(more, more.shape[0])):
             m[more] = v
         computed.view(-1)[more] = True
-    return [_nearest_fill(m.view(ny, nx), computed) for m in maps], computed
+    total, p, top, top_p = (m.view(ny, nx) for m in maps[:-1])
+    return [_linear_fill(total, computed), _linear_fill(p, computed), _nearest_fill(top, computed),
+            _nearest_fill(top_p, computed), maps[-1].view(ny, nx)]
 

@@ -50,16 +50,19 @@ def occlusion_engine(lens, image, *, threshold: float = DEFAULT_THRESHOLD) -> Gr
     return engine
 
 
-def occluded_run(lens, x, boxes, fill, layers=(), *, logits: bool = True, total: int | None = None):
+def occluded_run(lens, x, boxes, fill, layers=(), *, logits: bool = True, total: int | None = None,
+                 tau: float | None = None):
     """Drop-in for ``lens.run(<x occluded by each box>, layers, logits=logits)``, on the lens's engine, which
     runs its plan or plain batched forwards, whichever is faster (``mode="auto"``).
 
     ``x``: the unoccluded input (1 x C x H x W); ``boxes``: B x 4 ``(y0, x0, y1, x1)``; ``fill``: C values (or
     anything :func:`zfwidgets.occlusion` accepts); ``total``: the boxes of the job this batch starts (the
-    engine weighs its plan's first-use costs against them). Returns ``(logits B x K or None, {layer name: B x ...})``.
+    engine weighs its plan's first-use costs against them); ``tau``: the projective-field threshold (an
+    approximation, :meth:`GraphOcclusion.run`; the engine's ``last_exact`` then says which boxes came out exact).
+    Returns ``(logits B x K or None, {layer name: B x ...})``.
 
     >>> logits, acts = occluded_run(lens, image, [(0, 0, 8, 8), (10, 10, 18, 18)], lens.fill_value, ["conv5"])
     >>> logits.shape
     torch.Size([2, 10])
     """
-    return occlusion_engine(lens, x).run(boxes, layers, fill=fill, logits=logits, total=total)
+    return occlusion_engine(lens, x).run(boxes, layers, fill=fill, logits=logits, total=total, tau=tau)

@@ -172,9 +172,12 @@ class _Window:
 @dataclass
 class _Plan:
     """Per node index: :data:`_FULL`, its :class:`_Window`, or ``None`` (not changed); ``regions``: each box's
-    own changed region (B x 4) per windowed node."""
+    own changed region (B x 4) per windowed node; ``tau``: the projective-field threshold the plan was made
+    with (``None``: exact) and ``truncated``: the boxes (B bools) whose changed region it cut somewhere."""
     windows: dict
     regions: dict
+    tau: float | None = None
+    truncated: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -234,6 +237,31 @@ class _Geom:
             lo.append(a)
             hi.append(torch.maximum(e, a + 1))
         return torch.stack([lo[0], lo[1], hi[0], hi[1]], 1)
+
+
+def _truncate(reg: torch.Tensor, size: tuple, tau: float, truncated: torch.Tensor) -> torch.Tensor:
+    """Krypton's projective-field threshold: each box's changed region (B x 4) of a map of ``size`` cut to at
+    most ``ceil(tau * side)`` positions per axis, around the region's centre (kept inside the map); the
+    outputs cut off keep the unoccluded image's values. Marks the boxes it cut in ``truncated``."""
+    out = reg.clone()
+    for d, (a, b) in enumerate(((0, 2), (1, 3))):
+        cap = max(1, math.ceil(tau * size[d]))
+        span = reg[:, b] - reg[:, a]
+        cut = span > cap
+        lo = (reg[:, a] + torch.div(span - cap, 2, rounding_mode="floor")).clamp(0, size[d] - cap)
+        out[:, a] = torch.where(cut, lo, reg[:, a])
+        out[:, b] = torch.where(cut, lo + cap, reg[:, b])
+        truncated |= cut
+    return out
+
+
+def _check_tau(tau):
+    if tau is None:
+        return None
+    if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not 0.0 < float(tau) <= 1.0:
+        raise ValueError(f"tau must be a number in (0, 1] (the share of a map's side a changed region keeps) "
+                         f"or None (exact), got {tau!r}")
+    return float(tau)
 
 
 def _box_size(boxes: torch.Tensor) -> tuple:
@@ -368,6 +396,7 @@ class GraphOcclusion:
         self.threshold, self.min_saving = float(threshold), float(min_saving)
         self.image = as_input(lens, image).detach()
         self.last_mode = None
+        self.last_exact = None      # the last run's boxes that came out exact (B bools; see run's tau)
         self._key = None
         self._verified = False
         self._measured = {}        # measured_pays_for's answers
@@ -590,11 +619,13 @@ class GraphOcclusion:
         y0, x0 = max((H - int(h)) // 2, 0), max((W - int(w)) // 2, 0)
         return (y0, x0, y0 + int(h), x0 + int(w))
 
-    def measured_pays_for(self, size, layers=(), *, fill="mean", runs: int = 3, margin: float = 0.9) -> bool:
+    def measured_pays_for(self, size, layers=(), *, fill="mean", runs: int = 3, margin: float = 0.9,
+                          tau: float | None = None) -> bool:
         """:meth:`pays_for`, confirmed by the clock: one occluder of ``size`` in the middle of the image, run
         through the plan and as the model's batch-1 forward (the same ``layers`` captured), ``runs`` times
         each, interleaved, after one warm-up of each (the plan's first use, its self-check, runs there); pays
-        only where the plan's best time is at most ``margin`` times the forward's. ``mode="auto"`` decides one
+        only where the plan's best time is at most ``margin`` times the forward's (the plan made with ``tau``,
+        as in :meth:`run`). ``mode="auto"`` decides one
         box (the panel's live occluder) with this: a multiply-add estimate misses the fixed cost of the plan's
         many small operations, which on a ResNet-50 made one move slower than its forward. Remembered per size
         and layers until the weights change (and across the lens's engines for other images of the same size,
@@ -607,9 +638,10 @@ class GraphOcclusion:
         if isinstance(runs, bool) or not isinstance(runs, int) or runs < 1:
             raise ValueError(f"runs must be a positive int, got {runs!r}")
         self._refresh()
+        tau = _check_tau(tau)
         box = [self._middle_box(size)]
         h, w = box[0][2] - box[0][0], box[0][3] - box[0][1]
-        key = self._decision_key(h, w, 1, layers)
+        key = self._decision_key(h, w, 1, layers, tau)
         if key in self._measured:
             return self._measured[key]
         if not self.pays_for((h, w)):
@@ -621,10 +653,10 @@ class GraphOcclusion:
                 for m in best:
                     self.mode = m
                     if not k:                             # the first round warms both paths up
-                        self.run(box, layers, fill=fill)
+                        self.run(box, layers, fill=fill, tau=tau)
                         continue
                     t = self._clock()
-                    self.run(box, layers, fill=fill)
+                    self.run(box, layers, fill=fill, tau=tau)
                     best[m] = min(best[m], self._clock() - t)
         finally:
             self.mode = mode
@@ -632,10 +664,10 @@ class GraphOcclusion:
         self._measured[key] = pays
         return pays
 
-    def _decision_key(self, h, w, boxes: int, layers) -> tuple:
+    def _decision_key(self, h, w, boxes: int, layers, tau=None) -> tuple:
         """What a measured choice depends on: the occluder's size, one box or a batch, the layers captured, the
-        input size and the weights."""
-        return int(h), int(w), min(boxes, 2), tuple(layers), tuple(self.image.shape), self._key
+        projective-field threshold, the input size and the weights."""
+        return int(h), int(w), min(boxes, 2), tuple(layers), tau, tuple(self.image.shape), self._key
 
     def _auto(self, boxes, layers, fill, plan, total: int, margin: float = 0.9):
         """``mode="auto"``'s choice for a batch starting a job of ``total`` boxes: True (the plan), False (plain
@@ -649,8 +681,8 @@ class GraphOcclusion:
         B = boxes.shape[0]
         size = _box_size(boxes)
         if B == 1:
-            return self.measured_pays_for(size, layers, fill=fill)
-        timing = self._measured.get(self._decision_key(*size, B, layers))
+            return self.measured_pays_for(size, layers, fill=fill, tau=plan.tau)
+        timing = self._measured.get(self._decision_key(*size, B, layers, plan.tau))
         if timing is not None:
             return timing.pays_for(total, self.setup_due, margin)
         setup = SETUP_FORWARDS * self._full_cost if self.setup_due else 0.0
@@ -663,16 +695,16 @@ class GraphOcclusion:
         self._base
         return self._verify(fill) if not self._verified else self.incremental
 
-    def _timed_split(self, boxes, layers, fill, logits: bool, total: int, margin: float = 0.9):
+    def _timed_split(self, boxes, layers, fill, logits: bool, total: int, tau=None, margin: float = 0.9):
         """``mode="auto"``'s first batch of more than one box for a key: the plan's set-up timed, then its first
         boxes (up to :data:`PROBE_BOXES`, no more than one in :data:`PROBE_SHARE` of the job) through the plan,
         as many more as plain forwards, both timed; the faster way per box, the set-up being paid, runs the
         rest of the batch, and the times are remembered (a later job weighs the set-up it needs again against
         its boxes). Nothing is computed twice."""
         B = boxes.shape[0]
-        key = self._decision_key(*_box_size(boxes), B, layers)
+        key = self._decision_key(*_box_size(boxes), B, layers, tau)
         k = min(PROBE_BOXES, B // 2, max(2, total // PROBE_SHARE))
-        mode, parts, times = self.mode, [], {}
+        mode, parts, times, exact = self.mode, [], {}, []
         t = self._clock()
         ready = self._ready(fill_tensor(self.lens, fill))
         setup = self._clock() - t
@@ -681,22 +713,26 @@ class GraphOcclusion:
                 for m, part in (("incremental", boxes[:k]), ("full", boxes[k:2 * k])):
                     self.mode = m
                     t = self._clock()
-                    parts.append(self.run(part, layers, fill=fill, logits=logits))
+                    parts.append(self.run(part, layers, fill=fill, logits=logits, tau=tau))
                     times[m] = self._clock() - t
+                    exact.append(self.last_exact)
                 timing = self._measured[key] = _Timing(setup, times["incremental"] / k, times["full"] / k)
                 self.mode = "incremental" if timing.pays_for(max(B - 2 * k, 1), False, margin) else "full"
             else:
                 self.mode, k = "full", 0
             if 2 * k < B:
-                parts.append(self.run(boxes[2 * k:], layers, fill=fill, logits=logits))
+                parts.append(self.run(boxes[2 * k:], layers, fill=fill, logits=logits, tau=tau))
+                exact.append(self.last_exact)
             self.last_mode = self.mode if self.incremental else "full"
+            self.last_exact = torch.cat(exact)
         finally:
             self.mode = mode
         out = torch.cat([p[0] for p in parts]) if logits else None
         return out, {name: torch.cat([p[1][name] for p in parts]) for name in parts[0][1]}
 
-    def estimate(self, boxes) -> Estimate:
-        """The cost of running ``boxes`` incrementally against batched full forwards (see :class:`Estimate`).
+    def estimate(self, boxes, *, tau: float | None = None) -> Estimate:
+        """The cost of running ``boxes`` incrementally (the plan made with ``tau``, as in :meth:`run`) against
+        batched full forwards (see :class:`Estimate`).
 
         >>> e = GraphOcclusion(lens, image).estimate([(0, 0, 8, 8)])
         >>> e.pays, round(e.fraction, 2), round(e.bound, 2)   # the 28x28 net saves too little to pay
@@ -704,7 +740,7 @@ class GraphOcclusion:
         """
         self._refresh()
         boxes = clip_boxes(boxes, *self.image.shape[-2:])
-        return self._estimate(boxes, self._plan(boxes) if self.incremental else None)
+        return self._estimate(boxes, self._plan(boxes, _check_tau(tau)) if self.incremental else None)
 
     def _estimate(self, boxes, plan) -> Estimate:
         B = boxes.shape[0]
@@ -761,10 +797,11 @@ class GraphOcclusion:
         return macs_per_position(m, c_in)
 
     # ----- the plan ---------------------------------------------------------------------------------
-    def _plan(self, boxes: torch.Tensor) -> _Plan:
-        """Windows of every node: each box's changed region, grown at window nodes, united at merges, the
-        whole map after a global node or one the engine cannot follow on windows."""
-        plan = _Plan({}, {})
+    def _plan(self, boxes: torch.Tensor, tau: float | None = None) -> _Plan:
+        """Windows of every node: each box's changed region, grown at window nodes (cut to the central
+        ``tau`` of the node's map where ``tau`` is given), united at merges, the whole map after a global node
+        or one the engine cannot follow on windows."""
+        plan = _Plan({}, {}, tau, torch.zeros(boxes.shape[0], dtype=torch.bool))
         for n in self.graph.nodes:
             self._plan_node(n, plan, boxes)
         return plan
@@ -794,6 +831,8 @@ class GraphOcclusion:
             if reg is None:
                 windows[i] = _FULL
                 return
+            if plan.tau is not None and n.kind == "window":
+                reg = _truncate(reg, n.out_shape[-2:], plan.tau, plan.truncated)
         Ho, Wo = self.image.shape[-2:] if n.op == "placeholder" else n.out_shape[-2:]
         size = (int((reg[:, 2] - reg[:, 0]).max()), int((reg[:, 3] - reg[:, 1]).max()))
         if n.op != "placeholder" and size[0] * size[1] > self.threshold * Ho * Wo:
@@ -834,30 +873,40 @@ class GraphOcclusion:
             want[self.graph.node_of(path).index] = name
         return want
 
-    def run(self, boxes, layers=(), *, fill="mean", logits: bool = True, total: int | None = None):
+    def run(self, boxes, layers=(), *, fill="mean", logits: bool = True, total: int | None = None,
+            tau: float | None = None):
         """The model on the image occluded by each box: ``(logits B x K or None, {layer name: B x ...})``,
         the contract of :meth:`Lens.run` on the batch of occluded images; ``fill`` as in
         :func:`zfwidgets.occlusion`. ``total``: the boxes of the whole job this batch starts (default: this
-        batch), against which ``mode="auto"`` weighs the plan's first-use costs."""
+        batch), against which ``mode="auto"`` weighs the plan's first-use costs.
+
+        ``tau`` (0 < tau <= 1; default ``None``, exact): Krypton's projective-field threshold, an
+        approximation. Where the plan runs, a window node recomputes at most the central ``ceil(tau * side)``
+        positions per axis of each box's changed region and keeps the unoccluded values elsewhere (values
+        near the edge of a projective field barely change). :attr:`last_exact` then says which boxes came out
+        exact (run as plain forwards, or never cut)."""
         self._refresh()
+        tau = _check_tau(tau)
         fill = fill_tensor(self.lens, fill)
         x = self.image
         boxes = clip_boxes(boxes, *x.shape[-2:])
         for layer in layers:
             self.lens.resolve(layer)          # unknown layers: the lens's error
         go = self.incremental and self.mode != "full"
-        plan = self._plan(boxes) if go else None
+        plan = self._plan(boxes, tau) if go else None
         if go and self.mode == "auto":      # the estimate, then the clock
             job = max(boxes.shape[0], int(total or 0))
             go = self._auto(boxes, layers, fill, plan, job)
             if go is None:
-                return self._timed_split(boxes, layers, fill, logits, job)
+                return self._timed_split(boxes, layers, fill, logits, job, tau)
         if go and not self._verified:
             go = self._verify(fill)
         if not go:
             self.last_mode = "full"
+            self.last_exact = torch.ones(boxes.shape[0], dtype=torch.bool)
             return self.lens.run(occluded_batch(x, boxes, fill), layers, logits=logits)
         self.last_mode = "incremental"
+        self.last_exact = ~plan.truncated
         if not logits and not layers:
             return None, {}
         want = self._targets(layers)
