@@ -197,3 +197,34 @@ def test_dag_receptive_fields_equal_the_gradient_support(support_box, arch, laye
         got = [fields.box(p).as_tuple() for p in positions]
         assert got == support_box(lens.model, lens.resolve(layer)[1], positions, (3, 112, 112)), layer
     assert receptive_field(lens, lens.layers[-1]).as_tuple() == (0, 0, 112, 112)
+
+
+class _FunctionalPools(nn.Module):
+    """conv 3x3 -> F.relu -> F.max_pool2d(2) -> conv 3x3 -> F.adaptive_max_pool2d(1) -> fc: pooling as
+    functions."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 2, 3)
+        self.conv2 = nn.Conv2d(2, 2, 3)
+        self.fc = nn.Linear(2, 3)
+
+    def forward(self, x):
+        h = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        return self.fc(F.adaptive_max_pool2d(self.conv2(h), 1).flatten(1))
+
+
+@pytest.mark.parametrize("pos,box", [((0, 0), (0, 0, 8, 8)), ((2, 3), (4, 6, 12, 14))])
+def test_gradient_method_follows_functional_max_pooling(pos, box):
+    """Issue 28 item 7: F.max_pool2d called in forward is summed like nn.MaxPool2d, so the gradient support
+    is the whole receptive field, by hand: conv2's unit (r, c) reads pooled rows r..r+2, which read conv1 rows
+    2r..2r+5, which read input rows 2r..2r+7 (the same for columns). Max pooling's own gradient reaches one
+    pixel per window: without the sum the box would be smaller."""
+    model = _FunctionalPools().eval()
+    lens = Lens(model, input_size=(1, 16, 16))
+    got = receptive_field(lens, "conv2", pos, method="gradient")
+    assert (got.y0, got.x0, got.y1, got.x1) == box
+    for p in model.parameters():       # the model itself untouched
+        assert p.dtype == torch.float32
+    whole = receptive_field(lens, "fc", method="gradient")    # through the adaptive pooling: every pixel
+    assert (whole.y0, whole.x0, whole.y1, whole.x1) == (0, 0, 16, 16)

@@ -15,7 +15,8 @@ depends, for any model, computed rather than hard-coded per architecture:
   the input, computed on a float64 copy of the model in which every convolution and linear layer has positive
   weights (``1 / fan_in``) and zero bias, max pooling sums its window, and activations and normalisation
   layers are the identity. With every weight and signal positive nothing can cancel, so the support is
-  the structural one (functional ``F.max_pool2d`` calls inside ``forward`` are not replaced).
+  the structural one. Max pooling called as a function inside ``forward`` (``F.max_pool2d``,
+  ``torch.max_pool2d``, ``F.adaptive_max_pool2d``) is summed too, while the copy runs.
 
 Normalisation layers are treated as acting per position (their statistics are not followed), as
 receptive-field calculators do. A fully connected layer sees the whole image.
@@ -38,6 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from ..core.capture import StopForward
 from ..core.graph import POINTWISE_MODULES, Graph, GraphError
@@ -277,6 +279,37 @@ class _WindowSum(nn.Module):
         return y[..., : out_hw[0], : out_hw[1]]
 
 
+def _max_pool_args(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
+    return input, nn.MaxPool2d(kernel_size, stride or None, padding, dilation, ceil_mode=ceil_mode), return_indices
+
+
+class _SummedPools(TorchFunctionMode):
+    """While active, functional max pooling sums its windows (adaptive: averages), as :class:`_WindowSum` does
+    for the modules: a ``forward`` that calls ``F.max_pool2d`` has the same gradient support as one with
+    ``nn.MaxPool2d``. Indices asked for are the real pooling's."""
+
+    _POOLS = {F.max_pool2d, torch.max_pool2d, F.max_pool2d_with_indices}
+    _ADAPTIVE = {F.adaptive_max_pool2d, F.adaptive_max_pool2d_with_indices}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in self._POOLS:
+            x, pool, indices = _max_pool_args(*args, **kwargs)
+            out = _WindowSum(pool)(x)
+            if indices or func is F.max_pool2d_with_indices:
+                return out, F.max_pool2d_with_indices(x.detach(), pool.kernel_size, pool.stride, pool.padding,
+                                                      pool.dilation, pool.ceil_mode)[1]
+            return out
+        if func in self._ADAPTIVE:
+            x, size = args[0], args[1] if len(args) > 1 else kwargs["output_size"]
+            out = F.adaptive_avg_pool2d(x, size)
+            if func is F.adaptive_max_pool2d_with_indices or (len(args) > 2 and args[2]) \
+                    or kwargs.get("return_indices"):
+                return out, F.adaptive_max_pool2d_with_indices(x.detach(), size)[1]
+            return out
+        return func(*args, **kwargs)
+
+
 _IDENTITY_IN_COPY = POINTWISE_MODULES + (nn.BatchNorm1d, nn.BatchNorm3d, nn.GroupNorm, nn.LayerNorm,
                                     nn.InstanceNorm2d, nn.Softmax2d)
 
@@ -320,7 +353,7 @@ class _GradientFields:
 
         handle = target.register_forward_hook(hook)
         try:
-            with torch.enable_grad():
+            with torch.enable_grad(), _SummedPools():
                 self.model(self.input)
         except StopForward:
             pass
