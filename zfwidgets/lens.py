@@ -26,17 +26,13 @@ from PIL import Image
 from torch import nn
 
 from .core.capture import Capture, ModelGuard, SilencedHooks, unwrap
-from .core.graph import ACTIVATIONS, Trace
+from .core.graph import OTHER_ACTIVATION_MODULES, Trace
 from .core.inputs import to_batch, to_input
 from .core.layers import LayerInfo, conv_fc_table, layer_table, resolve_layer
 from .core.outputs import SegmentationScores, describe_output, output_selector, suggest_output
 from .core.rules import RectifierSwap, RuleState
 
 __all__ = ["Lens", "Forward", "DefaultTransform"]
-
-# activation modules the ReLU rules do not cover (the graph's table of activations, and GLU)
-_OTHER_ACTIVATION_MODULES = tuple(a for a in ACTIVATIONS if a is not nn.ReLU) + (nn.GLU,)
-
 
 @dataclass
 class Forward:
@@ -162,9 +158,13 @@ class Lens:
         if not convs:
             raise ValueError(f"{type(model).__name__} has no Conv2d layer: zfwidgets visualises convolutional "
                              "networks")
-        self._trace: dict = {}
+        # Everything computed once from the model and kept for the next call lives here, owned by the lens:
+        # "trace" (torch.fx's, or why it failed), "graphs" (per input size), "occlusion engine" (the last
+        # image's). Structure only; what depends on the weights checks :attr:`weights_key` itself.
+        self.caches: dict = {}
         with SilencedHooks(model):   # the user's own hooks never change the names
-            self.table, self._inner_prefix = _read_through(model, Trace.of(model, self._trace))
+            trace = Trace.of(model, self.caches.setdefault("trace", {}))
+            self.table, self._inner_prefix = _read_through(model, trace)
         # a model with blocks keeps answering to the convK / fcK numbering of its convolutions
         numbered = conv_fc_table(model)
         self._aliases = {i.name: i for i in numbered if i.name not in {t.name for t in self.table}} \
@@ -188,7 +188,7 @@ class Lens:
         self._extra_paths: set = set()
         self._warned: set = set()
         # activation modules the ReLU rules do not cover: named in the warning projections give
-        self.unruled_modules = [p for p, m in model.named_modules() if isinstance(m, _OTHER_ACTIVATION_MODULES)]
+        self.unruled_modules = [p for p, m in model.named_modules() if isinstance(m, OTHER_ACTIVATION_MODULES)]
         self._other_activations: list = []
         self._check_output()
 
@@ -418,8 +418,24 @@ class Lens:
             return logits.softmax(1)
         return self.forward(images).probs
 
-    def _key(self, x: torch.Tensor) -> tuple:
-        return (sum(p._version for p in self.model.parameters()), tuple(sorted(self._extra_paths)))
+    @property
+    def weights_key(self) -> tuple:
+        """Changes whenever the model's parameters or buffers change, in place (an optimiser step, a lesion,
+        batch norm's running statistics) or replaced: what every cache of a result computed from the weights
+        (the recorded forward, the occlusion engine's cached maps, a lazily made projection) is checked against.
+
+        >>> k = lens.weights_key
+        >>> with torch.no_grad():
+        ...     _ = next(lens.model.parameters()).mul_(1.0)     # the same values, written in place
+        >>> lens.weights_key == k
+        False
+        """
+        m = self.model
+        return (sum(t._version for t in m.parameters()) + sum(t._version for t in m.buffers()),
+                tuple(t.data_ptr() for t in m.parameters()))
+
+    def _key(self) -> tuple:
+        return self.weights_key, tuple(sorted(self._extra_paths))
 
     def forward(self, image, *, extra_layers=()) -> Forward:
         """The recorded forward of ``image`` (cached: the same image again costs no forward).
@@ -434,7 +450,7 @@ class Lens:
             if path not in {i.path for i in self.table}:
                 self._extra_paths.add(path)
         c = self._cache
-        if c is not None and c.key == self._key(x) and c.input.shape == x.shape and torch.equal(c.input, x):
+        if c is not None and c.key == self._key() and c.input.shape == x.shape and torch.equal(c.input, x):
             return c
         self._cache = None  # free the old graph before building the new one
         modules = {i.path: i.module for i in self.table}
@@ -454,7 +470,7 @@ class Lens:
             raise RuntimeError(f"the model overwrote the outputs of {changed} in place after they were "
                                "recorded; projections from those layers would be wrong")
         fwd = Forward(leaf, logits.detach(), logits.detach().softmax(1)[0], cap.outputs, cap.switches,
-                      cap.pool_inputs, state, self._key(x))
+                      cap.pool_inputs, state, self._key())
         self._cache = fwd
         if state.others:
             self._other_activations = sorted(state.others)

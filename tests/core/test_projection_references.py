@@ -14,6 +14,7 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
+import torchvision
 from torch import nn
 
 import zfwidgets as zf
@@ -367,15 +368,37 @@ def test_densenet121_functional_relu(rule, monkeypatch):
     assert rel_err(p.pixels, ref_plain) > 1e-3
 
 
-def test_other_activations_warn_naming_modules():
+def test_other_activations_warn_with_kinds_and_counts_on_the_path():
+    """Issue 28 item 8: the warning names the kinds and counts of the activations other than ReLU that the
+    projection goes back through, and only those: the GELU after conv2 is not below conv2; nothing is below
+    conv1; the exact gradient never warns."""
     model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.LeakyReLU(0.1), nn.Conv2d(3, 2, 3), nn.GELU(),
                           nn.Flatten(), nn.Linear(2 * 4 * 4, 3))
     lens = zf.Lens(model, input_size=(1, 8, 8))
-    with pytest.warns(UserWarning, match=r"1, 3"):
-        zf.project(lens, torch.randn(1, 8, 8), "conv2", method="guided")
+    x = torch.randn(1, 8, 8)
+    with pytest.warns(UserWarning, match=r"below 'conv2'.*\(1 LeakyReLU\)") as rec:
+        zf.project(lens, x, "conv2", method="guided")
+    assert not any("GELU" in str(w.message) for w in rec)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        zf.project(lens, torch.randn(1, 8, 8), "conv2", method="gradient")  # exact: no warning
+        zf.project(lens, x, "conv1", method="guided")        # no other activation below conv1
+        zf.project(lens, x, "conv2", method="gradient")      # exact: no warning
+    with pytest.warns(UserWarning, match=r"\(1 GELU, 1 LeakyReLU\)"):
+        zf.project(lens, x, "fc3", method="deconvnet")
+
+
+def test_other_activations_warning_is_short_on_efficientnet():
+    """EfficientNet-B0's 49 SiLUs and 16 sigmoid gates: a count per kind (the warning listed every module,
+    2,037 characters)."""
+    from zfwidgets.core.project import other_activations_below
+    torch.manual_seed(0)
+    lens = zf.Lens(torchvision.models.efficientnet_b0().eval(), input_size=(3, 64, 64))
+    counts = other_activations_below(lens, lens.resolve("features.8")[1])
+    assert counts == {"SiLU": 49, "Sigmoid": 16}
+    with pytest.warns(UserWarning) as rec:
+        zf.project(lens, torch.randn(3, 64, 64), "features.2", method="guided")
+    msg = [str(w.message) for w in rec if "ReLUs only" in str(w.message)]
+    assert len(msg) == 1 and len(msg[0]) < 300 and "SiLU" in msg[0]
 
 
 @pytest.mark.parametrize("arch,layers", [("resnet18", ["layer3.1", "fc"]),

@@ -106,6 +106,8 @@ _ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.
                 nn.Mish, nn.Sigmoid, nn.Tanh, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid, nn.Softplus, nn.Softsign,
                 nn.Tanhshrink)
 ACTIVATIONS = _ACTIVATIONS
+# activation modules the ReLU rules do not cover (the table's others, and GLU)
+OTHER_ACTIVATION_MODULES = tuple(a for a in _ACTIVATIONS if a is not nn.ReLU) + (nn.GLU,)
 _WINDOW_MODULES = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)
 # spatially pointwise in eval mode (channel-wise normalisations and LRN read one position's channels)
 _POINTWISE_MODULES = _ACTIVATIONS + (nn.BatchNorm2d, nn.modules.dropout._DropoutNd, nn.Identity,
@@ -268,7 +270,7 @@ class Trace:
     @staticmethod
     def of_lens(lens):
         """:meth:`of` the lens's model, cached on the lens."""
-        return Trace.of(lens.model, lens.__dict__.setdefault("_trace", {}))
+        return Trace.of(lens.model, lens.caches.setdefault("trace", {}))
 
     def path_of(self, n) -> str:
         """The module path a node belongs to (a module call: its module; a function: the module calling it)."""
@@ -391,6 +393,7 @@ class Graph:
         self.model = model
         self.input_size = tuple(int(s) for s in input_size)
         self.gm = None
+        self.crop_plans: dict = {}    # the cropped backward's walks from each layer (core.backward.plan)
         trace = Trace.of(model) if trace is None else trace
         self.traced = isinstance(trace, Trace)
         self.error: str | None = None if self.traced else trace
@@ -413,12 +416,12 @@ class Graph:
         if size is None:
             size = (lens.channels, 224, 224)
         size = tuple(int(s) for s in size)
-        cache = lens.__dict__.setdefault("_graphs", {})
+        cache = lens.caches.setdefault("graphs", {})
         key = (size, id(lens.model))
         g = cache.get(key)
         if g is None:
             p = next(lens.model.parameters(), None)
-            trace = Trace.of(lens.model, lens.__dict__.setdefault("_trace", {}))
+            trace = Trace.of_lens(lens)
             g = cls(lens.model, size, device=None if p is None else p.device, dtype=None if p is None else p.dtype,
                     trace=trace)
             cache[key] = g
@@ -705,8 +708,27 @@ def _norm_dims(d, rank):
     return [int(v) % rank for v in d]
 
 
+@dataclass(frozen=True)
+class _Read:
+    """What a node reads, for its classification: its tensor inputs ``tin`` (classified already), the first
+    one's spatial ``ax``, ``in_shape`` and ``rank_in``, the node's own ``shape`` and ``rank``, and ``nchw``
+    (the first input is N x C x H x W with its spatial axes last)."""
+    tin: list
+    ax: tuple | None
+    in_shape: tuple
+    rank_in: int
+    shape: tuple
+    rank: int
+
+    @property
+    def nchw(self) -> bool:
+        return self.ax == (2, 3) and self.rank_in == 4
+
+
 def _classify(n: Node, nodes) -> None:
-    """Set ``kind``, ``axes``, ``window`` of ``n`` from the one table (its inputs are classified already)."""
+    """Set ``kind``, ``axes``, ``window`` of ``n`` from the one table (its inputs are classified already):
+    the node's own cases first (input, output, no tensor, a tuple of tensors), then the rule of its module or
+    of its function (:data:`_FUNCTION_RULES`); anything without a rule is ``"other"`` (no spatial axes known)."""
     shape = n.out_shape
     if n.op == "placeholder":
         n.kind, n.axes = "input", (2, 3) if shape is not None and len(shape) == 4 else None
@@ -721,151 +743,183 @@ def _classify(n: Node, nodes) -> None:
     if not tin:
         n.kind = "meta" if n.op == "get_attr" else "other"
         return
-    a = tin[0]
-    ax = a.axes
-    in_shape = a.out_shape
+    ax, in_shape = tin[0].axes, tin[0].out_shape
     if isinstance(in_shape, list):   # a tuple of tensors (chunk / split) read by getitem
-        if n.target is operator.getitem:
-            n.kind, n.axes = "pointwise", ax
-        else:
-            n.kind = "other"
+        n.kind, n.axes = ("pointwise", ax) if n.target is operator.getitem else ("other", None)
         return
-    rank_in = len(in_shape)
     if isinstance(shape, list):      # chunk / split along a non-spatial axis
-        t = n.target
-        if t in _SPLIT:
-            dim = _arg(n, 2, "dim", 0)
-            if ax is not None and int(dim) % rank_in not in ax:
-                n.kind, n.axes = "pointwise", ax
-                return
-        n.kind = "other"
+        dim = _arg(n, 2, "dim", 0) if n.target in _SPLIT else None
+        n.kind, n.axes = ("pointwise", ax) if dim is not None and ax is not None and \
+            int(dim) % len(in_shape) not in ax else ("other", None)
         return
-    rank = len(shape)
-    nchw = ax == (2, 3) and rank_in == 4
-    t = n.target
+    r = _Read(tin, ax, in_shape, len(in_shape), shape, len(shape))
     if n.op == "call_module":
-        m = n.module
-        if isinstance(m, _WINDOW_MODULES) and nchw:
-            k, s, p, d, mode = window_params(m)
-            n.kind, n.axes, n.window = "window", ax, Window(k, s, p, d, mode, bool(getattr(m, "ceil_mode", False)))
-        elif isinstance(m, _ADAPTIVE_MODULES) and nchw:
-            n.kind, n.axes, n.adaptive = "global", ax, True
-        elif isinstance(m, (nn.BatchNorm2d, nn.LocalResponseNorm, nn.CrossMapLRN2d, nn.Softmax2d)):
-            n.kind, n.axes = ("pointwise", ax) if nchw else ("other", None)
-        elif isinstance(m, _POINTWISE_MODULES):
-            n.kind, n.axes = "pointwise", ax
-        elif isinstance(m, nn.Linear):
-            if ax is None:
-                n.kind = "global"
-            elif rank_in - 1 not in ax:
-                n.kind, n.axes, n.channels_last = "pointwise", ax, True
-        elif isinstance(m, nn.LayerNorm):
-            normed = set(range(rank_in - len(m.normalized_shape), rank_in))
-            if ax is None:
-                n.kind = "global"
-            elif not normed & set(ax):
-                n.kind, n.axes = "pointwise", ax
-        elif isinstance(m, nn.Flatten):
-            _flatten(n, ax, rank_in, m.start_dim, m.end_dim)
+        _module_rule(n, n.module, r)
         return
-    if t is F.layer_norm:
-        normed = _arg(n, 1, "normalized_shape")
-        k = len(normed) if isinstance(normed, (tuple, list)) else 1
-        if ax is not None and not set(range(rank_in - k, rank_in)) & set(ax):
-            n.kind, n.axes = "pointwise", ax
-        elif ax is None:
-            n.kind = "global"
-        return
-    if t in _POINTWISE_FUNCS or (n.op == "call_method" and t in _POINTWISE_METHODS) or t is _stochastic_depth():
-        n.kind, n.axes = "pointwise", ax
-        return
-    if t in _BINARY_FUNCS or (n.op == "call_method" and t in _BINARY_METHODS):
-        if len(tin) == 1:
-            n.kind, n.axes = "pointwise", ax
+    for targets, rule in _FUNCTION_RULES:
+        if _matches(n, targets):
+            rule(n, r, nodes)
             return
-        full = [x for x in tin if x.axes is not None and len(x.out_shape) == rank]
-        big = max(full, key=lambda x: math.prod(x.out_shape), default=None)
-        if big is not None and all(x.axes == big.axes or x.axes is None or math.prod(
-                x.out_shape[i] for i in x.axes) == 1 for x in tin):
-            n.kind, n.axes = "merge", big.axes
-        elif all(x.axes is None for x in tin):
-            n.kind = "global"
-        return
-    if t in _CAT_FUNCS:
-        dim = _arg(n, 1, "dim", 0)
-        if ax is not None and all(x.axes == ax for x in tin) and int(dim) % rank not in ax:
-            n.kind, n.axes = "merge", ax
-        elif ax is None:
-            n.kind = "global"
-        return
-    if t in _WINDOW_FUNCS and nchw:
-        if t in (F.conv2d, torch.conv2d):
-            w = nodes[n.inputs[1]].out_shape if len(n.inputs) > 1 else None
-            if w is None:
-                return
-            k = tuple(w[2:])
-            s, p, d = (pair(_arg(n, i, nm, 1 if nm != "padding" else 0)) for i, nm in
-                       ((3, "stride"), (4, "padding"), (5, "dilation")))
-            n.kind, n.axes, n.window = "window", ax, Window(k, s, p, d)
-            return
-        k = pair(_arg(n, 1, "kernel_size"))
-        st = _arg(n, 2, "stride", None)
-        s = pair(st) if st not in (None, [], ()) else k
-        p = pair(_arg(n, 3, "padding", 0))
-        ceil_pos = 4 if t is F.avg_pool2d else 5
-        d = (1, 1) if t is F.avg_pool2d else pair(_arg(n, 4, "dilation", 1))
-        ceil = bool(_arg(n, ceil_pos, "ceil_mode", False))
-        n.kind, n.axes, n.window = "window", ax, Window(k, s, p, d, "zeros", ceil)
-        return
-    if t in _ADAPTIVE_FUNCS and nchw:
+
+
+def _matches(n: Node, targets) -> bool:
+    t = n.target
+    if targets == "pointwise":
+        return t in _POINTWISE_FUNCS or (n.op == "call_method" and t in _POINTWISE_METHODS) or t is _stochastic_depth()
+    if targets == "binary":
+        return t in _BINARY_FUNCS or (n.op == "call_method" and t in _BINARY_METHODS)
+    return t in targets
+
+
+def _module_rule(n: Node, m: nn.Module, r: _Read) -> None:
+    ax = r.ax
+    if isinstance(m, _WINDOW_MODULES) and r.nchw:
+        k, s, p, d, mode = window_params(m)
+        n.kind, n.axes, n.window = "window", ax, Window(k, s, p, d, mode, bool(getattr(m, "ceil_mode", False)))
+    elif isinstance(m, _ADAPTIVE_MODULES) and r.nchw:
         n.kind, n.axes, n.adaptive = "global", ax, True
-        return
-    if t in _FLATTEN:
-        _flatten(n, ax, rank_in, _arg(n, 1, "start_dim", 0), _arg(n, 2, "end_dim", -1))
-        return
-    if t in _RESHAPE:
+    elif isinstance(m, (nn.BatchNorm2d, nn.LocalResponseNorm, nn.CrossMapLRN2d, nn.Softmax2d)):
+        n.kind, n.axes = ("pointwise", ax) if r.nchw else ("other", None)
+    elif isinstance(m, _POINTWISE_MODULES):
+        n.kind, n.axes = "pointwise", ax
+    elif isinstance(m, nn.Linear):
         if ax is None:
             n.kind = "global"
-        elif tuple(ax) == (rank_in - 2, rank_in - 1) and rank >= 3 and tuple(shape[-2:]) == tuple(in_shape[-2:]):
-            n.kind, n.axes = "pointwise", (rank - 2, rank - 1)
-        elif rank == 2 or all(in_shape[i] == 1 for i in ax):
-            n.kind = "global"
+        elif r.rank_in - 1 not in ax:
+            n.kind, n.axes, n.channels_last = "pointwise", ax, True
+    elif isinstance(m, nn.LayerNorm):
+        _normalised(n, r, len(m.normalized_shape))
+    elif isinstance(m, nn.Flatten):
+        _flatten(n, ax, r.rank_in, m.start_dim, m.end_dim)
+
+
+def _normalised(n: Node, r: _Read, k: int) -> None:
+    """A layer norm over the last ``k`` axes: pointwise where none of them is spatial."""
+    if r.ax is None:
+        n.kind = "global"
+    elif not set(range(r.rank_in - k, r.rank_in)) & set(r.ax):
+        n.kind, n.axes = "pointwise", r.ax
+
+
+def _layer_norm_rule(n: Node, r: _Read, nodes) -> None:
+    normed = _arg(n, 1, "normalized_shape")
+    _normalised(n, r, len(normed) if isinstance(normed, (tuple, list)) else 1)
+
+
+def _pointwise_rule(n: Node, r: _Read, nodes) -> None:
+    n.kind, n.axes = "pointwise", r.ax
+
+
+def _binary_rule(n: Node, r: _Read, nodes) -> None:
+    """An elementwise operation of tensors: a merge where they share the spatial axes (a broadcast gate of
+    1 x 1 maps included), global where none has any."""
+    tin = r.tin
+    if len(tin) == 1:
+        n.kind, n.axes = "pointwise", r.ax
         return
-    if t in _REDUCE:
-        dims = _arg(n, 1, "dim", None)
-        keep = bool(_arg(n, 2, "keepdim", False))
-        if ax is None:
-            n.kind = "global"
+    full = [x for x in tin if x.axes is not None and len(x.out_shape) == r.rank]
+    big = max(full, key=lambda x: math.prod(x.out_shape), default=None)
+    if big is not None and all(x.axes == big.axes or x.axes is None or math.prod(
+            x.out_shape[i] for i in x.axes) == 1 for x in tin):
+        n.kind, n.axes = "merge", big.axes
+    elif all(x.axes is None for x in tin):
+        n.kind = "global"
+
+
+def _cat_rule(n: Node, r: _Read, nodes) -> None:
+    dim = _arg(n, 1, "dim", 0)
+    if r.ax is not None and all(x.axes == r.ax for x in r.tin) and int(dim) % r.rank not in r.ax:
+        n.kind, n.axes = "merge", r.ax
+    elif r.ax is None:
+        n.kind = "global"
+
+
+def _window_function_rule(n: Node, r: _Read, nodes) -> None:
+    if not r.nchw:
+        return
+    t = n.target
+    if t in (F.conv2d, torch.conv2d):
+        w = nodes[n.inputs[1]].out_shape if len(n.inputs) > 1 else None
+        if w is None:
             return
-        dims = list(range(rank_in)) if dims is None else _norm_dims(dims, rank_in)
-        if set(ax) & set(dims):
-            n.kind, n.axes = "global", (ax if keep else None)
-        else:
-            left = [i for i in range(rank_in) if keep or i not in dims]
-            n.kind, n.axes = "pointwise", tuple(left.index(i) for i in ax)
+        s, p, d = (pair(_arg(n, i, nm, 1 if nm != "padding" else 0)) for i, nm in
+                   ((3, "stride"), (4, "padding"), (5, "dilation")))
+        n.kind, n.axes, n.window = "window", r.ax, Window(tuple(w[2:]), s, p, d)
         return
-    if t in _PERMUTE:
-        fxn = n.fx_node
-        dims = fxn.args[1:] if n.op == "call_method" else (fxn.args[1] if len(fxn.args) > 1 else fxn.kwargs["dims"])
-        if n.op == "call_method" and len(dims) == 1 and isinstance(dims[0], (tuple, list)):
-            dims = dims[0]
-        dims = _norm_dims(list(dims), rank_in)
-        if ax is not None:
-            n.kind, n.axes = "pointwise", tuple(dims.index(i) for i in ax)
+    k = pair(_arg(n, 1, "kernel_size"))
+    st = _arg(n, 2, "stride", None)
+    s = pair(st) if st not in (None, [], ()) else k
+    p = pair(_arg(n, 3, "padding", 0))
+    ceil_pos = 4 if t is F.avg_pool2d else 5
+    d = (1, 1) if t is F.avg_pool2d else pair(_arg(n, 4, "dilation", 1))
+    ceil = bool(_arg(n, ceil_pos, "ceil_mode", False))
+    n.kind, n.axes, n.window = "window", r.ax, Window(k, s, p, d, "zeros", ceil)
+
+
+def _adaptive_rule(n: Node, r: _Read, nodes) -> None:
+    if r.nchw:
+        n.kind, n.axes, n.adaptive = "global", r.ax, True
+
+
+def _flatten_rule(n: Node, r: _Read, nodes) -> None:
+    _flatten(n, r.ax, r.rank_in, _arg(n, 1, "start_dim", 0), _arg(n, 2, "end_dim", -1))
+
+
+def _reshape_rule(n: Node, r: _Read, nodes) -> None:
+    ax, rank_in, rank = r.ax, r.rank_in, r.rank
+    if ax is None:
+        n.kind = "global"
+    elif tuple(ax) == (rank_in - 2, rank_in - 1) and rank >= 3 and tuple(r.shape[-2:]) == tuple(r.in_shape[-2:]):
+        n.kind, n.axes = "pointwise", (rank - 2, rank - 1)
+    elif rank == 2 or all(r.in_shape[i] == 1 for i in ax):
+        n.kind = "global"
+
+
+def _reduce_rule(n: Node, r: _Read, nodes) -> None:
+    dims = _arg(n, 1, "dim", None)
+    keep = bool(_arg(n, 2, "keepdim", False))
+    if r.ax is None:
+        n.kind = "global"
         return
-    if t in _TRANSPOSE:
-        d0, d1 = (int(v) % rank_in for v in (_arg(n, 1, "dim0"), _arg(n, 2, "dim1")))
-        if ax is not None:
-            swap = {d0: d1, d1: d0}
-            n.kind, n.axes = "pointwise", tuple(swap.get(i, i) for i in ax)
+    dims = list(range(r.rank_in)) if dims is None else _norm_dims(dims, r.rank_in)
+    if set(r.ax) & set(dims):
+        n.kind, n.axes = "global", (r.ax if keep else None)
+    else:
+        left = [i for i in range(r.rank_in) if keep or i not in dims]
+        n.kind, n.axes = "pointwise", tuple(left.index(i) for i in r.ax)
+
+
+def _permute_rule(n: Node, r: _Read, nodes) -> None:
+    fxn = n.fx_node
+    dims = fxn.args[1:] if n.op == "call_method" else (fxn.args[1] if len(fxn.args) > 1 else fxn.kwargs["dims"])
+    if n.op == "call_method" and len(dims) == 1 and isinstance(dims[0], (tuple, list)):
+        dims = dims[0]
+    dims = _norm_dims(list(dims), r.rank_in)
+    if r.ax is not None:
+        n.kind, n.axes = "pointwise", tuple(dims.index(i) for i in r.ax)
+
+
+def _transpose_rule(n: Node, r: _Read, nodes) -> None:
+    d0, d1 = (int(v) % r.rank_in for v in (_arg(n, 1, "dim0"), _arg(n, 2, "dim1")))
+    if r.ax is not None:
+        swap = {d0: d1, d1: d0}
+        n.kind, n.axes = "pointwise", tuple(swap.get(i, i) for i in r.ax)
+
+
+def _getitem_rule(n: Node, r: _Read, nodes) -> None:
+    if r.ax is None or r.rank != r.rank_in:
         return
-    if t is operator.getitem and ax is not None and rank == rank_in:
-        idx = _arg(n, 1, "idx")
-        idx = idx if isinstance(idx, tuple) else (idx,)
-        if all(i >= len(idx) or idx[i] == slice(None) for i in ax) and Ellipsis not in idx:
-            n.kind, n.axes = "pointwise", ax
-        return
-    # anything else: "other" (and no spatial axes known)
+    idx = _arg(n, 1, "idx")
+    idx = idx if isinstance(idx, tuple) else (idx,)
+    if all(i >= len(idx) or idx[i] == slice(None) for i in r.ax) and Ellipsis not in idx:
+        n.kind, n.axes = "pointwise", r.ax
+
+
+# a function's or method's rule, the first whose targets match (the order of the former if chain)
+_FUNCTION_RULES = (({F.layer_norm}, _layer_norm_rule), ("pointwise", _pointwise_rule), ("binary", _binary_rule),
+                   (_CAT_FUNCS, _cat_rule), (_WINDOW_FUNCS, _window_function_rule), (_ADAPTIVE_FUNCS, _adaptive_rule),
+                   (_FLATTEN, _flatten_rule), (_RESHAPE, _reshape_rule), (_REDUCE, _reduce_rule),
+                   (_PERMUTE, _permute_rule), (_TRANSPOSE, _transpose_rule), ({operator.getitem}, _getitem_rule))
 
 
 def _stochastic_depth():

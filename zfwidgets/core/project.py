@@ -34,8 +34,8 @@ from torch import fx, nn
 from . import backward as crop
 from .capture import ModelGuard, pool_switches
 from .geometry import batchnorm_scale, grow
-from .graph import Graph, is_relu
-from .rules import RULES
+from .graph import OTHER_ACTIVATION_MODULES, Graph, GraphError, is_relu
+from .rules import OTHER_ACTIVATIONS, RULES
 
 __all__ = ["Projection", "project", "deconvnet_steps", "render", "select_activation", "unit_seed",
            "not_active_image"]
@@ -233,11 +233,12 @@ def project(lens, image, layer, channel=None, *, position="max", method: str = "
     seed, channel, pos, value, active = select_activation(act, name, channel, position,
                                                           rectified=lens.rectified(path))
     if RULES[method].rectifies_signal and (lens.unruled_modules or lens._other_activations):
-        what = ", ".join(lens.unruled_modules) or "functional calls"
-        lens.warn_once(("others", method),
-                       f"the {method} rule applies to ReLUs only; the activations of {what} "
-                       f"({', '.join(lens._other_activations) or 'see modules'}) are backpropagated as plain "
-                       "gradients")
+        others = other_activations_below(lens, path)
+        if others:
+            kinds = ", ".join(f"{k} {what}" for what, k in sorted(others.items(), key=lambda kv: (-kv[1], kv[0])))
+            lens.warn_once(("others", method, tuple(sorted(others.items()))),
+                           f"the {method} rule applies to ReLUs only; below {name!r} the model has other "
+                           f"activations ({kinds}): their signal is backpropagated as the plain gradient")
     fwd.state.rule = method
     if not act.requires_grad or not active:
         pixels = torch.zeros_like(fwd.input[0])
@@ -247,6 +248,41 @@ def project(lens, image, layer, channel=None, *, position="max", method: str = "
         (grad,) = torch.autograd.grad(act, fwd.input, seed, retain_graph=True, allow_unused=True)
         pixels = torch.zeros_like(fwd.input[0]) if grad is None else grad[0].detach()
     return Projection(pixels, name, channel, pos, value, method, active)
+
+
+def other_activations_below(lens, path: str) -> dict:
+    """``{kind: count}`` of the activations other than ReLU that a projection from ``path`` goes back through:
+    modules (``"SiLU"``) and functional calls (``"F.silu"``) on the model's graph between the input and the
+    layer (the layer included). Where the model has no graph (neither traced nor a chain) every such module of
+    the model, and every such call its forward made, is counted.
+
+    >>> other_activations_below(zfwidgets.Lens.from_torchvision("efficientnet_b0"), "features.1")
+    {'SiLU': 3, 'Sigmoid': 1}
+    """
+    counts: dict = {}
+
+    def add(kind):
+        counts[kind] = counts.get(kind, 0) + 1
+    try:
+        g = Graph.of(lens)
+        nodes = g.ancestors(g.node_of(path)) if (g.traced or g.is_chain) else None
+    except (GraphError, TypeError, ValueError, RuntimeError):
+        nodes = None
+    if nodes is None:
+        for m in lens.model.modules():
+            if isinstance(m, OTHER_ACTIVATION_MODULES):
+                add(type(m).__name__)
+        for f in lens._other_activations:
+            add(f"F.{f}")
+        return counts
+    for n in nodes:
+        if n.module is not None and isinstance(n.module, OTHER_ACTIVATION_MODULES):
+            add(type(n.module).__name__)
+        elif n.op == "call_function" and n.target in OTHER_ACTIVATIONS:
+            add(f"F.{OTHER_ACTIVATIONS[n.target]}")
+        elif n.op == "call_method" and n.target in ("sigmoid", "tanh", "sigmoid_", "tanh_"):
+            add(f"F.{n.target.rstrip('_')}")
+    return counts
 
 
 # ----- the cropped backward (on the model's graph: zfwidgets.core.backward) ------------------------------
