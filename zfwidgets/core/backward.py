@@ -156,7 +156,7 @@ def plan(lens, input_size, path) -> Plan | None:
     """The walk from the output of module ``path`` to the input on inputs of ``input_size`` (C x H x W), or None
     where the graph has a node below it the walk does not know (then the full backward is the way). Cached."""
     graph = Graph.of(lens, tuple(input_size))
-    cache = graph.__dict__.setdefault("_crop_plans", {})
+    cache = graph.crop_plans
     if path not in cache:
         cache[path] = _build(graph, path)
     result = cache[path]
@@ -166,7 +166,7 @@ def plan(lens, input_size, path) -> Plan | None:
 def why_not(lens, input_size, path) -> str | None:
     """Why :func:`plan` gives None (for messages and tests); None when the walk applies."""
     plan(lens, input_size, path)
-    r = Graph.of(lens, tuple(input_size)).__dict__["_crop_plans"][path]
+    r = Graph.of(lens, tuple(input_size)).crop_plans[path]
     return None if isinstance(r, Plan) else r
 
 
