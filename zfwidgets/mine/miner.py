@@ -28,7 +28,9 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch.utils.data import DataLoader
@@ -61,7 +63,36 @@ def make_lens(model, weights=None):
     return Lens.from_torchvision(model, weights)
 
 
-def _layer_list(lens, layers):
+class LayerSpec(NamedTuple):
+    """A mined layer: its ``name`` and module ``path``, ``kind`` (``"conv"``: maps; ``"fc"``: units), its
+    ``channels`` (maps or units) and ``in_channels`` (``None`` where the graph does not say)."""
+    name: str
+    path: str
+    kind: str
+    channels: int
+    in_channels: int | None
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What one call of :func:`mine` asks, past the model, the layers and the data (see its arguments)."""
+    k: int
+    rule: str
+    weights: object
+    out: object
+    batch_size: int
+    workers: int
+    checkpoint: object
+    every: int
+    resume: bool
+    strict: bool
+    progress: object
+    projections: bool
+    chunk: int
+    stop_after: int | None
+
+
+def _layer_list(lens, layers) -> list:
     if layers is None:
         names = [i.name for i in lens.table if i.kind == "conv"]
     else:
@@ -77,9 +108,9 @@ def _layer_list(lens, layers):
         info = lens.layer_info(n)
         m = info.module
         if isinstance(m, torch.nn.Conv2d):
-            out.append((n, info.path, "conv", m.out_channels, m.in_channels))
+            out.append(LayerSpec(n, info.path, "conv", m.out_channels, m.in_channels))
         elif isinstance(m, torch.nn.Linear):
-            out.append((n, info.path, "fc", m.out_features, m.in_features))
+            out.append(LayerSpec(n, info.path, "fc", m.out_features, m.in_features))
         else:  # a block of a branching model (ResNet's layer1.0): its maps, from the model's graph
             from ..core.graph import Graph, GraphError
             try:
@@ -92,7 +123,7 @@ def _layer_list(lens, layers):
                                  "conv layers, blocks that put out maps, and fully connected (Linear) layers")
             c_in = node.in_shapes[0][1] if node.in_shapes and node.in_shapes[0] and len(node.in_shapes[0]) == 4 \
                 else None
-            out.append((n, info.path, "conv", int(shape[1]), None if c_in is None else int(c_in)))
+            out.append(LayerSpec(n, info.path, "conv", int(shape[1]), None if c_in is None else int(c_in)))
     return out
 
 
@@ -310,10 +341,10 @@ def mine(model, data, layers=None, *, k: int = 9, rule: str = "deconvnet", weigh
     if threads is not None:
         torch.set_num_threads(int(threads))
     try:
+        job = _Job(k, rule, weights, out, batch_size, workers, checkpoint, checkpoint_every, resume, strict,
+                   progress, projections, chunk, _stop_after)
         with _old_objects_frozen():
-            return _run(lens, specs, source, dist, k=k, rule=rule, weights=weights, out=out, batch_size=batch_size,
-                        workers=workers, checkpoint=checkpoint, every=checkpoint_every, resume=resume, strict=strict,
-                        progress=progress, projections=projections, chunk=chunk, stop_after=_stop_after)
+            return _run(lens, specs, source, dist, job)
     finally:
         torch.set_num_threads(n_threads)
         dist.close()
@@ -335,108 +366,40 @@ def _old_objects_frozen():
         gc.unfreeze()
 
 
-def _run(lens, specs, source, dist, *, k, rule, weights, out, batch_size, workers, checkpoint, every, resume,
-         strict, progress, projections, chunk, stop_after):
+@dataclass
+class _Pass:
+    """Where this rank's pass over its shard stands: the top-k ``states`` per layer, the images ``count``-ed,
+    the ``skipped`` ones, the next batch ``b_next``; ``seconds`` once it is over."""
+    states: dict
+    count: int
+    skipped: list
+    b_next: int
+    seconds: float = 0.0
+
+
+def _run(lens, specs, source, dist, job: _Job):
+    """The job: this rank's pass (with checkpoints), the ranks' states merged, the winners projected in bulk,
+    the gallery built and written on rank 0. ``None`` on the other ranks, or where a test stops the pass
+    early."""
     t_job = time.perf_counter()
-    N, B = len(source), batch_size
-    nb = -(-N // B)
-    first, end = dist.rank * nb // dist.world, (dist.rank + 1) * nb // dist.world
-    weights_name = None if weights is None else str(getattr(weights, "name", weights))
-    fingerprint = {"model": lens.name, "weights": weights_name, "layers": [s[0] for s in specs], "k": k,
-                   "data": source.describe(), "batch_size": B, "world": dist.world, "rank": dist.rank}
-    states = {s[0]: TopK(s[3], k) for s in specs}
-    skipped, count, start = [], 0, first
-    ck = None if checkpoint is None else Path(checkpoint) / f"rank{dist.rank}-of-{dist.world}.safetensors"
-    if ck is not None and resume and ck.exists():
-        from .checkpoint import load_checkpoint
-        tensors, info = load_checkpoint(ck, fingerprint)
-        states = {s[0]: TopK.from_tensors(tensors, s[0], s[3], k) for s in specs}
-        start, count, skipped = int(info["next_batch"]), int(info["count"]), list(info["skipped"])
-
-    def save():
-        if ck is None:
-            return
-        from .checkpoint import save_checkpoint
-        tensors = {}
-        for name, st in states.items():
-            tensors.update(st.tensors(name))
-        save_checkpoint(ck, tensors, {"next_batch": b_next, "count": count, "skipped": skipped}, fingerprint)
-
-    names = [s[0] for s in specs]
-    widths = _map_widths(lens, source, names)
-    todo = [list(range(b * B, min(N, (b + 1) * B))) for b in range(start, end)]
-    bar = _progress_bar(sum(len(t) for t in todo), f"mining {len(names)} layers", progress, dist.rank)
-    loader = DataLoader(source, batch_sampler=todo, num_workers=workers, collate_fn=_collate) if todo else []
-    b_next, since = start, 0
-    t0 = time.perf_counter()
-    hooks, stack = _MaxHooks(lens, names, states), contextlib.ExitStack()
-    from ..core.capture import ModelGuard
-    try:
-        stack.enter_context(hooks)
-        stack.enter_context(ModelGuard(lens.model))   # eval mode for the pass, each module's flag restored after
-        for (x, ok), ids in zip(loader, todo):
-            idx = torch.tensor(ids, dtype=torch.long)
-            if not all(ok):
-                bad = [ids[j] for j in range(len(ids)) if not ok[j]]
-                if strict:
-                    err = source.error_of(bad[0]) if hasattr(source, "error_of") else "cannot be decoded"
-                    raise ValueError(f"cannot decode image {source.name_of(bad[0])} ({err}); without strict it "
-                                     "would be skipped and listed in the report")
-                skipped.extend({"index": i, "id": source.ids(i),
-                                "error": source.error_of(i) if hasattr(source, "error_of") else "cannot be decoded"}
-                               for i in bad)
-                keep = torch.tensor(ok)
-                x, idx = x[keep], idx[keep]
-            if x.shape[0]:
-                got = hooks.run(x.to(lens.device))
-                for name in names:
-                    v, pos, rows, maps = got[name]
-                    nan = torch.isnan(v)
-                    if bool(nan.any()):
-                        row = int(rows[nan.nonzero()[0, 0]])
-                        raise ValueError(f"layer {name!r} gives NaN for image {source.name_of(int(idx[row]))}")
-                    st = states[name]
-                    st.offer(v, pos, idx[rows], maps)
-                    if st.pending >= st.channels * st.k:   # select now and then: the bar rises with the state
-                        st.settle()
-            count += int(x.shape[0])
-            b_next += 1
-            since += len(ids)
-            if bar is not None:
-                bar.update(len(ids))
-            if since >= every:
-                save()
-                since = 0
-                if stop_after is not None and b_next * B >= stop_after:   # tests: a run that ends early
-                    return None
-    finally:
-        stack.close()
-        if bar is not None:
-            bar.close()
-    b_next = end
-    for st in states.values():
-        st.settle()
-    if todo or (ck is not None and not ck.exists()):
-        save()
-    elapsed = time.perf_counter() - t0
-    timings = {"pass": elapsed}
+    weights_name = None if job.weights is None else str(getattr(job.weights, "name", job.weights))
+    widths = _map_widths(lens, source, [s.name for s in specs])
+    done = _pass(lens, specs, source, dist, job, weights_name)
+    if done is None:
+        return None
+    timings = {"pass": done.seconds}
     t = time.perf_counter()
-
-    # ----- merge the ranks' states ---------------------------------------------------------------
-    parts = dist.all_gather(({n: (s.values, s.indices, s.positions) for n, s in states.items()}, count, skipped))
-    merged = {}
-    for s in specs:
-        merged[s[0]] = TopK.merge(TopK(s[3], k, *p[0][s[0]]) for p in parts)
+    parts = dist.all_gather(({n: (s.values, s.indices, s.positions) for n, s in done.states.items()}, done.count,
+                             done.skipped))
+    merged = {s.name: TopK.merge(TopK(s.channels, job.k, *p[0][s.name]) for p in parts) for s in specs}
     total = sum(p[1] for p in parts)
     skipped_all = sorted((e for p in parts for e in p[2]), key=lambda e: e["index"])
     timings["merge"], t = time.perf_counter() - t, time.perf_counter()
-
-    # ----- projections in bulk -------------------------------------------------------------------
     results = {}
-    if projections:
+    if job.projections:
         from .project import project_winners
-        mine_part = project_winners(lens, source, specs, merged, widths, rule, chunk, dist.rank, dist.world,
-                                    progress and dist.rank == 0)
+        mine_part = project_winners(lens, source, specs, merged, widths, job.rule, job.chunk, dist.rank, dist.world,
+                                    job.progress and dist.rank == 0)
         timings["projections"], t = time.perf_counter() - t, time.perf_counter()
         for part in dist.gather(_pack(_finish(mine_part))) or []:
             results.update(_unpack(part))
@@ -444,18 +407,114 @@ def _run(lens, specs, source, dist, *, k, rule, weights, out, batch_size, worker
     if dist.rank != 0:
         dist.barrier()
         return None
-    gallery = _build(lens, specs, source, merged, results, widths, k, rule, weights_name, total, skipped_all,
-                     projections)
+    gallery = _build(lens, specs, source, merged, results, widths, job.k, job.rule, weights_name, total,
+                     skipped_all, job.projections)
     timings["build"], t = time.perf_counter() - t, time.perf_counter()
-    if out is not None:
-        gallery.save(out)
-        gallery.path = Path(out)
+    if job.out is not None:
+        gallery.save(job.out)
+        gallery.path = Path(job.out)
         timings["save"] = time.perf_counter() - t
-    gallery.pass_seconds = elapsed   # not in the file: equal jobs give equal files
+    gallery.pass_seconds = done.seconds   # not in the file: equal jobs give equal files
     gallery.job_seconds = time.perf_counter() - t_job   # the job without start-up (imports, process group)
     gallery.timings = timings        # rank 0's seconds per phase of the job
     dist.barrier()
     return gallery
+
+
+def _pass(lens, specs, source, dist, job: _Job, weights_name) -> _Pass | None:
+    """This rank's pass over its shard of whole batches: each layer's maxima offered to its top-k state, a
+    checkpoint every ``job.every`` images (resumed from where ``job.resume`` finds one); images that cannot be
+    decoded skipped and listed, or the first one an error with ``job.strict``."""
+    N, B = len(source), job.batch_size
+    nb = -(-N // B)
+    first, end = dist.rank * nb // dist.world, (dist.rank + 1) * nb // dist.world
+    fingerprint = {"model": lens.name, "weights": weights_name, "layers": [s.name for s in specs], "k": job.k,
+                   "data": source.describe(), "batch_size": B, "world": dist.world, "rank": dist.rank}
+    st = _Pass({s.name: TopK(s.channels, job.k) for s in specs}, 0, [], first)
+    ck = None if job.checkpoint is None else Path(job.checkpoint) / f"rank{dist.rank}-of-{dist.world}.safetensors"
+    if ck is not None and job.resume and ck.exists():
+        from .checkpoint import load_checkpoint
+        tensors, info = load_checkpoint(ck, fingerprint)
+        st = _Pass({s.name: TopK.from_tensors(tensors, s.name, s.channels, job.k) for s in specs},
+                   int(info["count"]), list(info["skipped"]), int(info["next_batch"]))
+
+    def save():
+        if ck is None:
+            return
+        from .checkpoint import save_checkpoint
+        tensors = {}
+        for name, top in st.states.items():
+            tensors.update(top.tensors(name))
+        save_checkpoint(ck, tensors, {"next_batch": st.b_next, "count": st.count, "skipped": st.skipped},
+                        fingerprint)
+
+    names = [s.name for s in specs]
+    todo = [list(range(b * B, min(N, (b + 1) * B))) for b in range(st.b_next, end)]
+    bar = _progress_bar(sum(len(t) for t in todo), f"mining {len(names)} layers", job.progress, dist.rank)
+    loader = DataLoader(source, batch_sampler=todo, num_workers=job.workers, collate_fn=_collate) if todo else []
+    since = 0
+    t0 = time.perf_counter()
+    hooks, stack = _MaxHooks(lens, names, st.states), contextlib.ExitStack()
+    from ..core.capture import ModelGuard
+    try:
+        stack.enter_context(hooks)
+        stack.enter_context(ModelGuard(lens.model))   # eval mode for the pass, each module's flag restored after
+        for (x, ok), ids in zip(loader, todo):
+            x, idx = _decoded(source, x, ok, ids, st.skipped, job.strict)
+            if x.shape[0]:
+                _offer(hooks.run(x.to(lens.device)), st.states, idx, source)
+            st.count += int(x.shape[0])
+            st.b_next += 1
+            since += len(ids)
+            if bar is not None:
+                bar.update(len(ids))
+            if since >= job.every:
+                save()
+                since = 0
+                if job.stop_after is not None and st.b_next * B >= job.stop_after:   # tests: a run that ends early
+                    return None
+    finally:
+        stack.close()
+        if bar is not None:
+            bar.close()
+    st.b_next = end
+    for top in st.states.values():
+        top.settle()
+    if todo or (ck is not None and not ck.exists()):
+        save()
+    st.seconds = time.perf_counter() - t0
+    return st
+
+
+def _decoded(source, x, ok, ids, skipped: list, strict: bool):
+    """The batch's decoded images and their indices; the others listed in ``skipped`` (or, ``strict``, an
+    error naming the first)."""
+    idx = torch.tensor(ids, dtype=torch.long)
+    if all(ok):
+        return x, idx
+    bad = [ids[j] for j in range(len(ids)) if not ok[j]]
+    if strict:
+        err = source.error_of(bad[0]) if hasattr(source, "error_of") else "cannot be decoded"
+        raise ValueError(f"cannot decode image {source.name_of(bad[0])} ({err}); without strict it "
+                         "would be skipped and listed in the report")
+    skipped.extend({"index": i, "id": source.ids(i),
+                    "error": source.error_of(i) if hasattr(source, "error_of") else "cannot be decoded"}
+                   for i in bad)
+    keep = torch.tensor(ok)
+    return x[keep], idx[keep]
+
+
+def _offer(got: dict, states: dict, idx, source) -> None:
+    """One batch's maxima per layer offered to the layers' top-k states (a NaN is an error naming the image)."""
+    for name, top in states.items():
+        v, pos, rows, maps = got[name]
+        nan = torch.isnan(v)
+        if bool(nan.any()):
+            row = int(rows[nan.nonzero()[0, 0]])
+            raise ValueError(f"layer {name!r} gives NaN for image {source.name_of(int(idx[row]))}")
+        top.offer(v, pos, idx[rows], maps)
+        if top.pending >= top.channels * top.k:   # select now and then: the bar rises with the state
+            top.settle()
 
 
 def _finish(part: dict) -> dict:

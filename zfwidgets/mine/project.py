@@ -194,15 +194,15 @@ def project_winners(lens, source, specs, states, widths, rule, chunk, rank, worl
     clipped box C x h x w, patch h x w x 3 uint8)}`` for this rank's chunks."""
     hits = _hits(specs, states, widths)
     # images ordered by the deepest layer they won in, then by index: a chunk's forward stops at its deepest layer
-    order = {s[0]: n for n, s in enumerate(specs)}
+    order = {s.name: n for n, s in enumerate(specs)}
     depth = {}
     for h in hits:
         depth[h[0]] = max(depth.get(h[0], -1), order[h[1]])
     images = sorted(depth, key=lambda i: (depth[i], i))
     chunks = [images[a:a + chunk] for a in range(0, len(images), chunk)]
-    conv_paths = [s[1] for s in specs if s[2] == "conv"]
+    conv_paths = [s.path for s in specs if s.kind == "conv"]
     plan = chain_plan(lens, conv_paths) if conv_paths else None
-    walked = {s[1] for s in specs if s[2] == "conv"} if plan is not None else set()
+    walked = {s.path for s in specs if s.kind == "conv"} if plan is not None else set()
     by_image = {}
     for h in hits:
         by_image.setdefault(h[0], []).append(h)
