@@ -21,6 +21,12 @@ prints the move's geometric bound (the engine's :meth:`~zfwidgets.inference.Grap
 panel's box: full multiply-adds over those of the box's own changed region). Goals: median <= 5 ms
 (bundled), <= 15 ms (AlexNet), <= 0.5x the batch-1 forward (ResNet-50), on 2 cores.
 
+``--approximate``: the dragged move as the panel makes it with ``live="approximate"`` (Krypton's
+projective-field threshold, the panel's ``tau``): a ``mouse_down``, then ``mouse_move`` events each rendered
+(the coalescer flushed) and timed, against the batch-1 forward of the same run; its error is the max |dp| over
+all classes between the engine's approximate and exact views of each box (computed outside the timing). Goal
+(ResNet-50): <= 0.35x the batch-1 forward, max |dp| <= 0.02.
+
 Run: ``.venv/bin/python benchmarks/occluder_move.py [--moves 100] [--threads 2] [--models alexnet resnet50]``
 """
 from __future__ import annotations
@@ -181,15 +187,58 @@ def bench(name: str, moves: int = 100) -> dict:
             "full_run_ms": parts["(for reference) full lens.run"], "forward_ms": fwd, "bound": bound}
 
 
+def bench_approximate(name: str, moves: int = 100) -> dict:
+    """The dragged, approximate move of one model: milliseconds and its max |dp| against the exact move."""
+    from zfwidgets.inference import occlusion_engine
+    make, image_of, _, _ = MODELS[name]
+    lens, weights = make()
+    panel = zf.OcclusionPanel(lens, image_of(), live="approximate")
+    try:
+        engine = occlusion_engine(lens, panel.x)
+        canvas = panel.occluder.canvas
+        side = canvas.width
+        points = np.random.default_rng(1).uniform(0, side, size=(moves + 5, 2))
+        canvas._handle_custom_msg({"event": "mouse_down", "x": float(points[0, 0]), "y": float(points[0, 1])}, [])
+        wall, dp, shown = [], 0.0, set()
+        for k, (x, y) in enumerate(points[1:]):
+            t0 = time.perf_counter()
+            canvas._handle_custom_msg({"event": "mouse_move", "x": float(x), "y": float(y)}, [])
+            panel._moves.flush()
+            dt = time.perf_counter() - t0
+            assert panel.error is None, panel.error
+            shown.add(panel.state["shown"])
+            if k >= 5:
+                wall.append(dt)
+            if k % 5 == 0:                           # the error, outside the timing
+                box = panel.state["box"]
+                a = engine.evaluate_box(box, [panel.layer], tau=panel.tau).probs
+                e = engine.evaluate_box(box, [panel.layer]).probs
+                dp = max(dp, float((a - e).abs().max()))
+        H = panel.x.shape[-2]
+        c = (H - panel.size) // 2
+        fwd = forward_wall(lens, panel.x, (c, c, c + panel.size, c + panel.size), panel.layer) * 1e3
+    finally:
+        panel.close()
+    med = statistics.median(wall) * 1e3
+    print(f"
+{name} ({weights}), approximate dragged move (tau {panel.tau}), occluder {panel.size} px, layer "
+          f"{panel.layer}: median {med:.2f} ms over {len(wall)} moves; batch-1 forward {fwd:.2f} ms; the move / "
+          f"forward {med / fwd:.2f}; max |dp| against the exact move {dp:.4f}; shown: {sorted(shown)}")
+    return {"model": name, "wall_ms": med, "forward_ms": fwd, "ratio": med / fwd, "dp": dp}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--moves", type=int, default=100, help="timed moves per model (>= 50)")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    ap.add_argument("--approximate", action="store_true", help="the dragged, approximate move instead")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"machine: {machine()}")
+    if args.approximate:
+        return [bench_approximate(name, args.moves) for name in args.models]
     rows = [bench(name, args.moves) for name in args.models]
     print(f"\nmachine after: {machine()}")
     print("summary (median ms per move, wall / CPU): " + "; ".join(f"{r['model']} {r['wall_ms']:.2f} / "

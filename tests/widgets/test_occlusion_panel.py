@@ -343,3 +343,89 @@ def test_close_leaves_no_hooks_and_no_widgets(zf_random, sample, model_hooks):
     assert open_widget_ids() <= before, "the panel left widgets open"
     fire(panel.occluder.canvas, "mouse_down", 30, 30)   # a late event after close does nothing
     assert panel.renders == renders
+
+
+# ----- the approximate live move and the progressive maps (issue 29 item 5) ------------------------------
+@pytest.fixture
+def resnet_panel():
+    import torchvision
+    torch.manual_seed(0)
+    lens = zfwidgets.Lens(torchvision.models.resnet18().eval(), input_size=(3, 64, 64))
+    x = torch.nn.functional.interpolate(torch.randn(1, 3, 8, 8), size=64, mode="bilinear")[0]
+    panels = []
+
+    def make(**kw):
+        p = zfwidgets.OcclusionPanel(lens, x, size=16, layer="layer3.1", **kw)
+        p.engine.mode = "incremental"           # the plan, whatever this machine's clock says
+        panels.append(p)
+        return p
+    yield lens, x, make
+    for p in panels:
+        p.close()
+
+
+def _shown_p(panel):
+    return read_top1(panel.probs.value)[2]
+
+
+def test_dragging_shows_the_approximation_and_dropping_the_exact_view(resnet_panel):
+    """live="approximate": while the button is held each move runs with the projective-field threshold and the
+    panel says so (state and span.zf-approx); mouse up shows the exact view, equal to the plain API's forward
+    of the occluded image. live="exact" never approximates."""
+    lens, x, make = resnet_panel
+    panel = make(live="approximate", tau=0.5)
+    s = panel.scale
+    fire(panel.occluder.canvas, "mouse_down", 20 * s, 24 * s)
+    fire(panel.occluder.canvas, "mouse_move", 30 * s, 34 * s)
+    panel._moves.flush()
+    assert panel.state["dragging"] and panel.state["shown"] == "approximate"
+    assert 'class="zf-approx"' in panel.probs.value
+    box = panel.state["box"]
+    exact = lens.predict(occlude(lens, x, box))
+    approx_p = _shown_p(panel)
+    fire(panel.occluder.canvas, "mouse_up", 30 * s, 34 * s)
+    assert panel.state["shown"] == "exact" and 'zf-approx' not in panel.probs.value
+    assert panel.state["box"] == box
+    assert _shown_p(panel) == pytest.approx(float(exact.max()), abs=1e-5)
+    assert approx_p == pytest.approx(float(exact.max()), abs=0.05)      # an approximation of the same view
+
+    plain = make(live="exact")
+    fire(plain.occluder.canvas, "mouse_down", 20 * s, 24 * s)
+    assert plain.state["dragging"] and plain.state["shown"] == "exact"
+    with pytest.raises(ValueError, match="live"):
+        make(live="fast")
+
+
+def test_auto_approximates_only_where_an_exact_move_is_slow(resnet_panel, monkeypatch):
+    lens, x, make = resnet_panel
+    panel = make()
+    s = panel.scale
+    monkeypatch.setattr(occlusion_module, "LIVE_BUDGET", 1e9)       # every move fast enough: exact
+    fire(panel.occluder.canvas, "mouse_down", 20 * s, 24 * s)
+    assert panel.state["shown"] == "exact"
+    fire(panel.occluder.canvas, "mouse_up", 20 * s, 24 * s)
+    monkeypatch.setattr(occlusion_module, "LIVE_BUDGET", 0.0)       # every move too slow: approximate
+    fire(panel.occluder.canvas, "mouse_down", 40 * s, 24 * s)
+    assert panel.state["shown"] == "approximate"
+
+
+def test_progressive_maps_show_the_coarse_map_then_the_exact_one(zf_random, sample, monkeypatch):
+    """Where a move is slow the maps button shows a coarse map first (every second position computed, the
+    rest interpolated: said in the legend), then the exact map, equal to zf.occlusion's."""
+    monkeypatch.setattr(occlusion_module, "LIVE_BUDGET", 0.0)
+    panel = zfwidgets.OcclusionPanel(zf_random, sample, size=8, stride=4)
+    try:
+        shown = []
+        real = panel._show_maps
+
+        def spy(occ):
+            real(occ)
+            shown.append((occ.mode, int(occ.exact.sum()), "coarse map" in panel.maps_box.children[-1].value))
+        panel._show_maps = spy
+        occ = panel.compute_maps()
+        assert shown == [("drilldown", 16, True), ("exact", 36, False)]
+        assert panel.state["maps"]["mode"] == "exact"
+        ref = occlusion(zf_random, sample.image, size=8, stride=4, target=sample.label, progress=False)
+        assert torch.allclose(occ.probability, ref.probability, atol=1e-6)
+    finally:
+        panel.close()

@@ -48,7 +48,9 @@ class OcclusionMaps:
     ``feature_map``: total rectified activation of map ``channel`` of ``layer``; ``probability``: p(``target``);
     ``top_class``/``top_probability``: the most probable class and its probability; ``base_*``: the same
     for the unoccluded image; ``projection``: the deconvnet projection of map ``channel``'s strongest
-    activation in the unoccluded image; ``image``: the model input; ``display``: it as H x W x 3 uint8;
+    activation in the unoccluded image (made on first use: a map that is never plotted costs no backward;
+    refused if the model's weights changed since the maps were computed); ``image``: the model input;
+    ``display``: it as H x W x 3 uint8;
     ``mode``: what made the maps (``"exact"``: every position computed exactly; ``"threshold"``,
     ``"drilldown"``, ``"fast"``: Krypton's approximations, see :func:`occlusion`); ``exact``: ``ny x nx``
     bools, the positions computed exactly (the others were approximated: their changed regions cut by the
@@ -66,7 +68,6 @@ class OcclusionMaps:
     layer: str
     channel: int
     target: int
-    projection: Projection
     base_feature_map: float
     base_probability: float
     base_class: int
@@ -76,6 +77,16 @@ class OcclusionMaps:
     class_names: list = field(default_factory=list, repr=False)
     mode: str = "exact"
     exact: torch.Tensor = field(default=None, repr=False)
+    _project: object = field(default=None, repr=False, compare=False)   # () -> Projection, made on first use
+    _projection: object = field(default=None, repr=False, compare=False)
+
+    @property
+    def projection(self) -> Projection:
+        if self._projection is None:
+            if self._project is None:
+                raise ValueError("these occlusion maps were made without a projection")
+            self._projection = self._project()
+        return self._projection
 
     @property
     def shape(self) -> tuple:
@@ -318,8 +329,9 @@ def occlusion(lens, image, *, size, stride, fill="mean", target=None, layer=None
             - ``"exact"`` (default): every position computed, equal to full recomputation;
             - ``"threshold"``: projective-field thresholding: every position computed, but a deep layer
               recomputes only the central ``tau`` of each side of an occluder's changed region and keeps the
-              unoccluded values elsewhere (:meth:`~zfwidgets.inference.GraphOcclusion.run`); models the engine
-              cannot follow, and batches it runs as plain forwards, come out exact;
+              unoccluded values elsewhere (:meth:`~zfwidgets.inference.GraphOcclusion.run`: the engine's plan
+              runs wherever the model's graph allows, the same on every machine); a model the engine cannot
+              follow comes out exact;
             - ``"drilldown"``: adaptive drill-down: a coarse map first, at ``coarse_stride``, then the fine
               ``stride`` only around the coarse positions with the largest drops of p(target), ``refine`` of
               all positions; every computed position is exact; at the others the feature-map and probability
@@ -356,7 +368,6 @@ def occlusion(lens, image, *, size, stride, fill="mean", target=None, layer=None
     base = unoccluded(lens, x, layer=layer, target=target)
     name, target, channel, base_total = base.layer, base.target, base.channel, base.base_feature_map
     probs, K = base.probabilities, base.probabilities.shape[0]
-    proj = project(lens, x, name, channel, method="deconvnet")
 
     if batch_size is None:
         batch_size = _auto_batch_size(lens, x, boxes, name)
@@ -376,9 +387,22 @@ def occlusion(lens, image, *, size, stride, fill="mean", target=None, layer=None
         maps = _drilldown(evaluate, ny, nx, _pair("stride", stride), coarse_stride, refine, float(probs[target]))
     total, p, top, top_p, computed = maps
     return OcclusionMaps(total, p, top, top_p, ys, xs, boxes, _pair("size", size), _pair("stride", stride),
-                         name, channel, target, proj, base_total, float(probs[target]), int(probs.argmax()),
+                         name, channel, target, base_total, float(probs[target]), int(probs.argmax()),
                          value.cpu(), x.cpu(), lens.to_display(x), [lens.class_name(k) for k in range(K)],
-                         mode, computed)
+                         mode, computed, _lazy_projection(lens, x, name, channel))
+
+
+def _lazy_projection(lens, x, layer: str, channel: int):
+    """The maps' projection, made on first use from the weights the maps were computed with."""
+    key = lens.weights_key
+
+    def make() -> Projection:
+        if lens.weights_key != key:
+            raise RuntimeError(f"the model's weights changed after these occlusion maps were computed: the "
+                               f"projection of {layer} map {channel} would not be the one the maps followed; "
+                               "compute the maps again (zf.occlusion)")
+        return project(lens, x, layer, channel, method="deconvnet")
+    return make
 
 
 def _drilldown(evaluate, ny: int, nx: int, stride: tuple, coarse_stride, refine: float, base_p: float):

@@ -19,16 +19,12 @@ Example:
 """
 from __future__ import annotations
 
-import weakref
-
 from ..core.inputs import as_input
 from .boxes import clip_boxes, occluded_batch
 from .graph import DEFAULT_THRESHOLD, Estimate, GraphOcclusion, OccludedOutputs
 
 __all__ = ["GraphOcclusion", "Estimate", "OccludedOutputs", "occlusion_engine", "occluded_run", "occluded_batch",
            "clip_boxes"]
-
-_ENGINES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def occlusion_engine(lens, image, *, threshold: float = DEFAULT_THRESHOLD) -> GraphOcclusion:
@@ -40,13 +36,13 @@ def occlusion_engine(lens, image, *, threshold: float = DEFAULT_THRESHOLD) -> Gr
     True
     """
     x = as_input(lens, image).detach()
-    engine = _ENGINES.get(lens)
+    engine = lens.caches.get("occlusion engine")
     if engine is None or engine.threshold != threshold or not engine.same_image(x):
         old = engine
         engine = GraphOcclusion(lens, x, threshold=threshold)
         if old is not None and old.threshold == threshold:
             engine._measured = old._measured
-        _ENGINES[lens] = engine
+        lens.caches["occlusion engine"] = engine
     return engine
 
 

@@ -119,10 +119,11 @@ class Estimate:
 class _Timing:
     """What ``mode="auto"`` measured on a batch, in seconds: the plan's ``setup`` for an image (the cached
     forward and the self-check), and per box, through the plan (``incremental``) and as plain forwards
-    (``full``)."""
+    (``full``), each timed on ``probe`` boxes."""
     setup: float
     incremental: float
     full: float
+    probe: int = PROBE_BOXES
 
     def pays_for(self, boxes: int, setup_due: bool, margin: float) -> bool:
         """Whether ``boxes`` more boxes through the plan, with its set-up where it is due, take at most
@@ -253,6 +254,14 @@ def _truncate(reg: torch.Tensor, size: tuple, tau: float, truncated: torch.Tenso
         out[:, b] = torch.where(cut, lo + cap, reg[:, b])
         truncated |= cut
     return out
+
+
+def _probe_size(batch: int, total: int) -> int:
+    """The boxes ``mode="auto"`` times each way on the first batch of a job of ``total`` boxes: up to
+    :data:`PROBE_BOXES`, no more than half the batch and one in :data:`PROBE_SHARE` of the job (at least 2).
+    A later job that allows a larger probe than the one its times came from times again: a few boxes of a small
+    grid (the first calls of new window shapes among them) must not decide a large map."""
+    return min(PROBE_BOXES, batch // 2, max(2, total // PROBE_SHARE))
 
 
 def _check_tau(tau):
@@ -405,9 +414,7 @@ class GraphOcclusion:
     # ----- the cached unoccluded forward ----------------------------------------------------------
     def _model_key(self):
         """Changes when the weights or buffers change (in place or replaced): the cached forward is stale."""
-        m = self.lens.model
-        return (sum(t._version for t in m.parameters()) + sum(t._version for t in m.buffers()),
-                tuple(p.data_ptr() for p in m.parameters()))
+        return self.lens.weights_key
 
     def _refresh(self) -> None:
         if self._key != self._model_key():
@@ -619,13 +626,11 @@ class GraphOcclusion:
         y0, x0 = max((H - int(h)) // 2, 0), max((W - int(w)) // 2, 0)
         return (y0, x0, y0 + int(h), x0 + int(w))
 
-    def measured_pays_for(self, size, layers=(), *, fill="mean", runs: int = 3, margin: float = 0.9,
-                          tau: float | None = None) -> bool:
+    def measured_pays_for(self, size, layers=(), *, fill="mean", runs: int = 3, margin: float = 0.9) -> bool:
         """:meth:`pays_for`, confirmed by the clock: one occluder of ``size`` in the middle of the image, run
         through the plan and as the model's batch-1 forward (the same ``layers`` captured), ``runs`` times
         each, interleaved, after one warm-up of each (the plan's first use, its self-check, runs there); pays
-        only where the plan's best time is at most ``margin`` times the forward's (the plan made with ``tau``,
-        as in :meth:`run`). ``mode="auto"`` decides one
+        only where the plan's best time is at most ``margin`` times the forward's. ``mode="auto"`` decides one
         box (the panel's live occluder) with this: a multiply-add estimate misses the fixed cost of the plan's
         many small operations, which on a ResNet-50 made one move slower than its forward. Remembered per size
         and layers until the weights change (and across the lens's engines for other images of the same size,
@@ -638,10 +643,9 @@ class GraphOcclusion:
         if isinstance(runs, bool) or not isinstance(runs, int) or runs < 1:
             raise ValueError(f"runs must be a positive int, got {runs!r}")
         self._refresh()
-        tau = _check_tau(tau)
         box = [self._middle_box(size)]
         h, w = box[0][2] - box[0][0], box[0][3] - box[0][1]
-        key = self._decision_key(h, w, 1, layers, tau)
+        key = self._decision_key(h, w, 1, layers)
         if key in self._measured:
             return self._measured[key]
         if not self.pays_for((h, w)):
@@ -653,10 +657,10 @@ class GraphOcclusion:
                 for m in best:
                     self.mode = m
                     if not k:                             # the first round warms both paths up
-                        self.run(box, layers, fill=fill, tau=tau)
+                        self.run(box, layers, fill=fill)
                         continue
                     t = self._clock()
-                    self.run(box, layers, fill=fill, tau=tau)
+                    self.run(box, layers, fill=fill)
                     best[m] = min(best[m], self._clock() - t)
         finally:
             self.mode = mode
@@ -664,10 +668,10 @@ class GraphOcclusion:
         self._measured[key] = pays
         return pays
 
-    def _decision_key(self, h, w, boxes: int, layers, tau=None) -> tuple:
+    def _decision_key(self, h, w, boxes: int, layers) -> tuple:
         """What a measured choice depends on: the occluder's size, one box or a batch, the layers captured, the
-        projective-field threshold, the input size and the weights."""
-        return int(h), int(w), min(boxes, 2), tuple(layers), tau, tuple(self.image.shape), self._key
+        input size and the weights."""
+        return int(h), int(w), min(boxes, 2), tuple(layers), tuple(self.image.shape), self._key
 
     def _auto(self, boxes, layers, fill, plan, total: int, margin: float = 0.9):
         """``mode="auto"``'s choice for a batch starting a job of ``total`` boxes: True (the plan), False (plain
@@ -681,9 +685,9 @@ class GraphOcclusion:
         B = boxes.shape[0]
         size = _box_size(boxes)
         if B == 1:
-            return self.measured_pays_for(size, layers, fill=fill, tau=plan.tau)
-        timing = self._measured.get(self._decision_key(*size, B, layers, plan.tau))
-        if timing is not None:
+            return self.measured_pays_for(size, layers, fill=fill)
+        timing = self._measured.get(self._decision_key(*size, B, layers))
+        if timing is not None and timing.probe >= _probe_size(B, total):
             return timing.pays_for(total, self.setup_due, margin)
         setup = SETUP_FORWARDS * self._full_cost if self.setup_due else 0.0
         return None if setup + total * est.incremental / B <= (1.0 - self.min_saving) * total * est.full / B \
@@ -695,15 +699,15 @@ class GraphOcclusion:
         self._base
         return self._verify(fill) if not self._verified else self.incremental
 
-    def _timed_split(self, boxes, layers, fill, logits: bool, total: int, tau=None, margin: float = 0.9):
+    def _timed_split(self, boxes, layers, fill, logits: bool, total: int, margin: float = 0.9):
         """``mode="auto"``'s first batch of more than one box for a key: the plan's set-up timed, then its first
         boxes (up to :data:`PROBE_BOXES`, no more than one in :data:`PROBE_SHARE` of the job) through the plan,
         as many more as plain forwards, both timed; the faster way per box, the set-up being paid, runs the
         rest of the batch, and the times are remembered (a later job weighs the set-up it needs again against
         its boxes). Nothing is computed twice."""
         B = boxes.shape[0]
-        key = self._decision_key(*_box_size(boxes), B, layers, tau)
-        k = min(PROBE_BOXES, B // 2, max(2, total // PROBE_SHARE))
+        key = self._decision_key(*_box_size(boxes), B, layers)
+        k = _probe_size(B, total)
         mode, parts, times, exact = self.mode, [], {}, []
         t = self._clock()
         ready = self._ready(fill_tensor(self.lens, fill))
@@ -713,15 +717,15 @@ class GraphOcclusion:
                 for m, part in (("incremental", boxes[:k]), ("full", boxes[k:2 * k])):
                     self.mode = m
                     t = self._clock()
-                    parts.append(self.run(part, layers, fill=fill, logits=logits, tau=tau))
+                    parts.append(self.run(part, layers, fill=fill, logits=logits))
                     times[m] = self._clock() - t
                     exact.append(self.last_exact)
-                timing = self._measured[key] = _Timing(setup, times["incremental"] / k, times["full"] / k)
+                timing = self._measured[key] = _Timing(setup, times["incremental"] / k, times["full"] / k, k)
                 self.mode = "incremental" if timing.pays_for(max(B - 2 * k, 1), False, margin) else "full"
             else:
                 self.mode, k = "full", 0
             if 2 * k < B:
-                parts.append(self.run(boxes[2 * k:], layers, fill=fill, logits=logits, tau=tau))
+                parts.append(self.run(boxes[2 * k:], layers, fill=fill, logits=logits))
                 exact.append(self.last_exact)
             self.last_mode = self.mode if self.incremental else "full"
             self.last_exact = torch.cat(exact)
@@ -881,10 +885,12 @@ class GraphOcclusion:
         batch), against which ``mode="auto"`` weighs the plan's first-use costs.
 
         ``tau`` (0 < tau <= 1; default ``None``, exact): Krypton's projective-field threshold, an
-        approximation. Where the plan runs, a window node recomputes at most the central ``ceil(tau * side)``
-        positions per axis of each box's changed region and keeps the unoccluded values elsewhere (values
-        near the edge of a projective field barely change). :attr:`last_exact` then says which boxes came out
-        exact (run as plain forwards, or never cut)."""
+        approximation. A window node recomputes at most the central ``ceil(tau * side)`` positions per axis
+        of each box's changed region and keeps the unoccluded values elsewhere (values near the edge of a
+        projective field change least). With ``tau`` the plan runs wherever the graph allows, whatever the
+        clock says (``mode="auto"`` is not consulted), so that the approximation is the same on every
+        machine; ``mode="full"``, and a model the engine cannot follow, run exact plain forwards.
+        :attr:`last_exact` says which boxes came out exact (plain forwards, or never cut)."""
         self._refresh()
         tau = _check_tau(tau)
         fill = fill_tensor(self.lens, fill)
@@ -894,11 +900,11 @@ class GraphOcclusion:
             self.lens.resolve(layer)          # unknown layers: the lens's error
         go = self.incremental and self.mode != "full"
         plan = self._plan(boxes, tau) if go else None
-        if go and self.mode == "auto":      # the estimate, then the clock
+        if go and self.mode == "auto" and tau is None:      # the estimate, then the clock
             job = max(boxes.shape[0], int(total or 0))
             go = self._auto(boxes, layers, fill, plan, job)
             if go is None:
-                return self._timed_split(boxes, layers, fill, logits, job, tau)
+                return self._timed_split(boxes, layers, fill, logits, job)
         if go and not self._verified:
             go = self._verify(fill)
         if not go:
@@ -913,15 +919,17 @@ class GraphOcclusion:
         with torch.inference_mode(), ModelGuard(self.lens.model):
             return self._run(boxes, fill.to(x.device, x.dtype), want, logits, plan)
 
-    def evaluate(self, boxes, layers=(), *, fill="mean") -> OccludedOutputs:
-        """Logits, probabilities and the ``layers``' activations for every box (see :class:`OccludedOutputs`)."""
+    def evaluate(self, boxes, layers=(), *, fill="mean", tau: float | None = None) -> OccludedOutputs:
+        """Logits, probabilities and the ``layers``' activations for every box (see :class:`OccludedOutputs`;
+        ``tau`` as in :meth:`run`)."""
         clipped = clip_boxes(boxes, *self.image.shape[-2:])
-        logits, acts = self.run(clipped, layers, fill=fill)
+        logits, acts = self.run(clipped, layers, fill=fill, tau=tau)
         return OccludedOutputs(logits, logits.float().softmax(1), acts, clipped)
 
-    def evaluate_box(self, box, layers=(), *, fill="mean") -> OccludedOutputs:
-        """One occluder position (the live occluder): logits and probabilities (K), activations (C x h x w)."""
-        out = self.evaluate([as_box(box, *self.image.shape[-2:], clip=True)], layers, fill=fill)
+    def evaluate_box(self, box, layers=(), *, fill="mean", tau: float | None = None) -> OccludedOutputs:
+        """One occluder position (the live occluder): logits and probabilities (K), activations (C x h x w);
+        ``tau`` as in :meth:`run` (:attr:`last_exact` says whether it cut the box's changed region)."""
+        out = self.evaluate([as_box(box, *self.image.shape[-2:], clip=True)], layers, fill=fill, tau=tau)
         return OccludedOutputs(out.logits[0], out.probs[0], {k: v[0] for k, v in out.activations.items()},
                                out.boxes[0])
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import html
 import math
+import time
 
 import ipywidgets as W
 import numpy as np
@@ -38,17 +39,26 @@ def _engine(lens, x):
     return occlusion_engine(lens, x)
 
 
-def _occluded_view(engine, box, fill, layer):
+def _occluded_view(engine, box, fill, layer, tau=None):
     """``(probabilities K, the layer's activations C x h x w)`` of the engine's image occluded by ``box``: the
-    numbers of ``lens.run(occlude(lens, x, box, fill), [layer])``, computed the way the engine finds faster."""
-    out = engine.evaluate_box(box, [layer], fill=fill)
+    numbers of ``lens.run(occlude(lens, x, box, fill), [layer])``, computed the way the engine finds faster;
+    with ``tau``, the engine's projective-field threshold (an approximation; ``engine.last_exact`` says whether
+    it cut anything)."""
+    out = engine.evaluate_box(box, [layer], fill=fill, tau=tau)
     return out.probs, out.activations[layer]
 
 
-def _occlusion_maps(lens, image, *, size, stride, fill, target, layer, progress):
+# A live move is approximated while the square is dragged (live="auto") where an exact move took longer than
+# this, in seconds: past it the view lags the mouse.
+LIVE_BUDGET = 0.05
+# the projective-field threshold of the approximate live move (the engine's tau)
+LIVE_TAU = 0.5
+
+
+def _occlusion_maps(lens, image, *, size, stride, fill, target, layer, progress, **mode):
     from ..analysis.occlusion import occlusion
     return occlusion(lens, image, size=size, stride=stride, fill=fill, target=target, layer=layer,
-                     progress=progress)
+                     progress=progress, **mode)
 
 
 def _unoccluded(lens, x, layer, target):
@@ -68,6 +78,12 @@ class OcclusionPanel(Panel):
         target: the class whose probability the maps follow (default the sample's label, else the prediction).
         fill: the occluder's fill, as in :func:`zfwidgets.occlude` (default the data set's mean pixel).
         display_size: the canvas's longer side in screen pixels (small images are enlarged, nearest neighbour).
+        live: how a move is computed while the square is dragged: ``"auto"`` (approximately where the last
+            exact move took longer than :data:`LIVE_BUDGET`, 50 ms), ``"exact"`` or ``"approximate"``. The
+            approximation is Krypton's projective-field threshold (``tau``, default :data:`LIVE_TAU`;
+            :meth:`~zfwidgets.inference.GraphOcclusion.run`); dropping the square (mouse up) shows the exact
+            view, and the panel says which it shows.
+        tau: the live approximation's projective-field threshold, in (0, 1].
 
     The occluder: ``mouse_down`` on the canvas puts its centre under the mouse, ``mouse_move`` with the button
     held drags it, ``mouse_up`` (or leaving the canvas) drops it. The box, in input pixels, is
@@ -84,8 +100,9 @@ class OcclusionPanel(Panel):
 
     ``state``: ``box``, ``center``, ``size``, ``layer``, ``top5`` ``[(class, p)]``, ``top1`` ``(index, class, p)``,
     ``target`` ``(index, p)``, ``dragging``, ``renders``, ``pending``, ``forward`` (how the lens's occlusion engine,
-    ``engine``, ran the last move: ``"incremental"`` or ``"full"``), ``maps`` (size/stride/layer/channel of
-    the computed maps or ``None``), ``error``.
+    ``engine``, ran the last move: ``"incremental"`` or ``"full"``), ``shown`` (``"exact"``, or
+    ``"approximate"`` while a dragged move is approximated: ``span.zf-approx`` in the probabilities),
+    ``maps`` (size/stride/layer/channel of the computed maps or ``None``), ``error``.
 
     Example:
         >>> panel = zfwidgets.OcclusionPanel(lens, zfwidgets.samples()[36].image, size=8, stride=4)
@@ -94,10 +111,18 @@ class OcclusionPanel(Panel):
     """
 
     def __init__(self, lens, image, *, size: int | None = None, stride: int | None = None, layer=None,
-                 target: int | None = None, fill="mean", display_size: int = 224):
+                 target: int | None = None, fill="mean", display_size: int = 224, live: str = "auto",
+                 tau: float = LIVE_TAU):
         super().__init__(lens)
         self.add_class("zf-occlusion")
         try:
+            if live not in ("auto", "exact", "approximate"):
+                raise ValueError(f"live must be 'auto', 'exact' or 'approximate', got {live!r}")
+            if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not 0.0 < float(tau) <= 1.0:
+                raise ValueError(f"tau must be a number in (0, 1], got {tau!r}")
+            self.live, self.tau = live, float(tau)
+            self.shown = "exact"
+            self._exact_seconds = 0.0          # the last exact move's engine time
             self._build(image, size, stride, layer, target, fill, display_size)
         except BaseException:
             self.close()                     # nothing half-wired stays behind
@@ -258,18 +283,27 @@ class OcclusionPanel(Panel):
 
         The panel's ``box`` changes only once the view for it is ready, so state and display always agree.
         """
-        probs, act = _occluded_view(self.engine, box, self.fill, self.layer)
+        approximate = self.dragging and (self.live == "approximate" or
+                                         (self.live == "auto" and self._exact_seconds > LIVE_BUDGET))
+        t0 = time.perf_counter()
+        probs, act = _occluded_view(self.engine, box, self.fill, self.layer, self.tau if approximate else None)
+        if not approximate:
+            self._exact_seconds = time.perf_counter() - t0
+        shown = "approximate" if approximate and not bool(self.engine.last_exact.all()) else "exact"
         target = self.target if self.target is not None else self._base_class
         target_p = (int(target), float(probs[target]))
         name = html.escape(self.lens.class_name(int(target)))
         note = (f'p(<span class="zf-target" data-index="{int(target)}" data-p="{target_p[1]:.6f}">{name}'
                 f'</span>) = {target_p[1] * 100:.1f}% (unoccluded {self._base_target_p * 100:.1f}%)')
+        if shown == "approximate":
+            note += (f'<br><span class="zf-approx">approximate while dragging (projective-field threshold '
+                     f'&tau; = {self.tau:g}); the exact view replaces it when the square is dropped</span>')
         probs_value, top5 = probs_html(self.lens, probs, box=box, note=note)
         maps = to_uint8_map(act, scale=self._layer_scale)
         tiled = mosaic(maps, factor=self._map_factor).pixels
         mosaic_png = png_bytes(tiled, palette=True)
         k, p = int(probs.argmax()), float(probs.max())
-        self.box, self.center = tuple(box), tuple(center)
+        self.box, self.center, self.shown = tuple(box), tuple(center), shown
         self._top5, self._top1, self._target_p = top5, (k, self.lens.class_name(k), p), target_p
         self.probs.value = probs_value
         self.mosaic.value = mosaic_png
@@ -299,17 +333,28 @@ class OcclusionPanel(Panel):
 
     # ----- the full occlusion maps (Fig. 7) --------------------------------------------------------
     def compute_maps(self):
-        """Run :func:`zfwidgets.occlusion` for the current size, stride and layer (progress bar), show the maps."""
+        """Run :func:`zfwidgets.occlusion` for the current size, stride and layer (progress bar), show the maps.
+
+        Progressive where a move is slow (``live`` not ``"exact"`` and the last exact move took longer than
+        :data:`LIVE_BUDGET`): a coarse map first (every second position, ``mode="drilldown"`` with nothing
+        refined; the others interpolated), shown at once, then the exact map replaces it."""
         self.progress.value = 0.0
         self.progress.layout.visibility = "visible"
         self.progress.bar_style = ""
+        stride = int(self.stride_slider.value)
+        passes = [{}]
+        if self.live != "exact" and self._exact_seconds > LIVE_BUDGET:
+            passes.insert(0, {"mode": "drilldown", "coarse_stride": 2 * stride, "refine": 0.0})
 
         def step(done, total):
             self.progress.value = done / total if total else 1.0
 
         try:
-            occ = _occlusion_maps(self.lens, self.x, size=self.size, stride=int(self.stride_slider.value),
-                                  fill=self.fill, target=self.target, layer=self.layer, progress=step)
+            for mode in passes:
+                occ = _occlusion_maps(self.lens, self.x, size=self.size, stride=stride, fill=self.fill,
+                                      target=self.target, layer=self.layer, progress=step, **mode)
+                if mode:
+                    self._show_maps(occ)
         except Exception:
             self.progress.bar_style = "danger"
             raise
@@ -352,15 +397,18 @@ class OcclusionPanel(Panel):
         legend = " ".join(f'<span style="display:inline-block;width:10px;height:10px;background:rgb'
                           f'{tuple(int(c) for c in colours[k])}"></span> {html.escape(occ.class_name(k))}'
                           for k in present)
+        coarse = "" if occ.mode == "exact" else (
+            f'<br><span class="zf-approx">coarse map ({int(occ.exact.sum())} of {ny * nx} positions computed, '
+            'the others interpolated): the exact map follows</span>')
         boxes.append(W.HTML(f'<div class="zf-legend" style="max-width:160px">{legend}<br>'
-                            f'click a map cell to move the occluder there</div>'))
+                            f'click a map cell to move the occluder there{coarse}</div>'))
         old = self.maps_box.children
         self.maps_box.children = boxes
         for w in old:
             self._close_tree(w, set())
         self._owned = [w for w in self._owned if not any(w is o for o in old)] + list(boxes)
         self.maps = {"size": occ.size, "stride": occ.stride, "layer": occ.layer, "channel": occ.channel,
-                     "target": occ.target, "shape": (ny, nx), "result": occ}
+                     "target": occ.target, "shape": (ny, nx), "mode": occ.mode, "result": occ}
 
     def _map_clicked(self, occ, i: int, j: int) -> None:
         ny, nx = occ.shape
@@ -373,7 +421,7 @@ class OcclusionPanel(Panel):
         return {"box": tuple(self.box), "center": tuple(self.center), "size": self.size, "layer": self.layer,
                 "top5": list(self._top5), "top1": self._top1, "target": self._target_p,
                 "dragging": self.dragging, "renders": self.renders, "pending": self._moves.has_pending,
-                "forward": self.engine.last_mode,
+                "forward": self.engine.last_mode, "shown": self.shown,
                 "maps": maps}
 
     def _close_extra(self) -> None:
