@@ -327,3 +327,26 @@ def test_bundled_occluding_the_object_lowers_p_true_more_than_the_border(bundled
                                 f"{off.mean():.3f}; object lower on {int((on < off).sum())} images")
     assert len(results) >= 10
     assert on.mean() < off.mean()
+
+
+def test_the_projection_is_made_on_first_use_and_refused_after_the_weights_change(small_lens, small_images,
+                                                                                  monkeypatch):
+    """Issue 29 item 2: the maps cost no backward until the projection is asked for (a first call that is
+    never plotted pays only its forwards); asked for, it is the deconvnet projection of the followed map's
+    strongest unit, made once; after the weights change it is refused with a message saying to recompute the
+    maps."""
+    import zfwidgets.analysis.occlusion as occ_mod
+    calls = []
+    real = occ_mod.project
+    monkeypatch.setattr(occ_mod, "project", lambda *a, **k: calls.append(a[2:4]) or real(*a, **k))
+    img = small_images[3]
+    occ = occlusion(small_lens, img, size=4, stride=4, progress=False)
+    assert calls == []
+    p = occ.projection
+    assert calls == [(occ.layer, occ.channel)] and p.channel == occ.channel and p.method == "deconvnet"
+    assert occ.projection is p and len(calls) == 1             # made once
+    again = occlusion(small_lens, img, size=4, stride=4, progress=False)
+    with torch.no_grad():
+        next(small_lens.model.parameters()).mul_(1.0)          # the same values, written in place
+    with pytest.raises(RuntimeError, match="weights changed"):
+        again.projection
