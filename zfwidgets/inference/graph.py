@@ -702,7 +702,9 @@ class GraphOcclusion:
     def _timed_split(self, boxes, layers, fill, logits: bool, total: int, margin: float = 0.9):
         """``mode="auto"``'s first batch of more than one box for a key: the plan's set-up timed, then its first
         boxes (up to :data:`PROBE_BOXES`, no more than one in :data:`PROBE_SHARE` of the job) through the plan,
-        as many more as plain forwards, both timed; the faster way per box, the set-up being paid, runs the
+        as many more as plain forwards, each way's second half timed (its first half pays the first calls at new
+        tensor sizes, many more of them for the plan's windows than for a batch); the faster way per box, the
+        set-up being paid, runs the
         rest of the batch, and the times are remembered (a later job weighs the set-up it needs again against
         its boxes). Nothing is computed twice."""
         B = boxes.shape[0]
@@ -714,13 +716,18 @@ class GraphOcclusion:
         setup = self._clock() - t
         try:
             if ready:
+                w = k // 2 if k >= 4 else 0        # boxes run first, untimed: each way's first calls at new sizes
                 for m, part in (("incremental", boxes[:k]), ("full", boxes[k:2 * k])):
                     self.mode = m
+                    if w:
+                        parts.append(self.run(part[:w], layers, fill=fill, logits=logits))
+                        exact.append(self.last_exact)
                     t = self._clock()
-                    parts.append(self.run(part, layers, fill=fill, logits=logits))
+                    parts.append(self.run(part[w:], layers, fill=fill, logits=logits))
                     times[m] = self._clock() - t
                     exact.append(self.last_exact)
-                timing = self._measured[key] = _Timing(setup, times["incremental"] / k, times["full"] / k, k)
+                timing = self._measured[key] = _Timing(setup, times["incremental"] / (k - w),
+                                                       times["full"] / (k - w), k)
                 self.mode = "incremental" if timing.pays_for(max(B - 2 * k, 1), False, margin) else "full"
             else:
                 self.mode, k = "full", 0
