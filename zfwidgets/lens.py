@@ -183,7 +183,6 @@ class Lens:
             None if input_size is None else input_size[1:], self.mean, self.std, self.dtype)
         self.class_names = list(class_names) if class_names is not None else None
         self.name = name or type(model).__name__
-        self.forward_count = 0        # model forwards run through this lens (tests count them)
         self._cache: Forward | None = None
         self._extra_paths: set = set()
         self._warned: set = set()
@@ -403,7 +402,6 @@ class Lens:
         resolved = {self.resolve(l)[0]: self.resolve(l)[2] for l in layers}
         with (torch.inference_mode() if inference else torch.no_grad()), ModelGuard(self.model), \
                 Capture(self.model, resolved, stop=not logits and bool(resolved), detach=True) as cap:
-            self.forward_count += 1
             out = self.model(x)
             if logits:
                 out = self.class_scores(out)
@@ -462,7 +460,6 @@ class Lens:
         optional = [p for p in modules if p not in asked]   # recorded when they give one tensor, else left out
         with torch.enable_grad(), ModelGuard(self.model), RectifierSwap(state), \
                 Capture(self.model, modules, switches=True, optional=optional) as cap:
-            self.forward_count += 1
             logits = self.class_scores(self.model(leaf))
         self._check_channels_first(cap.outputs, modules, only=[self.resolve(l)[1] for l in extra_layers])
         changed = cap.modified_in_place()

@@ -93,7 +93,7 @@ def test_second_projection_runs_no_forward(lens):
         p1 = zf.project(lens, x, "conv2")
         p2 = zf.project(lens, x.clone(), "conv2", method="guided")
         p3 = zf.project(lens, x, "conv1", 1, position=(3, 3), method="gradient")
-        assert len(calls) == 1 and lens.forward_count == 1
+        assert len(calls) == 1
         assert p1.channel == p2.channel and not torch.equal(p1.pixels, p3.pixels)
         zf.project(lens, x + 0.1, "conv2")  # another image: one more forward
         assert len(calls) == 2

@@ -59,10 +59,25 @@ def test_sigkill_three_times_then_resume_gives_the_same_gallery(tmp_path):
     assert got.read_bytes() == ref.read_bytes()
 
 
-def test_checkpoints_of_another_job_or_damaged_are_refused(tmp_path, lens):
+class _Interrupted(Exception):
+    pass
+
+
+def test_checkpoints_of_another_job_or_damaged_are_refused(tmp_path, lens, monkeypatch):
     ck = tmp_path / "ck"
-    mine(lens, "fashion-mnist:test", ["conv2"], k=3, limit=120, batch_size=40, checkpoint=ck, checkpoint_every=40,
-         progress=False, projections=False, _stop_after=80)
+    import zfwidgets.mine.miner as miner
+    real, batches = miner._offer, []
+
+    def interrupted_after_two_batches(*a, **k):   # a run that ends early: its checkpoint after 80 images stays
+        if len(batches) == 2:
+            raise _Interrupted
+        batches.append(1)
+        return real(*a, **k)
+    monkeypatch.setattr(miner, "_offer", interrupted_after_two_batches)
+    with pytest.raises(_Interrupted):
+        mine(lens, "fashion-mnist:test", ["conv2"], k=3, limit=120, batch_size=40, checkpoint=ck,
+             checkpoint_every=40, progress=False, projections=False)
+    monkeypatch.undo()
     f = ck / "rank0-of-1.safetensors"
     assert f.exists()
     with pytest.raises(ValueError, match="another job.*k"):

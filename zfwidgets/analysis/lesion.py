@@ -285,7 +285,6 @@ def _predict_all(lens, data, batch_size, hook_module=None, hook=None, capture=No
             handles.append(hook_module.register_forward_hook(capture))
         with torch.no_grad(), ModelGuard(lens.model):
             for _, x in data.batches(batch_size, progress=show_progress, desc=desc):
-                lens.forward_count += 1
                 logits = lens.class_scores(lens.model(x))
                 preds.append(logits.argmax(1).cpu())
                 probs.append(logits.float().softmax(1).cpu())

@@ -89,7 +89,6 @@ class _Job:
     progress: object
     projections: bool
     chunk: int
-    stop_after: int | None
 
 
 def _layer_list(lens, layers) -> list:
@@ -282,7 +281,7 @@ def _progress_bar(total, desc, enabled, rank):
 def mine(model, data, layers=None, *, k: int = 9, rule: str = "deconvnet", weights=None, out=None,
          batch_size: int = 64, workers: int = 0, limit: int | None = None, checkpoint=None,
          checkpoint_every: int = 4096, resume: bool = False, strict: bool = False, progress=True,
-         projections: bool = True, chunk: int = 32, threads: int | None = None, device=None, _stop_after=None):
+         projections: bool = True, chunk: int = 32, threads: int | None = None, device=None):
     """Mine ``data`` for the top-``k`` images of every map of ``layers`` (ZF Fig. 2 at data-set scale).
 
     Args:
@@ -342,7 +341,7 @@ def mine(model, data, layers=None, *, k: int = 9, rule: str = "deconvnet", weigh
         torch.set_num_threads(int(threads))
     try:
         job = _Job(k, rule, weights, out, batch_size, workers, checkpoint, checkpoint_every, resume, strict,
-                   progress, projections, chunk, _stop_after)
+                   progress, projections, chunk)
         with _old_objects_frozen():
             return _run(lens, specs, source, dist, job)
     finally:
@@ -379,14 +378,11 @@ class _Pass:
 
 def _run(lens, specs, source, dist, job: _Job):
     """The job: this rank's pass (with checkpoints), the ranks' states merged, the winners projected in bulk,
-    the gallery built and written on rank 0. ``None`` on the other ranks, or where a test stops the pass
-    early."""
+    the gallery built and written on rank 0; ``None`` on the other ranks."""
     t_job = time.perf_counter()
     weights_name = None if job.weights is None else str(getattr(job.weights, "name", job.weights))
     widths = _map_widths(lens, source, [s.name for s in specs])
     done = _pass(lens, specs, source, dist, job, weights_name)
-    if done is None:
-        return None
     timings = {"pass": done.seconds}
     t = time.perf_counter()
     parts = dist.all_gather(({n: (s.values, s.indices, s.positions) for n, s in done.states.items()}, done.count,
@@ -421,7 +417,7 @@ def _run(lens, specs, source, dist, job: _Job):
     return gallery
 
 
-def _pass(lens, specs, source, dist, job: _Job, weights_name) -> _Pass | None:
+def _pass(lens, specs, source, dist, job: _Job, weights_name) -> _Pass:
     """This rank's pass over its shard of whole batches: each layer's maxima offered to its top-k state, a
     checkpoint every ``job.every`` images (resumed from where ``job.resume`` finds one); images that cannot be
     decoded skipped and listed, or the first one an error with ``job.strict``."""
@@ -471,8 +467,6 @@ def _pass(lens, specs, source, dist, job: _Job, weights_name) -> _Pass | None:
             if since >= job.every:
                 save()
                 since = 0
-                if job.stop_after is not None and st.b_next * B >= job.stop_after:   # tests: a run that ends early
-                    return None
     finally:
         stack.close()
         if bar is not None:
