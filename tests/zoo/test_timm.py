@@ -105,7 +105,7 @@ def test_efficientnet_paper_form_and_warning():
         lens = zf.Lens.from_timm("efficientnet_b0", input_size=SIZE)
     torch.manual_seed(3)
     x = torch.randn(SIZE)
-    with pytest.warns(UserWarning, match="silu"):       # SiLU is not a ReLU: said, not silently wrong
+    with pytest.warns(UserWarning, match=r"\d+ SiLU"):  # SiLU is not a ReLU: said (counted), not silently wrong
         d = zf.project(lens, x, "blocks.2.0", method="deconvnet")
     # the graph walk (F.batch_norm of timm's BatchNormAct2d, squeeze-excitation gates) gives the same
     steps = deconvnet_steps(lens, x, "blocks.2.0", d.channel, position=d.position, dtype=torch.float64)
