@@ -220,8 +220,7 @@ def bench_approximate(name: str, moves: int = 100) -> dict:
     finally:
         panel.close()
     med = statistics.median(wall) * 1e3
-    print(f"
-{name} ({weights}), approximate dragged move (tau {panel.tau}), occluder {panel.size} px, layer "
+    print(f"\n{name} ({weights}), approximate dragged move (tau {panel.tau}), occluder {panel.size} px, layer "
           f"{panel.layer}: median {med:.2f} ms over {len(wall)} moves; batch-1 forward {fwd:.2f} ms; the move / "
           f"forward {med / fwd:.2f}; max |dp| against the exact move {dp:.4f}; shown: {sorted(shown)}")
     return {"model": name, "wall_ms": med, "forward_ms": fwd, "ratio": med / fwd, "dp": dp}
