@@ -225,7 +225,9 @@ def test_auto_mode_times_a_batch_and_the_lens_keeps_the_answer(monkeypatch):
     """``mode="auto"`` (what ``zf.occlusion`` runs): the first batch the estimate says pays runs its first boxes
     through the plan and as many as plain forwards, both timed, and the rest the faster way (nothing computed
     twice); the answer is kept per size and layers, also by the lens's engine for another image of that size.
-    A fake clock says which way is faster; the maps equal the model's forward either way."""
+    A fake clock says which way is faster; the maps equal the model's forward either way. (Jobs of fewer
+    batches than WHOLE_BATCH_PROBE: a longer one times each way on a whole batch, the next test.)"""
+    monkeypatch.setattr(graph_mod, "WHOLE_BATCH_PROBE", 10 ** 6)
     lens = tv_lens("resnet18", 96, seed=7)
     x, y = image(lens.input_size, 1), image(lens.input_size, 2)
     calls = []
@@ -262,11 +264,39 @@ def test_auto_mode_times_a_batch_and_the_lens_keeps_the_answer(monkeypatch):
     assert_close(acts["layer3"], ref_acts["layer3"], "layer3")
 
 
+def test_a_long_job_times_each_way_on_a_whole_batch(monkeypatch):
+    """A job of WHOLE_BATCH_PROBE batches or more: its first batch runs through the plan, the next as plain
+    forwards, each timed whole (a few boxes misjudge the plan's fixed cost per call); the rest the faster way.
+    A fake clock says which; every batch equals the model's forward."""
+    lens = tv_lens("resnet18", 96, seed=7)
+    x = image(lens.input_size, 1)
+    calls = []
+    real_run = GraphOcclusion.run
+
+    def run(self, boxes, layers=(), **kw):
+        calls.append((self.mode, len(boxes)))
+        return real_run(self, boxes, layers, **kw)
+    monkeypatch.setattr(GraphOcclusion, "run", run)
+    ticks = iter([0.0, 0.0, 0.0, 5.0, 0.0, 10.0])   # the set-up, the plan (1 s a box), plain forwards (2 s a box)
+    monkeypatch.setattr(GraphOcclusion, "_clock", staticmethod(lambda: next(ticks)))
+    batches = [[(r, c, r + 16, c + 16) for c in (0, 20, 40, 60, 80)] for r in (0, 40, 80)]
+    assert occlusion_engine(lens, x).estimate(batches[0]).pays
+    for i, boxes in enumerate(batches):
+        logits, acts = occluded_run(lens, x, boxes, 0.0, ["layer2"], total=200 - 5 * i)
+        ref, ref_acts = lens.run(naive_occluded(x, boxes, 0.0), ["layer2"])
+        assert_close(logits, ref, f"logits of batch {i}")
+        assert_close(acts["layer2"], ref_acts["layer2"], f"layer2 of batch {i}")
+    assert calls == [("auto", 5), ("incremental", 5), ("auto", 5), ("full", 5), ("auto", 5)]
+    assert occlusion_engine(lens, x).last_mode == "incremental"
+
+
 def test_a_job_pays_for_the_plans_set_up_or_runs_plain_forwards(monkeypatch):
     """Issue 29 item 2: the plan's first use (the cached forward, the self-check) is weighed against the job.
     A job of a few boxes cannot pay it back: plain forwards, the plan never built, nothing timed. A long job is
     timed (set-up, then per box each way); the next image's jobs weigh that measured set-up against their own
-    boxes. A fake clock: set-up 3 s, 0.5 s a box through the plan, 1 s a box as forwards."""
+    boxes. A fake clock: set-up 3 s, 0.5 s a box through the plan, 1 s a box as forwards. (The probe within a
+    batch, as for jobs of fewer than WHOLE_BATCH_PROBE batches.)"""
+    monkeypatch.setattr(graph_mod, "WHOLE_BATCH_PROBE", 10 ** 6)
     lens = tv_lens("resnet18", 96, seed=7)
     x, y = image(lens.input_size, 1), image(lens.input_size, 2)
     boxes = [(0, 0, 16, 16), (20, 20, 36, 36), (40, 40, 56, 56), (60, 60, 76, 76), (80, 80, 96, 96)]
