@@ -31,8 +31,9 @@ plan pays, the clock decides on this machine: one box (the panel's live occluder
 (:meth:`GraphOcclusion.measured_pays_for`); a batch is weighed against its job (``total``: the boxes of the
 whole map), first-use costs included: the plan's set-up for an image (the cached forward, the self-check) is
 paid only where the job's estimated saving pays it back (a small grid runs plain forwards without building the
-plan), and the first batch of a key times the set-up, then its first boxes through the plan and as many as
-plain forwards, and runs the rest the faster way. The times are remembered per occluder size, one box or a
+plan), and the first batch of a key times the set-up, then each way: a job of :data:`WHOLE_BATCH_PROBE`
+batches or more its first batch through the plan and its next as plain forwards, a shorter one its first boxes
+through the plan and as many as plain forwards; the rest runs the faster way. The times are remembered per occluder size, one box or a
 batch, and layers, for the model and input size; a later job weighs the set-up it needs against its boxes.
 
 Boxes are ``(y0, x0, y1, x1)`` in input pixels, half-open, clipped to the image.
