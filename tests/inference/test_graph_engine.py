@@ -221,6 +221,18 @@ def test_measured_choice_follows_the_clock(monkeypatch):
     assert not GraphOcclusion(small, image(small.input_size)).measured_pays_for(8) and len(calls) == n
 
 
+def recorded_runs(monkeypatch) -> list:
+    """``(engine mode, boxes)`` of every GraphOcclusion.run call from now on."""
+    calls = []
+    real_run = GraphOcclusion.run
+
+    def run(self, boxes, layers=(), **kw):
+        calls.append((self.mode, len(boxes)))
+        return real_run(self, boxes, layers, **kw)
+    monkeypatch.setattr(GraphOcclusion, "run", run)
+    return calls
+
+
 def test_auto_mode_times_a_batch_and_the_lens_keeps_the_answer(monkeypatch):
     """``mode="auto"`` (what ``zf.occlusion`` runs): the first batch the estimate says pays runs its first boxes
     through the plan and as many as plain forwards, both timed, and the rest the faster way (nothing computed
@@ -230,13 +242,7 @@ def test_auto_mode_times_a_batch_and_the_lens_keeps_the_answer(monkeypatch):
     monkeypatch.setattr(graph_mod, "WHOLE_BATCH_PROBE", 10 ** 6)
     lens = tv_lens("resnet18", 96, seed=7)
     x, y = image(lens.input_size, 1), image(lens.input_size, 2)
-    calls = []
-    real_run = GraphOcclusion.run
-
-    def run(self, boxes, layers=(), **kw):
-        calls.append((self.mode, len(boxes)))
-        return real_run(self, boxes, layers, **kw)
-    monkeypatch.setattr(GraphOcclusion, "run", run)
+    calls = recorded_runs(monkeypatch)
 
     def clock(incremental_s, full_s):
         ticks = iter([0.0, 0.0, 0.0, incremental_s, 0.0, full_s])     # the set-up, the plan, plain forwards
@@ -270,13 +276,7 @@ def test_a_long_job_times_each_way_on_a_whole_batch(monkeypatch):
     A fake clock says which; every batch equals the model's forward."""
     lens = tv_lens("resnet18", 96, seed=7)
     x = image(lens.input_size, 1)
-    calls = []
-    real_run = GraphOcclusion.run
-
-    def run(self, boxes, layers=(), **kw):
-        calls.append((self.mode, len(boxes)))
-        return real_run(self, boxes, layers, **kw)
-    monkeypatch.setattr(GraphOcclusion, "run", run)
+    calls = recorded_runs(monkeypatch)
     ticks = iter([0.0, 0.0, 0.0, 5.0, 0.0, 10.0])   # the set-up, the plan (1 s a box), plain forwards (2 s a box)
     monkeypatch.setattr(GraphOcclusion, "_clock", staticmethod(lambda: next(ticks)))
     batches = [[(r, c, r + 16, c + 16) for c in (0, 20, 40, 60, 80)] for r in (0, 40, 80)]
