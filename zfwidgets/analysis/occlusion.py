@@ -33,7 +33,7 @@ import torch
 from .._progress import progress as _progress
 from ..core.project import Projection, project
 from ..core.inputs import as_box, as_input, fill_tensor
-from ..inference import occluded_batch, occluded_run, occlusion_engine
+from ..inference import check_tau, occluded_batch, occluded_run, occlusion_engine
 from ._common import check_flag, check_int, check_lens, default_conv_layer
 from .receptive import Box
 
@@ -356,8 +356,9 @@ def occlusion(lens, image, *, size, stride, fill="mean", target=None, layer=None
     check_flag("progress", progress)
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not 0.0 < float(tau) <= 1.0:
-        raise ValueError(f"tau must be a number in (0, 1], got {tau!r}")
+    if tau is None:
+        raise ValueError("tau must be a number in (0, 1], got None")
+    tau = check_tau(tau)
     if not 0.0 <= float(refine) <= 1.0:
         raise ValueError(f"refine must be between 0 and 1, got {refine!r}")
     cut = float(tau) if mode in ("threshold", "fast") else None

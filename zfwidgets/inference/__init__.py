@@ -21,10 +21,10 @@ from __future__ import annotations
 
 from ..core.inputs import as_input
 from .boxes import clip_boxes, occluded_batch
-from .graph import DEFAULT_THRESHOLD, Estimate, GraphOcclusion, OccludedOutputs
+from .graph import DEFAULT_THRESHOLD, Estimate, GraphOcclusion, OccludedOutputs, check_tau
 
 __all__ = ["GraphOcclusion", "Estimate", "OccludedOutputs", "occlusion_engine", "occluded_run", "occluded_batch",
-           "clip_boxes"]
+           "clip_boxes", "check_tau"]
 
 
 def occlusion_engine(lens, image, *, threshold: float = DEFAULT_THRESHOLD) -> GraphOcclusion:

@@ -33,7 +33,8 @@ whole map), first-use costs included: the plan's set-up for an image (the cached
 paid only where the job's estimated saving pays it back (a small grid runs plain forwards without building the
 plan), and the first batch of a key times the set-up, then each way: a job of :data:`WHOLE_BATCH_PROBE`
 batches or more its first batch through the plan and its next as plain forwards, a shorter one its first boxes
-through the plan and as many as plain forwards; the rest runs the faster way. The times are remembered per occluder size, one box or a
+through the plan and as many as plain forwards; the rest runs the faster way. The times are remembered per
+occluder size, one box or a
 batch, and layers, for the model and input size; a later job weighs the set-up it needs against its boxes.
 
 Boxes are ``(y0, x0, y1, x1)`` in input pixels, half-open, clipped to the image.
@@ -63,7 +64,7 @@ from ..core.graph import Graph, in_place, macs, macs_per_position
 from ..core.inputs import as_box, as_input, fill_tensor
 from .boxes import clip_boxes, occluded_batch
 
-__all__ = ["GraphOcclusion", "Estimate", "OccludedOutputs", "FC_MAX_WEIGHTS", "DEFAULT_THRESHOLD",
+__all__ = ["GraphOcclusion", "Estimate", "OccludedOutputs", "FC_MAX_WEIGHTS", "DEFAULT_THRESHOLD", "check_tau",
            "DEFAULT_MIN_SAVING"]
 
 # A node whose batched window covers more than this share of its map runs on whole maps, and so does
@@ -273,7 +274,8 @@ def _probe_size(batch: int, total: int) -> int:
     return min(PROBE_BOXES, batch // 2, max(2, total // PROBE_SHARE))
 
 
-def _check_tau(tau):
+def check_tau(tau):
+    """``tau`` as a float in (0, 1], or ``None`` (exact); anything else a ``ValueError`` saying what to pass."""
     if tau is None:
         return None
     if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not 0.0 < float(tau) <= 1.0:
@@ -790,7 +792,7 @@ class GraphOcclusion:
         """
         self._refresh()
         boxes = clip_boxes(boxes, *self.image.shape[-2:])
-        return self._estimate(boxes, self._plan(boxes, _check_tau(tau)) if self.incremental else None)
+        return self._estimate(boxes, self._plan(boxes, check_tau(tau)) if self.incremental else None)
 
     def _estimate(self, boxes, plan) -> Estimate:
         B = boxes.shape[0]
@@ -938,7 +940,7 @@ class GraphOcclusion:
         machine; ``mode="full"``, and a model the engine cannot follow, run exact plain forwards.
         :attr:`last_exact` says which boxes came out exact (plain forwards, or never cut)."""
         self._refresh()
-        tau = _check_tau(tau)
+        tau = check_tau(tau)
         fill = fill_tensor(self.lens, fill)
         x = self.image
         boxes = clip_boxes(boxes, *x.shape[-2:])

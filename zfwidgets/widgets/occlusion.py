@@ -33,6 +33,11 @@ def _occlude(lens, image, box, fill):
     return occlude(lens, image, box, fill=fill)
 
 
+def _check_tau(tau):
+    from ..inference import check_tau
+    return check_tau(tau)
+
+
 def _engine(lens, x):
     """The lens's occlusion engine for ``x``: it decides how each move runs (its plan or the model's forward)."""
     from ..inference import occlusion_engine
@@ -118,9 +123,9 @@ class OcclusionPanel(Panel):
         try:
             if live not in ("auto", "exact", "approximate"):
                 raise ValueError(f"live must be 'auto', 'exact' or 'approximate', got {live!r}")
-            if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not 0.0 < float(tau) <= 1.0:
-                raise ValueError(f"tau must be a number in (0, 1], got {tau!r}")
-            self.live, self.tau = live, float(tau)
+            if tau is None:
+                raise ValueError("tau must be a number in (0, 1], got None")
+            self.live, self.tau = live, _check_tau(tau)
             self.shown = "exact"
             self._exact_seconds = 0.0          # the last exact move's engine time
             self._build(image, size, stride, layer, target, fill, display_size)
