@@ -385,8 +385,7 @@ def _unite(a: Signal, b: Signal, H, W) -> Signal:
 
 def _weight(st: Step, dtype) -> torch.Tensor:
     """The convolution's weight for the walk, cached while the weights (and the folded batch norm) are unchanged:
-    transposed and flipped (``Cin x Cout/groups x kh x kw``), so that a stride-1 transposed convolution is a
-    plain convolution (the forward's fast kernel); scaled per output channel by the batch norm folded into it."""
+    scaled per output channel by the batch norm folded into it."""
     m, bn = st.module, st.param
     key = (m.weight._version, m.weight.data_ptr(), dtype) + (() if bn is None else (bn.version(),))
     cached = getattr(st, "_cache", None)
@@ -395,51 +394,26 @@ def _weight(st: Step, dtype) -> torch.Tensor:
     w = m.weight.detach().to(dtype)
     if bn is not None:
         w = w * bn.factor().to(dtype).view(-1, 1, 1, 1)
-    gr = m.groups
-    co, ci = w.shape[:2]
-    wf = w.view(gr, co // gr, ci, *w.shape[2:]).transpose(1, 2).reshape(gr * ci, co // gr, *w.shape[2:])
-    wf = wf.flip(2, 3).contiguous()
-    st._cache = (key, (w, wf))
-    return w, wf
+    st._cache = (key, w)
+    return w
 
 
 def _transposed(st: Step, g, k, s, d, ny, nx):
-    """The transposed convolution of the window ``g`` without padding (its full span ``ny x nx``)."""
-    w, wf = _weight(st, g.dtype)
+    """The transposed convolution of the window ``g`` without padding (its full span ``ny x nx``).
+
+    The transposed kernel itself: rewriting it as a plain convolution (flipped weight, full padding, or one
+    convolution per phase of a stride) was slower on every shape of AlexNet's and ResNet's walks measured on the
+    AVX2 machine (``benchmarks/results/session12.md``). A 1 x 1 kernel is a product over channels either way."""
+    w = _weight(st, g.dtype)
     gr = st.module.groups
-    if s == (1, 1):
-        return F.conv2d(g, wf, None, 1, (extent(k[0], d[0]) - 1, extent(k[1], d[1]) - 1), d, gr)
-    if k == (1, 1):   # a strided 1x1: a 1x1 convolution placed on the stride's grid
-        out = g.new_zeros(g.shape[0], wf.shape[0], ny, nx)
-        out[:, :, ::s[0], ::s[1]] = F.conv2d(g, wf, None, 1, 0, 1, gr)
-        return out
-    if d != (1, 1):
+    if k != (1, 1):
         return F.conv_transpose2d(g, w, None, s, 0, 0, gr, d)
-    # strided: one stride-1 convolution per phase of the output grid (output row q*s + r reads the kernel rows
-    # r, r + s, ...), each the forward's fast kernel; the same multiply-adds as the transposed convolution
-    out = g.new_zeros(g.shape[0], wf.shape[0], ny, nx)
-    for (ry, rx), sub in _phases(st, w, s):
-        jy, jx = sub.shape[2:]
-        out[:, :, ry::s[0], rx::s[1]] = F.conv2d(g, sub, None, 1, (jy - 1, jx - 1), 1, gr)
-    return out
-
-
-def _phases(st: Step, w, s):
-    """The phases' flipped sub-kernels of a strided convolution's transposed weight (cached with the weight)."""
-    cached = getattr(st, "_phase_cache", None)
-    if cached is not None and cached[0] is w:
-        return cached[1]
-    gr = st.module.groups
-    co, ci = w.shape[:2]
-    wt = w.view(gr, co // gr, ci, *w.shape[2:]).transpose(1, 2).reshape(gr * ci, co // gr, *w.shape[2:])
-    out = []
-    for ry in range(s[0]):
-        for rx in range(s[1]):
-            sub = wt[:, :, ry::s[0], rx::s[1]]
-            if sub.shape[2] and sub.shape[3]:
-                out.append(((ry, rx), sub.flip(2, 3).contiguous()))
-    st._phase_cache = (w, out)
-    return out
+    out = F.conv_transpose2d(g, w, None, 1, 0, 0, gr)
+    if s == (1, 1):
+        return out
+    full = g.new_zeros(g.shape[0], out.shape[1], ny, nx)   # a strided 1 x 1: placed on the stride's grid
+    full[:, :, ::s[0], ::s[1]] = out
+    return full
 
 
 def walk(p: Plan, values: dict, seed: torch.Tensor, oy, ox, method: str, *, rows=None) -> Signal:
