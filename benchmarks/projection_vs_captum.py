@@ -78,6 +78,7 @@ def default_layer(lens) -> str:
 
 def bench(name: str, runs: int, quick: bool = False) -> list:
     from zfwidgets.core import backward
+    from zfwidgets.core.project import unit_seed
     arch, _, layer = name.partition(":")
     lens, what = lens_for(arch)
     x = C.seeded_image(lens)
@@ -95,8 +96,8 @@ def bench(name: str, runs: int, quick: bool = False) -> list:
         captum_method = getattr(ca, cls_name)(model2, layer2)
         first = zf.project(lens, x, layer, method=method)       # the first click records the forward
         selector = (first.channel,) + tuple(first.position)
-        runs = []
-        counter = lens.model.register_forward_pre_hook(lambda m, a: runs.append(1))
+        forwards = []
+        counter = lens.model.register_forward_pre_hook(lambda m, a: forwards.append(1))
 
         def ours():
             return zf.project(lens, x, layer, method=method).pixels
@@ -105,16 +106,18 @@ def bench(name: str, runs: int, quick: bool = False) -> list:
             return captum_method.attribute(x, neuron_selector=selector)[0]
 
         a = ours()
-        ref = theirs() if vs_captum else full_backward(lens, x, layer, method, first.channel, first.position)
+        # captum seeds the unit with 1; zfwidgets with the unit's activation (ZF's unit, a rectified layer)
+        top = unit_seed(first.activation, lens.rectified(layer))
+        ref = theirs() * top if vs_captum else full_backward(lens, x, layer, method, first.channel, first.position)
         d = C.rel_diff(a, ref)
         check = "captum" if vs_captum else "the full backward (captum's hooks miss functional relu)"
         assert d < 1e-5, f"{name} {method}: the projection differs from {check} by {d:.1e}"
         times = C.interleaved({"zfwidgets": ours, f"captum {cls_name}": theirs}, runs=runs, warmup=1)
         counter.remove()
-        assert not runs, "the second clicks ran a forward"
+        assert not forwards, "the second clicks ran a forward"
         ratio, line = C.summary(times, "zfwidgets", f"captum {cls_name}")
         print(f"   {method}: unit (channel, y, x) = {selector}; max|diff|/max|ref| = {d:.2e} against {check}; "
-              f"forwards run by zfwidgets on second clicks: {len(runs)}")
+              f"forwards run by zfwidgets on second clicks: {len(forwards)}")
         print("   " + line)
         out.append({"model": name, "method": method, "peer": cls_name, "ratio": ratio, "diff": d,
                     "ours_s": C.median(times["zfwidgets"]), "peer_s": C.median(times[f"captum {cls_name}"]),
