@@ -13,9 +13,9 @@ Four figures, each a ratio of the plain forward's time to the miner's (>= 1 woul
   one process with one thread (the job's own time as the CLI reports it, and the wall time of the commands).
   Goal 1.8. Beside it the machine's own bound: two plain-forward processes side by side against one.
 
-With each Fig. 2 figure the projection work's multiply-add bound: the walks' transposed convolutions
-(counted) and the winners' re-forward, against the plain forward's multiply-adds: the ratio the job would
-reach if every multiply-add ran at the forward's rate.
+With each Fig. 2 figure the job's multiply-add bound: every convolution the job runs (the pass, the winners'
+re-forward, the walks' transposed convolutions; counted here by a ``TorchFunctionMode`` around the job) against
+the plain forward's multiply-adds: the ratio the job would reach if every multiply-add ran at the forward's rate.
 
 ``--only resnet18`` adds a branching model (ResNet-18, layer2.1 and layer4.1, 64 images at 224): its bulk
 projections walk the model's graph (no goal; before they were one ``zfwidgets.project`` per winner).
@@ -41,7 +41,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
 import zfwidgets as zf  # noqa: E402
-from zfwidgets.mine import walk  # noqa: E402
 from zfwidgets.zoo.data import load_fashion_mnist  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -117,15 +116,30 @@ def forward_macs(lens, upto=None) -> int:
     return total[0]
 
 
+class ConvCount(torch.overrides.TorchFunctionMode):
+    """Multiply-adds of the convolutions (``conv``) and transposed convolutions (``transposed``) run inside."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = self.transposed = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func in (torch.conv2d, torch.nn.functional.conv2d):
+            self.conv += args[1].numel() * out.shape[0] * out.shape[2] * out.shape[3]
+        elif func in (torch.conv_transpose2d, torch.nn.functional.conv_transpose2d):
+            self.transposed += args[1].numel() * args[0].shape[0] * args[0].shape[2] * args[0].shape[3]
+        return out
+
+
 def fig2(lens, data, plain_ds, layers, n, what, goal, workers=1):
     full = forward_macs(lens)
-    deepest = lens.layer_info(layers[-1] if layers else [i.name for i in lens.table if i.kind == "conv"][-1]).path
-    pass_macs = forward_macs(lens, deepest)
     t_plain = plain(lens.model, plain_ds, workers)
-    walk.MACS[:] = [0, 0]
+    count = ConvCount()
     with tempfile.TemporaryDirectory() as d:
         t = time.perf_counter()
-        g = zf.mine(lens, data, layers, k=9, workers=workers, progress=False, out=Path(d) / "g.safetensors")
+        with count:
+            g = zf.mine(lens, data, layers, k=9, workers=workers, progress=False, out=Path(d) / "g.safetensors")
         t_job = time.perf_counter() - t
         size = (Path(d) / "g.safetensors").stat().st_size
     hits = sum(int((g.tensors(l)["indices"] >= 0).sum()) for l in g.layers)
@@ -137,16 +151,15 @@ def fig2(lens, data, plain_ds, layers, n, what, goal, workers=1):
             ref = h.box.crop(zf.project(lens, x, g.layers[-1], c, position=h.position).pixels)
             diff = max(diff, C.rel_diff(h.projection, ref))
     unique = len(g.meta["ids"])
-    proj = walk.MACS[0] + walk.MACS[1]
-    bound = n * full / (n * pass_macs + proj)
+    bound = n * full / (count.conv + count.transposed)
     ratio = t_plain / t_job
     print(f"== Fig. 2, {what}: {n} images, layers {', '.join(g.layers)}, {hits} hits of {unique} images")
     print(f"   plain forward {C.fmt_s(t_plain)} ({n / t_plain:.0f} img/s); whole job {C.fmt_s(t_job)} "
           f"(pass {C.fmt_s(g.pass_seconds)}, projections+file {C.fmt_s(t_job - g.pass_seconds)}; file {size / 1e6:.1f} MB)")
     print(f"   check: 4 projections vs zfwidgets.project: max relative diff {diff:.1e} (float16 storage)")
     print(f"   ratio {ratio:.2f}x (goal {goal}x) {'met' if ratio >= goal else 'NOT met'}; multiply-add bound "
-          f"{bound:.2f}x (forward {n * full / 1e9:.2f} G, pass {n * pass_macs / 1e9:.2f} G, walks "
-          f"{walk.MACS[0] / 1e9:.2f} G, winners' re-forward {walk.MACS[1] / 1e9:.2f} G)")
+          f"{bound:.2f}x (forward {n * full / 1e9:.2f} G; the job's convolutions {count.conv / 1e9:.2f} G, "
+          f"the walks' transposed ones {count.transposed / 1e9:.2f} G)")
     return ratio
 
 

@@ -8,7 +8,7 @@ from it. Under ``torchrun`` each rank mines a shard (a range of whole batches), 
 and merged (the same selection over the union), the winners' projections are shared out by fixed chunks
 of images, and rank 0 writes the gallery: the same file, bit for bit, for any number of ranks.
 
-After the pass the projections are computed in bulk (:mod:`zfwidgets.mine.walk`): the winners of a chunk
+After the pass the projections are computed in bulk (:mod:`zfwidgets.mine.project`): the winners of a chunk
 of images share one recorded forward, and the seeds of a layer walk down their receptive fields together.
 
 Example:

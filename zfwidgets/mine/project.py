@@ -2,13 +2,12 @@
 
 The winners' images are numbered in order and cut into fixed chunks; the chunks are dealt to the ranks by
 their estimated cost (:func:`_deal`: the costliest first, each to the least loaded rank), the cost counted
-in multiply-adds from the layers' shapes (:func:`_chain_costs`: one image's recorded forward up to the
-chunk's deepest layer, one seed's walk down its window, and a fixed share per hit). A chunk's contents do
-not depend on the number of ranks, so neither does any number computed from it. A chunk's images
-are decoded once and recorded in one forward; the seeds of each layer walk down their receptive fields
-together (:func:`zfwidgets.mine.walk.walk` on chains; on branching models the cropped backward on the
-model's graph, :func:`zfwidgets.core.backward.walk`, batched). Layers neither handles use
-:func:`zfwidgets.project`.
+in multiply-adds from the layers' shapes (:func:`_plan_costs`: one image's recorded forward up to the
+layer, one seed's walk down its window, and a fixed share per hit). A chunk's contents do not depend on the
+number of ranks, so neither does any number computed from it. A chunk's images are decoded once and recorded
+in one forward; the seeds of each layer walk down their receptive fields together, on chains and branching
+models alike (the cropped backward on the model's graph, :func:`zfwidgets.core.backward.walk`, batched).
+Layers it does not handle use :func:`zfwidgets.project`.
 
 Example (internal: needs the miner's layer specs, top-k states and map widths from its mining pass; not run,
 :func:`zfwidgets.mine` calls it and its gallery holds the result):
@@ -18,11 +17,11 @@ Example (internal: needs the miner's layer specs, top-k states and map widths fr
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from ..core.geometry import grow_hw, out_size, window_params
-from ..core.project import unit_seed
-from .walk import chain_plan, record, walk
+from ..core.backward import plan, record, walk
+from ..core.geometry import grow_hw, window_params
+from ..core.graph import macs, macs_per_position
+from ..core.project import project, unit_seed
 
 __all__ = ["project_winners", "SEEDS_PER_WALK"]
 
@@ -64,37 +63,26 @@ def _deal(costs, world: int) -> list:
     return owner
 
 
-def _chain_costs(plan, shapes) -> dict:
-    """``{module index of each conv of the chain: (multiply-adds of one image's forward up to and including
-    it, of one seed's walk from it down to the input)}``, from the chain's input shapes for one image (the
-    windows grow as in :func:`zfwidgets.mine.walk.walk`: :func:`~zfwidgets.core.geometry.grow_hw`)."""
-    mods, _ = plan
-
-    def out_hw(i):
-        if i + 1 < len(shapes):
-            return shapes[i + 1][2:]
-        k, s, p, d, _ = window_params(mods[i])
-        return tuple(out_size(shapes[i][2 + a], k[a], s[a], p[a], d[a]) for a in (0, 1))
-
-    out, forward = {}, 0
-    for top, m in enumerate(mods):
-        if not isinstance(m, nn.Conv2d):
+def _plan_costs(p) -> tuple:
+    """``(multiply-adds of one image's forward up to the plan's layer, of one seed's walk from it down to the
+    input)``, from the plan's shapes: the windows grow as in :func:`zfwidgets.core.backward.walk`
+    (:func:`~zfwidgets.core.geometry.grow_hw`), clipped to each map, the larger where branches meet."""
+    forward = sum(macs(st.module, None, p.shapes[st.index]) for st in p.steps if st.op == "conv")
+    sizes, work = {p.target: (1, 1)}, 0.0
+    for st in p.steps:
+        hw = sizes.pop(st.index, None)
+        if hw is None:
             continue
-        forward += m.weight.numel() * out_hw(top)[0] * out_hw(top)[1]
-        h = w = 1
-        full, macs = False, 0
-        for i in range(top, -1, -1):
-            if not isinstance(mods[i], (nn.Conv2d, nn.MaxPool2d)):
-                continue
-            H, W = shapes[i][2:]
-            if isinstance(mods[i], nn.Conv2d):
-                oh, ow = out_hw(i) if full else (h, w)
-                macs += mods[i].weight.numel() * oh * ow
-            k, s, p, d, _ = window_params(mods[i])
-            h, w = grow_hw((h, w), k, s, d)
-            full = full or (h >= H and w >= W)
-        out[top] = (forward, macs)
-    return out
+        if st.op in ("conv", "maxpool", "avgpool"):
+            if st.op == "conv":
+                work += macs_per_position(st.module) * hw[0] * hw[1]
+            k, s, _, d, _ = window_params(st.module)
+            hw = grow_hw(hw, k, s, d)
+        for i in st.inputs:
+            H, W = p.shapes[i][2:]
+            old = sizes.get(i, (0, 0))
+            sizes[i] = (max(old[0], min(hw[0], H)), max(old[1], min(hw[1], W)))
+    return forward, work
 
 
 def _scale(lens, hit) -> float:
@@ -137,10 +125,9 @@ class _Fields:
         return self.cache[pos]
 
 
-def _graph_plan(lens, input_size, path, plans):
+def _plan(lens, input_size, path, plans):
     """The cropped backward's plan on the model's graph for layer ``path`` (cached in ``plans``), or None."""
     if path not in plans:
-        from ..core.backward import plan
         plans[path] = plan(lens, tuple(input_size), path)
     return plans[path]
 
@@ -149,11 +136,10 @@ def _graph_plan(lens, input_size, path, plans):
 WALK_BYTES = 1 << 28
 
 
-def _walk_graph(lens, xs, hits, plans, rule, row_of, displays, fields, out, bar):
-    """The winners of a chunk on a branching model: one recorded forward of the chunk (the switches and masks the
-    walks read), then each layer's seeds walked down the graph together (:func:`zfwidgets.core.backward.walk`),
-    each projection cut to its receptive field."""
-    from ..core.backward import record, walk
+def _walk(lens, xs, hits, plans, rule, row_of, displays, fields, out, bar):
+    """The winners of a chunk: one recorded forward of the chunk (the switches and masks the walks read), then
+    each layer's seeds walked down the graph together (:func:`zfwidgets.core.backward.walk`), each projection
+    cut to its receptive field."""
     layers = {}
     for h in hits:
         layers.setdefault(h[1], []).append(h)
@@ -168,10 +154,11 @@ def _walk_graph(lens, xs, hits, plans, rule, row_of, displays, fields, out, bar)
                 fields[name] = _Fields(lens, name)
             for a in range(0, len(seeds), per):
                 part = seeds[a:a + per]
-                g = xs.new_zeros(len(part), C, 1, 1)
-                g[torch.arange(len(part), device=g.device), torch.tensor([s[3] for s in part], device=g.device)] = 1.0
-                sig = walk(p, rec, g, [s[5][0] for s in part], [s[5][1] for s in part], rule,
-                           rows=[row_of[s[0]] for s in part])
+                run = part + part[:1] * (_bucket(len(part)) - len(part))   # padded: few distinct shapes
+                g = xs.new_zeros(len(run), C, 1, 1)
+                g[torch.arange(len(run), device=g.device), torch.tensor([s[3] for s in run], device=g.device)] = 1.0
+                sig = walk(p, rec, g, [s[5][0] for s in run], [s[5][1] for s in run], rule,
+                           rows=[row_of[s[0]] for s in run])
                 for n, s in enumerate(part):
                     box = fields[name].box(s[5])   # the pixels the unit reads (inside the window)
                     y0, x0, y1, x1 = box.y0, box.x0, box.y1, box.x1
@@ -200,23 +187,20 @@ def project_winners(lens, source, specs, states, widths, rule, chunk, rank, worl
         depth[h[0]] = max(depth.get(h[0], -1), order[h[1]])
     images = sorted(depth, key=lambda i: (depth[i], i))
     chunks = [images[a:a + chunk] for a in range(0, len(images), chunk)]
-    conv_paths = [s.path for s in specs if s.kind == "conv"]
-    plan = chain_plan(lens, conv_paths) if conv_paths else None
-    walked = {s.path for s in specs if s.kind == "conv"} if plan is not None else set()
     by_image = {}
     for h in hits:
         by_image.setdefault(h[0], []).append(h)
     dev = lens.device
-    probe, costs = None, {}
-    if plan is not None and chunks:   # the chain's shapes for one image; the walks' costs from them
-        probe = record(plan, torch.zeros_like(source[chunks[0][0]][0][None]).to(dev), "gradient")["shapes"]
-        costs = _chain_costs(plan, probe)
+    plans = {}
+    size = tuple(source[chunks[0][0]][0].shape) if chunks else None
+    costs = {path: _plan_costs(p) for path in {h[2] for h in hits if h[5] is not None}
+             if (p := _plan(lens, size, path, plans)) is not None}
 
     def cost(ims):
         hs = [h for i in ims for h in by_image[i]]
-        walks = [plan[1][h[2]] for h in hs if h[2] in walked]
-        return (HIT_MACS * len(hs) + sum(costs[t][1] for t in walks)
-                + (len(ims) * costs[max(walks)][0] if walks else 0))
+        walks = [costs[h[2]] for h in hs if h[5] is not None and h[2] in costs]
+        return (HIT_MACS * len(hs) + sum(c[1] for c in walks)
+                + (len(ims) * max(c[0] for c in walks) if walks else 0))
 
     owner = _deal([cost(c) for c in chunks], world) if world > 1 else [0] * len(chunks)
     mine = [q for q in range(len(chunks)) if owner[q] == rank]
@@ -225,49 +209,20 @@ def project_winners(lens, source, specs, states, widths, rule, chunk, rank, worl
         from tqdm.auto import tqdm
         bar = tqdm(total=sum(len(by_image[i]) for q in mine for i in chunks[q]), desc="projections", unit="hit",
                    dynamic_ncols=True, leave=True)
-    out, fields, plans = {}, {}, {}
+    out, fields = {}, {}
 
     try:
         for q in mine:
             ims = chunks[q]
             xs = torch.stack([source[i][0] for i in ims]).to(dev)
-            H, W = xs.shape[2:]
             displays = [lens.to_display(x) for x in xs]
             row_of = {i: r for r, i in enumerate(ims)}
             chunk_hits = [h for i in ims for h in by_image[i]]
-            if plan is not None and any(h[2] in walked for h in chunk_hits):
-                deepest = max(plan[1][h[2]] for h in chunk_hits if h[2] in walked)
-                rec = record(plan, xs, rule, upto=deepest, shapes_of=probe)
-                for name, path, kind, C, cin in specs:
-                    seeds = [h for h in chunk_hits if h[1] == name and path in walked]
-                    for a in range(0, len(seeds), SEEDS_PER_WALK):
-                        part = seeds[a:a + SEEDS_PER_WALK]
-                        run = part + part[:1] * (_bucket(len(part)) - len(part))   # padded: few distinct shapes
-                        g, origin, (h, w), full = walk(plan, rec, path, [row_of[s[0]] for s in run], [s[3] for s in run],
-                                                       [s[5][0] for s in run], [s[5][1] for s in run], rule)
-                        g, origin = g.cpu(), origin.cpu()
-                        if name not in fields:
-                            fields[name] = _Fields(lens, name)
-                        for n, s in enumerate(part):
-                            uy0, ux0 = int(origin[n, 0]), int(origin[n, 1])
-                            box = fields[name].box(s[5])   # the pixels the unit reads (inside the window)
-                            y0, x0, y1, x1 = box.y0, box.x0, box.y1, box.x1
-                            if full:
-                                proj = g[n, :, y0:y1, x0:x1].clone()
-                            else:
-                                proj = g[n, :, y0 - uy0:y1 - uy0, x0 - ux0:x1 - ux0].clone()
-                            patch = displays[row_of[s[0]]][y0:y1, x0:x1].copy()
-                            out[(name, s[3], s[4])] = ((y0, x0, y1, x1, *box.unclipped), proj * _scale(lens, s),
-                                                       patch)
-                        if bar is not None:
-                            bar.update(len(part))
-            rest = [h for h in chunk_hits if h[2] not in walked]
-            graph_hits = [h for h in rest if h[5] is not None and _graph_plan(lens, xs.shape[1:], h[2], plans)]
-            if graph_hits:
-                _walk_graph(lens, xs, graph_hits, plans, rule, row_of, displays, fields, out, bar)
-                rest = [h for h in rest if h not in graph_hits]
+            walked = [h for h in chunk_hits if h[5] is not None and _plan(lens, xs.shape[1:], h[2], plans)]
+            if walked:
+                _walk(lens, xs, walked, plans, rule, row_of, displays, fields, out, bar)
+            rest = [h for h in chunk_hits if h[5] is None or not _plan(lens, xs.shape[1:], h[2], plans)]
             if rest:
-                from ..core.project import project
                 for i, name, path, c, j, pos, _ in rest:
                     x = xs[row_of[i]:row_of[i] + 1]
                     p = project(lens, x, name, c, position="max" if pos is None else pos, method=rule)
