@@ -189,6 +189,26 @@ def test_estimate_and_auto_mode():
     assert forced.last_mode == "full" and not forced.pays_for(32)
 
 
+
+def test_a_live_box_known_not_to_pay_makes_no_plan(monkeypatch):
+    # the live occluder on a net whose forward is cheaper than any plan: once the engine knows it for a size,
+    # a move of that size runs the forward without making the plan (which cost more than the forward itself)
+    torch.manual_seed(0)
+    lens = zf.Lens(build("zfnet-fashion"), input_size=(1, 28, 28))
+    x = image(lens.input_size, 3)
+    engine = occlusion_engine(lens, x)
+    engine.evaluate_box((4, 4, 11, 11), ["conv5"], fill=0.0)
+    assert engine.last_mode == "full"
+    made = []
+    monkeypatch.setattr(engine, "_plan", lambda *a, **k: made.append(1))
+    out = engine.evaluate_box((10, 12, 17, 19), ["conv5"], fill=0.0)  # the same size elsewhere
+    assert not made and engine.last_mode == "full"
+    ref_logits, ref_acts = lens.run(naive_occluded(x, [(10, 12, 17, 19)], 0.0), ["conv5"])
+    assert_close(out.logits, ref_logits[0], "logits")
+    assert_close(out.activations["conv5"], ref_acts["conv5"][0], "conv5")
+    engine.evaluate_box((0, 0, 5, 5), ["conv5"], fill=0.0)             # a new size: the estimate is asked
+    assert made
+
 def test_measured_choice_follows_the_clock(monkeypatch):
     """The panel's choice: the estimate first, then one move timed each way; the engine's mode is restored and
     the answer is remembered per size. A fake clock makes the incremental path the slower one, then the faster."""

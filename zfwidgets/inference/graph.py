@@ -660,6 +660,7 @@ class GraphOcclusion:
         if key in self._measured:
             return self._measured[key]
         if not self.pays_for((h, w)):
+            self._measured[key] = False
             return False
         mode = self.mode
         best = {"incremental": math.inf, "full": math.inf}
@@ -691,10 +692,12 @@ class GraphOcclusion:
         where it is due for this image), or, before any measurement, by whether the estimated saving over the
         job pays for the set-up (:data:`SETUP_FORWARDS`): a small job does not build the plan to lose."""
         est = self._estimate(boxes, plan)
-        if not est.pays:
-            return False
         B = boxes.shape[0]
         size = _box_size(boxes)
+        if not est.pays:
+            if B == 1:      # remembered for the size, as measured_pays_for would: the next move makes no plan
+                self._measured.setdefault(self._decision_key(*size, 1, layers), False)
+            return False
         if B == 1:
             return self.measured_pays_for(size, layers, fill=fill)
         timing = self._measured.get(self._decision_key(*size, B, layers))
@@ -947,6 +950,9 @@ class GraphOcclusion:
         for layer in layers:
             self.lens.resolve(layer)          # unknown layers: the lens's error
         go = self.incremental and self.mode != "full"
+        if go and self.mode == "auto" and tau is None and boxes.shape[0] == 1 \
+                and self._measured.get(self._decision_key(*_box_size(boxes), 1, layers)) is False:
+            go = False      # one box of a size known not to pay (the live occluder): no plan to make
         plan = self._plan(boxes, tau) if go else None
         if go and self.mode == "auto" and tau is None:      # the estimate, then the clock
             job = max(boxes.shape[0], int(total or 0))
