@@ -428,9 +428,16 @@ class Lens:
         >>> lens.weights_key == k
         False
         """
-        m = self.model
-        return (sum(t._version for t in m.parameters()) + sum(t._version for t in m.buffers()),
-                tuple(t.data_ptr() for t in m.parameters()))
+        params, version = [], 0
+        for mod in self.model.modules():        # one walk of the modules (the live occluder asks every move)
+            for t in mod._parameters.values():
+                if t is not None:
+                    params.append(t.data_ptr())
+                    version += t._version
+            for t in mod._buffers.values():
+                if t is not None:
+                    version += t._version
+        return version, tuple(params)
 
     def _key(self) -> tuple:
         return self.weights_key, tuple(sorted(self._extra_paths))

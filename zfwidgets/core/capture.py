@@ -134,7 +134,7 @@ class ModelGuard:
 
     def __enter__(self):
         self.flags = [(m, m.training) for m in self.model.modules()]
-        if self.eval_mode:
+        if self.eval_mode and any(flag for _, flag in self.flags):    # (eval() walks the modules again)
             self.model.eval()
         return self
 
