@@ -398,8 +398,19 @@ def _weight(st: Step, dtype) -> torch.Tensor:
     return w
 
 
-def _transposed(st: Step, g, k, s, d, ny, nx):
-    """The transposed convolution of the window ``g`` without padding (its full span ``ny x nx``).
+def _crop_both(sig: Signal, ay: int, ax: int, ny: int, nx: int, map_in) -> tuple:
+    """Rows and columns a transposed convolution may leave out on both sides of its span ``ny x nx`` (at
+    ``(ay, ax)``) because they lie outside its input map ``map_in``: where the seeds share one window (on whole
+    maps: the convolution's padding)."""
+    if not sig.uniform:
+        return 0, 0
+    H, W = map_in
+    return (max(min(-ay, ay + ny - H), 0), max(min(-ax, ax + nx - W), 0))
+
+
+def _transposed(st: Step, g, k, s, d, ny, nx, crop=(0, 0)):
+    """The transposed convolution of the window ``g`` (its full span ``ny x nx``, less ``crop`` rows and columns
+    on both sides: a padding, for k > 1).
 
     The transposed kernel itself: rewriting it as a plain convolution (flipped weight, full padding, or one
     convolution per phase of a stride) was slower on every shape of AlexNet's and ResNet's walks measured on the
@@ -407,7 +418,7 @@ def _transposed(st: Step, g, k, s, d, ny, nx):
     w = _weight(st, g.dtype)
     gr = st.module.groups
     if k != (1, 1):
-        return F.conv_transpose2d(g, w, None, s, 0, 0, gr, d)
+        return F.conv_transpose2d(g, w, None, s, crop, 0, gr, d)
     out = F.conv_transpose2d(g, w, None, 1, 0, 0, gr)
     if s == (1, 1):
         return out
@@ -429,9 +440,10 @@ def walk(p: Plan, values: dict, seed: torch.Tensor, oy, ox, method: str, *, rows
     signals = {p.target: _fit(first, shape[2], shape[3])}
     result = None
 
-    def send(i, s):
+    def send(i, s, fitted=False):
         H, W = p.shapes[i][2:]
-        s = _fit(s, H, W)
+        if not fitted:      # (a pointwise node's input has its map: the signal already fits it)
+            s = _fit(s, H, W)
         if s is None:
             return
         signals[i] = s if i not in signals else _unite(signals[i], s, H, W)
@@ -451,7 +463,11 @@ def walk(p: Plan, values: dict, seed: torch.Tensor, oy, ox, method: str, *, rows
             ay = [y * s[0] - pad[0] for y in sig.oy]
             ax = [x * s[1] - pad[1] for x in sig.ox]
             if op == "conv":
-                g2 = _transposed(st, g, k, s, d, ny, nx)
+                crop = _crop_both(sig, ay[0], ax[0], ny, nx, st.map_in) if k != (1, 1) else (0, 0)
+                g2 = _transposed(st, g, k, s, d, ny, nx, crop)
+                ny, nx = ny - 2 * crop[0], nx - 2 * crop[1]
+                ay = [y + crop[0] for y in ay]
+                ax = [x + crop[1] for x in ax]
             elif op == "avgpool":
                 g2 = F.conv_transpose2d(g, st.param.to(g), None, s, 0, 0, g.shape[1], d)
             else:
@@ -481,11 +497,11 @@ def walk(p: Plan, values: dict, seed: torch.Tensor, oy, ox, method: str, *, rows
         if op == "cat":
             a = 0
             for i, c in zip(st.inputs, st.param):
-                send(i, Signal(g[:, a:a + c], sig.oy, sig.ox, sig.h, sig.w))
+                send(i, Signal(g[:, a:a + c], sig.oy, sig.ox, sig.h, sig.w), fitted=True)
                 a += c
             continue
-        for i in st.inputs:      # pointwise: one input; add: both
-            send(i, Signal(g, sig.oy, sig.ox, sig.h, sig.w))
+        for i in st.inputs:      # pointwise: one input; add: both (the same map)
+            send(i, Signal(g, sig.oy, sig.ox, sig.h, sig.w), fitted=True)
     if result is None:
         return Signal(None, [0] * n, [0] * n, 0, 0)
     return result

@@ -148,7 +148,8 @@ def _walk(lens, xs, hits, plans, rule, row_of, displays, fields, out, bar):
         for name, seeds in layers.items():
             p = plans[seeds[0][2]]
             biggest = max(s[1] * s[2] * s[3] for s in p.shapes.values())
-            per = max(1, min(SEEDS_PER_WALK, WALK_BYTES // (4 * biggest * 3)))
+            per = min(SEEDS_PER_WALK, WALK_BYTES // (4 * biggest * 3))
+            per = max(1, per - per % SEED_BUCKET if per > SEED_BUCKET else per)   # groups padded to no waste
             C = p.shapes[p.target][1]
             if name not in fields:
                 fields[name] = _Fields(lens, name)
