@@ -382,6 +382,12 @@ def runs_as_chain(trace: Trace, path: str) -> bool:
     return all(len(v) <= 1 for v in preds.values()) and all(len(v) <= 1 for v in succs.values())
 
 
+# Inputs of at most this many pixels get their shapes from a real forward of a zero image: meta tensors run many
+# operations (batch norm, hardtanh) through Python reference kernels, and on a CPU such a pass cost more than
+# the model's forward at these sizes (benchmarks/results/session12.md); past it the forward's arithmetic grows.
+REAL_SHAPE_PASS = 224 * 224
+
+
 class Graph:
     """The model's forward as a list of :class:`Node` in execution (topological) order.
 
@@ -445,12 +451,19 @@ class Graph:
             node.out_shape = values[node.index]
 
     def _shapes(self) -> dict:
-        """Every node's output shape: a forward on the meta device (no arithmetic: the model's parameters and
-        buffers stand in as meta tensors for the call), or of a zero image where an operation has no meta
-        kernel."""
+        """Every node's output shape: the forward of a zero image where the input is small
+        (:data:`REAL_SHAPE_PASS` pixels, or the model is on an accelerator), else a forward on the meta device
+        (no arithmetic: the model's parameters and buffers stand in as meta tensors for the call), or the zero
+        image's where an operation has no meta kernel."""
         p = next(self.model.parameters(), None)
         dtype = None if p is None else p.dtype
         graph = self
+        if self.input_size[-2] * self.input_size[-1] <= REAL_SHAPE_PASS or (p is not None and p.device.type != "cpu"):
+            try:
+                return self.run(torch.zeros(1, *self.input_size, device=None if p is None else p.device,
+                                            dtype=dtype), keep="shapes")
+            except Exception:  # noqa: BLE001 - a model that refuses a zero image: the meta pass below
+                pass
 
         class _Run(nn.Module):
             def __init__(self, gm):
