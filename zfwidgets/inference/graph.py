@@ -89,8 +89,8 @@ PROBE_BOXES = 16
 PROBE_SHARE = 16
 # A job of at least this many batches times each way on a whole batch of its own instead (the first batch
 # through the plan, the next as plain forwards): the plan's fixed cost per call (a gather, an overlay and an
-# operation per node) weighs on a few boxes and not on a batch, so a few boxes misjudge it (MobileNetV2: equal
-# on 3 boxes, the plan 2.5-4x faster on 13). The one batch run the slower way costs at most 1/this of the job.
+# operation per node) weighs on a few boxes and not on a batch, so a few boxes misjudge it (MobileNetV2's
+# measurements: benchmarks/results/session11.md). The one batch run the slower way costs at most 1/this of the job.
 WHOLE_BATCH_PROBE = 8
 # The plan's first use for an image, in full forwards of one image: the cached forward (every node's value
 # held, every window node's input padded) and the self-check (a box through the plan and the model's forward).
