@@ -26,7 +26,6 @@ import copy
 import sys
 from pathlib import Path
 
-import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

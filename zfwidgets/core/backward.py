@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .geometry import batchnorm_scale, extent, grow_hw, window_params
+from .geometry import batchnorm_scale, grow_hw, window_params
 from .graph import Graph, GraphError, is_relu
 from .rules import RULES
 

@@ -997,18 +997,20 @@ class GraphOcclusion:
         H, W = self.image.shape[-2:]
         box = torch.tensor([[H // 3, W // 3, H // 3 + max(H // 5, 1), W // 3 + max(W // 5, 1)]])
         with torch.inference_mode(), ModelGuard(self.lens.model):
+            err = ""
             try:
                 got, _ = self._run(box, fill.to(self.image.device, self.image.dtype), {}, True)
             except (RuntimeError, ValueError, TypeError, IndexError) as e:
-                got, err = None, e
+                got, err = None, f" ({type(e).__name__}: {e})"
         ref, _ = self.lens.run(occluded_batch(self.image, box, fill))
         ok = got is not None and got.shape == ref.shape and bool(
             torch.allclose(got.float(), ref.float(), rtol=1e-4, atol=1e-4 * float(ref.abs().max()) + 1e-6))
         if not ok:
             self.incremental = False
             self.lens.warn_once(("incremental", "graph"),
-                                f"the incremental occlusion engine does not reproduce {type(self.lens.model).__name__}'s "
-                                "forward; occlusion falls back to full forwards")
+                                f"the incremental occlusion engine does not reproduce "
+                                f"{type(self.lens.model).__name__}'s forward{err}; occlusion falls back to full "
+                                "forwards")
         return ok
 
     def _run(self, boxes, fill, want: dict, logits: bool, plan=None):

@@ -65,7 +65,7 @@ def plot_filter_health(health, *, max_filters: int = 96) -> Figure:
         bottom = np.zeros(n)
         frac = np.nan_to_num(h.band_fraction[:n])
         lo, hi = h.band_edges
-        labels = (f"low (r < {lo:.3g})", f"mid", f"high (r >= {hi:.3g} cyc/px)")
+        labels = (f"low (r < {lo:.3g})", "mid", f"high (r >= {hi:.3g} cyc/px)")
         for b in range(3):
             ax.bar(idx, frac[:, b], bottom=bottom, color=BAND_COLOURS[b], width=0.9, label=labels[b])
             bottom += frac[:, b]

@@ -10,7 +10,6 @@ Example:
 """
 from __future__ import annotations
 
-import numpy as np
 
 from .colours import FEATURE_CMAP, PROBABILITY_CMAP, class_cmap, class_colours
 
@@ -23,7 +22,7 @@ def _new_figure(figsize):
 
 
 def _extent(occ):
-    (sh, sw), (th, tw) = occ.size, occ.stride
+    sh, sw = occ.size
     H, W = occ.display.shape[:2]
     cy = [min(y + sh, H) / 2 + y / 2 for y in occ.ys.tolist()]
     cx = [min(x + sw, W) / 2 + x / 2 for x in occ.xs.tolist()]
