@@ -686,20 +686,17 @@ class GraphOcclusion:
         return int(h), int(w), min(boxes, 2), tuple(layers), tuple(self.image.shape), self._key
 
     def _auto(self, boxes, layers, fill, plan, total: int, margin: float = 0.9):
-        """``mode="auto"``'s choice for a batch starting a job of ``total`` boxes: True (the plan), False (plain
-        forwards), or None (not measured yet: time it). The estimate first; one box (the live occluder) by
-        :meth:`measured_pays_for`; a batch by what was measured for its key (per box, the plan's set-up counted
-        where it is due for this image), or, before any measurement, by whether the estimated saving over the
-        job pays for the set-up (:data:`SETUP_FORWARDS`): a small job does not build the plan to lose."""
+        """``mode="auto"``'s choice for a batch (of two boxes or more: one box, the live occluder, is decided by
+        :meth:`measured_pays_for`) starting a job of ``total`` boxes: True (the plan), False (plain forwards), or
+        None (not measured yet: time it). The estimate first; then what was measured for its key (per box, the
+        plan's set-up counted where it is due for this image), or, before any measurement, by whether the
+        estimated saving over the job pays for the set-up (:data:`SETUP_FORWARDS`): a small job does not build
+        the plan to lose."""
         est = self._estimate(boxes, plan)
+        if not est.pays:
+            return False
         B = boxes.shape[0]
         size = _box_size(boxes)
-        if not est.pays:
-            if B == 1:      # remembered for the size, as measured_pays_for would: the next move makes no plan
-                self._measured.setdefault(self._decision_key(*size, 1, layers), False)
-            return False
-        if B == 1:
-            return self.measured_pays_for(size, layers, fill=fill)
         timing = self._measured.get(self._decision_key(*size, B, layers))
         if timing is not None and timing.full is None:          # the second half of a whole-batch probe
             return None
@@ -950,11 +947,11 @@ class GraphOcclusion:
         for layer in layers:
             self.lens.resolve(layer)          # unknown layers: the lens's error
         go = self.incremental and self.mode != "full"
-        if go and self.mode == "auto" and tau is None and boxes.shape[0] == 1 \
-                and self._measured.get(self._decision_key(*_box_size(boxes), 1, layers)) is False:
-            go = False      # one box of a size known not to pay (the live occluder): no plan to make
+        if go and self.mode == "auto" and tau is None and boxes.shape[0] == 1:
+            # the live occluder, decided by its size (remembered) before any plan is made for it
+            go = self.measured_pays_for(_box_size(boxes), layers, fill=fill)
         plan = self._plan(boxes, tau) if go else None
-        if go and self.mode == "auto" and tau is None:      # the estimate, then the clock
+        if go and self.mode == "auto" and tau is None and boxes.shape[0] > 1:   # the estimate, then the clock
             job = max(boxes.shape[0], int(total or 0))
             go = self._auto(boxes, layers, fill, plan, job)
             if go is None:
