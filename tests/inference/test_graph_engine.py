@@ -419,3 +419,35 @@ def test_bad_input():
         engine.run([(0, 0, 4, 4)], ["conv99"])
     logits, acts = engine.run([(0, 0, 4, 4)], ["layer1"], logits=False)
     assert logits is None and set(acts) == {"layer1"}
+
+
+def test_one_forward_serves_the_graph_and_the_unoccluded_response():
+    """Issue 29 item 2, first calls: on a lens whose graph is not built yet, ``zf.occlusion`` runs the
+    unoccluded image through the model once (the graph's shape pass is that image's forward and gives the
+    unoccluded response), not once for the response and once more for the shapes (a zero image). The response
+    equals the model's own forward; the outputs are handed over once; a second image runs its own forward."""
+    from zfwidgets.core.graph import Graph
+    lens = tv_lens("resnet18", 64, seed=3)
+    x, y = image(lens.input_size, 4), image(lens.input_size, 5)
+    seen = []
+    h = lens.model.conv1.register_forward_hook(lambda m, a, o: seen.append(a[0].detach().clone()))
+    try:
+        occ = zf.occlusion(lens, x, size=16, stride=16, progress=False, layer="layer3")
+        whole = [t for t in seen if t.shape[0] == 1 and (torch.equal(t, x) or not t.any())]
+        assert len(whole) == 1 and torch.equal(whole[0], x)
+        assert Graph.of(lens, tuple(x.shape[1:])).take_outputs(x) is None
+        with torch.no_grad():
+            ref = lens.model(x).softmax(1)[0]
+            ref3 = lens.model.layer3(lens.model.layer2(lens.model.layer1(lens.model.maxpool(lens.model.relu(
+                lens.model.bn1(lens.model.conv1(x)))))))[0]
+        assert occ.base_class == int(ref.argmax())
+        assert abs(occ.base_probability - float(ref[occ.target])) <= 1e-6
+        assert occ.channel == int(ref3.flatten(1).amax(1).argmax())
+        assert abs(occ.base_feature_map - float(ref3[occ.channel].clamp(min=0).sum())) <= 1e-4 * occ.base_feature_map
+        from zfwidgets.analysis.occlusion import unoccluded
+        u = unoccluded(lens, y, layer="layer3")
+        with torch.no_grad():
+            py = lens.model(y).softmax(1)[0]
+        assert u.base_class == int(py.argmax()) and abs(u.base_probability - float(py.max())) <= 1e-6
+    finally:
+        h.remove()

@@ -395,24 +395,31 @@ class Graph:
     is the node whose output a module returns (its last call where a module runs several times).
     """
 
-    def __init__(self, model: nn.Module, input_size: tuple, *, device=None, dtype=None, trace=None):
+    def __init__(self, model: nn.Module, input_size: tuple, *, device=None, dtype=None, trace=None, example=None,
+                 keep=()):
         self.model = model
         self.input_size = tuple(int(s) for s in input_size)
         self.gm = None
         self.crop_plans: dict = {}    # the cropped backward's walks from each layer (core.backward.plan)
+        self._example = None          # (image, its outputs): the shape pass's forward, until taken
         trace = Trace.of(model) if trace is None else trace
         self.traced = isinstance(trace, Trace)
         self.error: str | None = None if self.traced else trace
         if self.traced:
-            self._from_trace(trace)
+            self._from_trace(trace, example, keep)
         else:
             self._record_order(device, dtype)
         self._finish()
 
     # ----- construction -------------------------------------------------------------------------
     @classmethod
-    def of(cls, lens, input_size=None) -> "Graph":
+    def of(cls, lens, input_size=None, example=None, keep=()) -> "Graph":
         """The graph of ``lens``'s model for inputs of ``input_size`` (default the lens's; cached on the lens).
+
+        ``example``: an image (1 x ``input_size``) whose forward the caller needs anyway: where the graph is
+        built now and its shape pass is a real forward (:data:`REAL_SHAPE_PASS`), that forward is of this
+        image, and the model's output and the outputs of the modules at the paths in ``keep`` are kept for the
+        caller to :meth:`take_outputs` (occlusion's unoccluded response: one forward serves it and the shapes).
 
         >>> g = Graph.of(zfwidgets.load("zfnet-fashion"))
         >>> g.traced, g.is_chain
@@ -429,11 +436,11 @@ class Graph:
             p = next(lens.model.parameters(), None)
             trace = Trace.of_lens(lens)
             g = cls(lens.model, size, device=None if p is None else p.device, dtype=None if p is None else p.dtype,
-                    trace=trace)
+                    trace=trace, example=example, keep=keep)
             cache[key] = g
         return g
 
-    def _from_trace(self, trace: Trace):
+    def _from_trace(self, trace: Trace, example=None, keep=()):
         self.gm = trace.gm
         qual = trace.qualname
         fx_nodes = trace.fx_nodes
@@ -446,22 +453,48 @@ class Graph:
             inputs = tuple(index[a] for a in n.all_input_nodes)
             self.nodes.append(Node(i, name, n.op, n.target, module, inputs, fx_node=n))
         self.module_nodes = {p: index[n] for p, n in trace.module_outputs.items()}
-        values = self._shapes()
+        values = self._shapes(example, keep)
         for node in self.nodes:
             node.out_shape = values[node.index]
 
-    def _shapes(self) -> dict:
-        """Every node's output shape: the forward of a zero image where the input is small
-        (:data:`REAL_SHAPE_PASS` pixels, or the model is on an accelerator), else a forward on the meta device
-        (no arithmetic: the model's parameters and buffers stand in as meta tensors for the call), or the zero
-        image's where an operation has no meta kernel."""
+    def take_outputs(self, x: torch.Tensor):
+        """``(the model's output, {path: that module's output})`` for ``x`` where the shape pass was the forward
+        of ``x`` (see :meth:`of`), else ``None``; handed over once (the graph does not keep them)."""
+        ex, self._example = self._example, None
+        return ex[1] if ex is not None and ex[0] is x else None
+
+    def _shapes(self, example=None, keep=()) -> dict:
+        """Every node's output shape: a real forward where the input is small (:data:`REAL_SHAPE_PASS`
+        pixels, or the model is on an accelerator), of ``example`` (its outputs at ``keep`` kept for
+        :meth:`take_outputs`) or of a zero image; else a forward on the meta device (no arithmetic: the model's
+        parameters and buffers stand in as meta tensors for the call), or the zero image's where an operation
+        has no meta kernel."""
         p = next(self.model.parameters(), None)
         dtype = None if p is None else p.dtype
         graph = self
         if self.input_size[-2] * self.input_size[-1] <= REAL_SHAPE_PASS or (p is not None and p.device.type != "cpu"):
+            device = None if p is None else p.device
+            if isinstance(example, torch.Tensor) and tuple(example.shape) == (1, *self.input_size) \
+                    and (p is None or (example.device == p.device and example.dtype == p.dtype)):
+                wanted = {self.module_nodes[path]: path for path in keep if path in self.module_nodes}
+                shapes, kept = {}, {}
+
+                def record(node, v):
+                    shapes[node.index] = _tensor_shapes(v)
+                    if node.op == "output":
+                        kept[None] = v
+                    elif node.index in wanted and isinstance(v, torch.Tensor):
+                        kept[wanted[node.index]] = v.clone()     # a later in-place module would change it
+                try:
+                    self.run(example, keep=record)
+                    if len(kept) == len(wanted) + 1:
+                        out = kept.pop(None)
+                        self._example = (example, (out, kept))
+                    return shapes
+                except Exception:  # noqa: BLE001 - a model that refuses the image: as below
+                    pass
             try:
-                return self.run(torch.zeros(1, *self.input_size, device=None if p is None else p.device,
-                                            dtype=dtype), keep="shapes")
+                return self.run(torch.zeros(1, *self.input_size, device=device, dtype=dtype), keep="shapes")
             except Exception:  # noqa: BLE001 - a model that refuses a zero image: the meta pass below
                 pass
 

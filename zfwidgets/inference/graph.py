@@ -188,12 +188,25 @@ class _Plan:
     truncated: torch.Tensor | None = None
 
 
-@dataclass(frozen=True)
 class _Fold:
-    """A batch norm (node ``bn``) folded into the convolution before it: the folded ``weight`` and ``bias``."""
-    bn: int
-    weight: torch.Tensor
-    bias: torch.Tensor
+    """A batch norm (node ``bn``) folded into the convolution before it: the folded ``weight`` and ``bias``,
+    made on their first use (a job left to plain forwards never pays for folding every batch norm)."""
+
+    def __init__(self, bn: int, conv: nn.Conv2d, norm: nn.BatchNorm2d):
+        self.bn, self._modules, self._folded = bn, (conv, norm), None
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self._made()[0]
+
+    @property
+    def bias(self) -> torch.Tensor:
+        return self._made()[1]
+
+    def _made(self) -> tuple:
+        if self._folded is None:
+            self._folded = fold_batchnorm(*self._modules)
+        return self._folded
 
 
 @dataclass(frozen=True)
@@ -494,7 +507,7 @@ class GraphOcclusion:
         if not isinstance(n.module, nn.Conv2d) or not isinstance(bn, nn.BatchNorm2d) or not bn.track_running_stats \
                 or bn.running_mean is None or type(bn).forward is not nn.BatchNorm2d.forward:
             return None
-        return _Fold(users[0].index, *fold_batchnorm(n.module, bn))
+        return _Fold(users[0].index, n.module, bn)
 
     def _flat_source(self, node):
         """The N x C x H x W node that ``node`` flattens (through identities), or ``None``."""
