@@ -25,9 +25,12 @@ panel's box: full multiply-adds over those of the box's own changed region). Goa
 projective-field threshold, the panel's ``tau``): a ``mouse_down``, then ``mouse_move`` events each rendered
 (the coalescer flushed) and timed, against the batch-1 forward of the same run; its error is the max |dp| over
 all classes between the engine's approximate and exact views of each box (computed outside the timing). Goal
-(ResNet-50): <= 0.35x the batch-1 forward, max |dp| <= 0.02.
+(ResNet-50): <= 0.35x the batch-1 forward, max |dp| <= 0.02. ``--tau 0.3 0.5 0.7``: the panel at each threshold
+(a smaller tau cuts more: faster, further from the exact move); each row also times the engine's approximate
+move alone (the rest of the move is the panel's: probabilities, mosaic, PNG).
 
-Run: ``.venv/bin/python benchmarks/occluder_move.py [--moves 100] [--threads 2] [--models alexnet resnet50]``
+Run: ``.venv/bin/python benchmarks/occluder_move.py [--moves 100] [--threads 2] [--models alexnet resnet50]
+[--approximate [--tau 0.3 0.5]]``
 """
 from __future__ import annotations
 
@@ -187,12 +190,13 @@ def bench(name: str, moves: int = 100) -> dict:
             "full_run_ms": parts["(for reference) full lens.run"], "forward_ms": fwd, "bound": bound}
 
 
-def bench_approximate(name: str, moves: int = 100) -> dict:
-    """The dragged, approximate move of one model: milliseconds and its max |dp| against the exact move."""
+def bench_approximate(name: str, moves: int = 100, tau: float | None = None) -> dict:
+    """The dragged, approximate move of one model (the panel's ``tau``, or ``tau``): milliseconds, the engine's
+    share of them, and its max |dp| against the exact move."""
     from zfwidgets.inference import occlusion_engine
     make, image_of, _, _ = MODELS[name]
     lens, weights = make()
-    panel = zf.OcclusionPanel(lens, image_of(), live="approximate")
+    panel = zf.OcclusionPanel(lens, image_of(), live="approximate", **({} if tau is None else {"tau": tau}))
     try:
         engine = occlusion_engine(lens, panel.x)
         canvas = panel.occluder.canvas
@@ -217,13 +221,21 @@ def bench_approximate(name: str, moves: int = 100) -> dict:
         H = panel.x.shape[-2]
         c = (H - panel.size) // 2
         fwd = forward_wall(lens, panel.x, (c, c, c + panel.size, c + panel.size), panel.layer) * 1e3
+        engine_ms = []                               # the engine's approximate move alone, wall
+        for y, x in np.random.default_rng(2).integers(0, H - panel.size, size=(30, 2)):
+            t0 = time.perf_counter()
+            engine.evaluate_box((int(y), int(x), int(y) + panel.size, int(x) + panel.size), [panel.layer],
+                                tau=panel.tau)
+            engine_ms.append((time.perf_counter() - t0) * 1e3)
     finally:
         panel.close()
-    med = statistics.median(wall) * 1e3
+    med, eng = statistics.median(wall) * 1e3, statistics.median(engine_ms[5:])
     print(f"\n{name} ({weights}), approximate dragged move (tau {panel.tau}), occluder {panel.size} px, layer "
-          f"{panel.layer}: median {med:.2f} ms over {len(wall)} moves; batch-1 forward {fwd:.2f} ms; the move / "
-          f"forward {med / fwd:.2f}; max |dp| against the exact move {dp:.4f}; shown: {sorted(shown)}")
-    return {"model": name, "wall_ms": med, "forward_ms": fwd, "ratio": med / fwd, "dp": dp}
+          f"{panel.layer}: median {med:.2f} ms over {len(wall)} moves (the engine's part alone {eng:.2f} ms); "
+          f"batch-1 forward {fwd:.2f} ms; the move / forward {med / fwd:.2f}; max |dp| against the exact move "
+          f"{dp:.4f}; shown: {sorted(shown)}")
+    return {"model": name, "tau": panel.tau, "wall_ms": med, "engine_ms": eng, "forward_ms": fwd,
+            "ratio": med / fwd, "dp": dp}
 
 
 def main():
@@ -232,12 +244,14 @@ def main():
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     ap.add_argument("--approximate", action="store_true", help="the dragged, approximate move instead")
+    ap.add_argument("--tau", nargs="+", type=float, default=None,
+                    help="with --approximate: the live move's projective-field thresholds to try (default the panel's)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"machine: {machine()}")
     if args.approximate:
-        return [bench_approximate(name, args.moves) for name in args.models]
+        return [bench_approximate(name, args.moves, t) for name in args.models for t in (args.tau or [None])]
     rows = [bench(name, args.moves) for name in args.models]
     print(f"\nmachine after: {machine()}")
     print("summary (median ms per move, wall / CPU): " + "; ".join(f"{r['model']} {r['wall_ms']:.2f} / "
