@@ -99,7 +99,7 @@ def bench(name: str, images: int, params: dict) -> list:
             q["argmax"] += int(o.probability.argmin()) == int(ex.probability.argmin())
             q["exact_share"].append(float(o.exact.float().mean()))
     rows = []
-    print(f"   | mode | time | x captum | x exact | SSIM p (min / median) | SSIM feature map (min / median) | "
+    print("   | mode | time | x captum | x exact | SSIM p (min / median) | SSIM feature map (min / median) | "
           f"max abs dp | largest drop kept | computed exactly |")
     for mode in MODES:
         t = times[mode]

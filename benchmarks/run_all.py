@@ -96,7 +96,7 @@ def main():
             rows.append((f"top-9 mining, {r['images']} images", m, C.fmt_s(r["mining_s"]),
                          f"plain forward: {C.fmt_s(r['plain_s'])}", f"{r['mining']:.2f}x",
                          f">= {goal}x" if goal else "", f"{r['diff']:.1e} abs"))
-            rows.append((f"top-9, all maps + projections", m, C.fmt_s(r["all_s"]),
+            rows.append(("top-9, all maps + projections", m, C.fmt_s(r["all_s"]),
                          f"plain forward: {C.fmt_s(r['plain_s'])}", f"{r['all maps']:.2f}x", "", ""))
     end = C.machine()
     head = ("what", "model", "zfwidgets", "peer (same run)", "speed-up", "goal", "check")

@@ -44,7 +44,7 @@ def lens_for(name: str):
 
 def bench(name: str, runs: int, quick: bool = False) -> dict:
     if not hasattr(zf, "top_activations"):
-        print(f"\n== top-9 mining: skipped (zfwidgets.top_activations does not exist yet)")
+        print("\n== top-9 mining: skipped (zfwidgets.top_activations does not exist yet)")
         return {}
     lens, what = lens_for(name)
     n = N_IMAGES.get(name, 256) // (4 if quick else 1)
