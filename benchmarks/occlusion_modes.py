@@ -100,7 +100,7 @@ def bench(name: str, images: int, params: dict) -> list:
             q["exact_share"].append(float(o.exact.float().mean()))
     rows = []
     print("   | mode | time | x captum | x exact | SSIM p (min / median) | SSIM feature map (min / median) | "
-          f"max abs dp | largest drop kept | computed exactly |")
+          "max abs dp | largest drop kept | computed exactly |")
     for mode in MODES:
         t = times[mode]
         if mode == "exact":
