@@ -382,9 +382,10 @@ def runs_as_chain(trace: Trace, path: str) -> bool:
     return all(len(v) <= 1 for v in preds.values()) and all(len(v) <= 1 for v in succs.values())
 
 
-# Inputs of at most this many pixels get their shapes from a real forward of a zero image: meta tensors run many
-# operations (batch norm, hardtanh) through Python reference kernels, and on a CPU such a pass cost more than
-# the model's forward at these sizes (benchmarks/results/session12.md); past it the forward's arithmetic grows.
+# Inputs of at most this many pixels get their shapes from a real forward (of the caller's image, or of a zero
+# image): meta tensors run many operations (batch norm, hardtanh) through Python reference kernels, and on a CPU
+# such a pass cost more than the model's forward at these sizes (benchmarks/results/session12.md); past it the
+# forward's arithmetic grows.
 REAL_SHAPE_PASS = 224 * 224
 
 
@@ -477,19 +478,18 @@ class Graph:
             if isinstance(example, torch.Tensor) and tuple(example.shape) == (1, *self.input_size) \
                     and (p is None or (example.device == p.device and example.dtype == p.dtype)):
                 wanted = {self.module_nodes[path]: path for path in keep if path in self.module_nodes}
-                shapes, kept = {}, {}
+                shapes, kept, out = {}, {}, []
 
                 def record(node, v):
                     shapes[node.index] = _tensor_shapes(v)
                     if node.op == "output":
-                        kept[None] = v
+                        out.append(v)
                     elif node.index in wanted and isinstance(v, torch.Tensor):
                         kept[wanted[node.index]] = v.clone()     # a later in-place module would change it
                 try:
                     self.run(example, keep=record)
-                    if len(kept) == len(wanted) + 1:
-                        out = kept.pop(None)
-                        self._example = (example, (out, kept))
+                    if out and len(kept) == len(wanted):
+                        self._example = (example, (out[0], kept))
                     return shapes
                 except Exception:  # noqa: BLE001 - a model that refuses the image: as below
                     pass
